@@ -35,6 +35,9 @@ type RawNode struct {
 	InternalIPs []string
 	// UID distinguishes a re-created Node of the same name.
 	UID string
+	// Created is metadata.creationTimestamp. Conflicts (duplicate keys,
+	// overlapping podCIDRs) are settled in favour of the older node.
+	Created time.Time
 }
 
 // Endpoint is where a peer is reached: an IP literal or a DNS name, and a
@@ -98,6 +101,11 @@ type Desired struct {
 	Routes []netip.Prefix
 	// Excluded nodes, sorted by node name.
 	Excluded []Exclusion
+	// Degraded nodes are peers (they are in Peers) with a problem worth a
+	// warning, such as an endpoint name that did not resolve: the peer is
+	// kept without an endpoint so that it can still reach us and a DNS
+	// hiccup never tears down a working session. Sorted by node name.
+	Degraded []Exclusion
 }
 
 // NodeSource is the mesh's view of the cluster's Node objects. Nodes reads a

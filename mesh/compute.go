@@ -1,0 +1,240 @@
+package mesh
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Self is this node as the computation needs it.
+type Self struct {
+	Name      string
+	PublicKey wgtypes.Key
+	// PodCIDRs are the local pod prefixes; may be empty while the node has
+	// none assigned yet.
+	PodCIDRs []netip.Prefix
+}
+
+// Input is everything Compute needs. It holds no I/O handles: DNS names are
+// resolved by the caller beforehand.
+type Input struct {
+	Self Self
+	// Nodes is the full node list; the entry named Self.Name is skipped.
+	Nodes []RawNode
+	// DefaultKeepalive applies to nodes without a keepalive annotation.
+	DefaultKeepalive time.Duration
+	// Resolved maps an endpoint DNS name (as ParseEndpoint normalises it)
+	// to its address. IP literal endpoints need no entry.
+	Resolved map[string]netip.Addr
+	// Configured describes the peers already on the device (public key to
+	// allowed IPs). In a conflict the node that is already configured
+	// keeps its place, so a newcomer never disturbs a working peer.
+	Configured map[wgtypes.Key][]netip.Prefix
+}
+
+// ConfiguredFrom extracts Input.Configured from a device. A nil device
+// yields nil.
+func ConfiguredFrom(dev *wgtypes.Device) map[wgtypes.Key][]netip.Prefix {
+	if dev == nil {
+		return nil
+	}
+	m := make(map[wgtypes.Key][]netip.Prefix, len(dev.Peers))
+	for _, p := range dev.Peers {
+		m[p.PublicKey] = prefixesFromIPNets(p.AllowedIPs)
+	}
+	return m
+}
+
+type candidate struct {
+	node      Node
+	created   time.Time
+	incumbent bool
+}
+
+// Compute turns the node list into the peers and routes this node should
+// have. It is pure and deterministic: the same input gives the same output.
+//
+// Conflicts are settled without collateral damage: when two nodes share a
+// public key or have overlapping podCIDRs, the incumbent (already on the
+// device with that key and prefixes) wins, else the older node, else the
+// lexically smaller name; only the loser is excluded.
+func Compute(in Input) Desired {
+	var d Desired
+	var cands []candidate
+	for _, raw := range in.Nodes {
+		if raw.Name == in.Self.Name {
+			continue
+		}
+		n, err := ParseNode(raw)
+		if err != nil {
+			d.Excluded = append(d.Excluded, exclusion(raw.Name, err))
+			continue
+		}
+		if n.PublicKey == in.Self.PublicKey {
+			d.Excluded = append(d.Excluded, Exclusion{Node: n.Name, Reason: ReasonSameKeyAsSelf,
+				Err: fmt.Errorf("public key %s is this node's own key", n.PublicKey)})
+			continue
+		}
+		if p, q, ok := firstOverlap(n.PodCIDRs, in.Self.PodCIDRs); ok {
+			d.Excluded = append(d.Excluded, Exclusion{Node: n.Name, Reason: ReasonOverlapsSelfCIDR,
+				Err: fmt.Errorf("pod CIDR %s overlaps local pod CIDR %s", p, q)})
+			continue
+		}
+		cands = append(cands, candidate{node: n, created: raw.Created, incumbent: isIncumbent(n, in.Configured)})
+	}
+
+	slices.SortFunc(cands, func(a, b candidate) int {
+		if a.incumbent != b.incumbent {
+			if a.incumbent {
+				return -1
+			}
+			return 1
+		}
+		if c := a.created.Compare(b.created); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.node.Name, b.node.Name)
+	})
+
+	keyOwner := map[wgtypes.Key]string{}
+	var accepted []Node
+	for _, c := range cands {
+		n := c.node
+		if owner, dup := keyOwner[n.PublicKey]; dup {
+			d.Excluded = append(d.Excluded, Exclusion{Node: n.Name, Reason: ReasonDuplicateKey,
+				Err: fmt.Errorf("public key %s is already used by node %q", n.PublicKey, owner)})
+			continue
+		}
+		if other, p, q, ok := overlapWith(n, accepted); ok {
+			d.Excluded = append(d.Excluded, Exclusion{Node: n.Name, Reason: ReasonOverlappingCIDR,
+				Err: fmt.Errorf("pod CIDR %s overlaps %s of node %q", p, q, other)})
+			continue
+		}
+		keyOwner[n.PublicKey] = n.Name
+		accepted = append(accepted, n)
+	}
+
+	for _, n := range accepted {
+		ka := in.DefaultKeepalive
+		if n.Keepalive != nil {
+			ka = *n.Keepalive
+		}
+		p := Peer{Node: n.Name, PublicKey: n.PublicKey, AllowedIPs: n.PodCIDRs, Keepalive: ka}
+		if ap, ok := n.Endpoint.AddrPort(); ok {
+			p.Endpoint = ap
+		} else if a, ok := in.Resolved[n.Endpoint.Host]; ok && a.IsValid() {
+			p.Endpoint = netip.AddrPortFrom(a.Unmap(), n.Endpoint.Port)
+		} else {
+			d.Degraded = append(d.Degraded, Exclusion{Node: n.Name, Reason: ReasonUnresolvable,
+				Err: fmt.Errorf("endpoint host %q did not resolve; peer kept without an endpoint", n.Endpoint.Host)})
+		}
+		d.Peers = append(d.Peers, p)
+		d.Routes = append(d.Routes, n.PodCIDRs...)
+	}
+
+	slices.SortFunc(d.Peers, func(a, b Peer) int { return cmp.Compare(a.Node, b.Node) })
+	sortPrefixes(d.Routes)
+	sortExclusions(d.Excluded)
+	sortExclusions(d.Degraded)
+	return d
+}
+
+func exclusion(node string, err error) Exclusion {
+	var ne *NodeError
+	if errors.As(err, &ne) {
+		return Exclusion{Node: node, Reason: ne.Reason, Err: ne.Err}
+	}
+	return Exclusion{Node: node, Reason: ReasonBadPodCIDR, Err: err}
+}
+
+// isIncumbent reports whether the device already has a peer with n's key
+// whose allowed IPs cover all of n's pod prefixes.
+func isIncumbent(n Node, configured map[wgtypes.Key][]netip.Prefix) bool {
+	have, ok := configured[n.PublicKey]
+	if !ok {
+		return false
+	}
+	for _, p := range n.PodCIDRs {
+		if !slices.Contains(have, p) {
+			return false
+		}
+	}
+	return true
+}
+
+func firstOverlap(a, b []netip.Prefix) (netip.Prefix, netip.Prefix, bool) {
+	for _, p := range a {
+		for _, q := range b {
+			if p.Overlaps(q) {
+				return p, q, true
+			}
+		}
+	}
+	return netip.Prefix{}, netip.Prefix{}, false
+}
+
+func overlapWith(n Node, accepted []Node) (string, netip.Prefix, netip.Prefix, bool) {
+	for _, o := range accepted {
+		if p, q, ok := firstOverlap(n.PodCIDRs, o.PodCIDRs); ok {
+			return o.Name, p, q, true
+		}
+	}
+	return "", netip.Prefix{}, netip.Prefix{}, false
+}
+
+func sortExclusions(e []Exclusion) {
+	slices.SortFunc(e, func(a, b Exclusion) int {
+		if c := cmp.Compare(a.Node, b.Node); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Reason, b.Reason)
+	})
+}
+
+// comparePrefix orders by address family, then address, then length.
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
+}
+
+func sortPrefixes(p []netip.Prefix) { slices.SortFunc(p, comparePrefix) }
+
+func prefixesFromIPNets(nets []net.IPNet) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(nets))
+	for _, n := range nets {
+		a, ok := netip.AddrFromSlice(n.IP)
+		if !ok {
+			continue
+		}
+		ones, bits := n.Mask.Size()
+		if a.Is4In6() && bits == 128 {
+			ones -= 96 // a 16-byte mask on an IPv4 address
+		}
+		p := netip.PrefixFrom(a.Unmap(), ones)
+		if !p.IsValid() {
+			continue
+		}
+		out = append(out, p.Masked())
+	}
+	sortPrefixes(out)
+	return out
+}
+
+func ipNetsFromPrefixes(ps []netip.Prefix) []net.IPNet {
+	out := make([]net.IPNet, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, net.IPNet{
+			IP:   net.IP(p.Addr().AsSlice()),
+			Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen()),
+		})
+	}
+	return out
+}

@@ -1,0 +1,137 @@
+package mesh
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// DiffOptions carries what Diff needs beyond the desired and actual state.
+type DiffOptions struct {
+	// LastApplied is the endpoint this agent last wrote for each peer. A
+	// device endpoint that differs from it was learned by WireGuard from
+	// an authenticated handshake (roaming) and is kept, unless the
+	// published endpoint itself changed since.
+	LastApplied map[wgtypes.Key]netip.AddrPort
+	// GC allows removing device peers that are not desired. Set it only
+	// once the node source has synced: before that, a missing node may
+	// just not be listed yet.
+	GC bool
+}
+
+// Diff returns the per-peer changes that take dev to desired. It never
+// sets ReplacePeers (that would drop sessions and roamed endpoints) and
+// only mentions peers that need a change, so a converged device yields a
+// Config with no peers; see IsEmpty.
+func Diff(desired Desired, dev *wgtypes.Device, opts DiffOptions) wgtypes.Config {
+	var cfg wgtypes.Config
+	have := map[wgtypes.Key]*wgtypes.Peer{}
+	if dev != nil {
+		for i := range dev.Peers {
+			have[dev.Peers[i].PublicKey] = &dev.Peers[i]
+		}
+	}
+	want := map[wgtypes.Key]bool{}
+
+	for _, p := range desired.Peers {
+		want[p.PublicKey] = true
+		cur, ok := have[p.PublicKey]
+		if !ok {
+			pc := wgtypes.PeerConfig{
+				PublicKey:                   p.PublicKey,
+				PersistentKeepaliveInterval: durationPtr(p.Keepalive),
+				ReplaceAllowedIPs:           true,
+				AllowedIPs:                  ipNetsFromPrefixes(p.AllowedIPs),
+			}
+			if p.Endpoint.IsValid() {
+				pc.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
+			}
+			cfg.Peers = append(cfg.Peers, pc)
+			continue
+		}
+
+		pc := wgtypes.PeerConfig{PublicKey: p.PublicKey, UpdateOnly: true}
+		changed := false
+		if p.Endpoint.IsValid() && endpointNeedsWrite(p, cur, opts.LastApplied) {
+			pc.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
+			changed = true
+		}
+		if cur.PersistentKeepaliveInterval != p.Keepalive {
+			pc.PersistentKeepaliveInterval = durationPtr(p.Keepalive)
+			changed = true
+		}
+		if !slices.Equal(sortedCopy(prefixesFromIPNets(cur.AllowedIPs)), sortedCopy(p.AllowedIPs)) {
+			pc.ReplaceAllowedIPs = true
+			pc.AllowedIPs = ipNetsFromPrefixes(p.AllowedIPs)
+			changed = true
+		}
+		if changed {
+			cfg.Peers = append(cfg.Peers, pc)
+		}
+	}
+
+	if opts.GC && dev != nil {
+		var gone []wgtypes.Key
+		for _, p := range dev.Peers {
+			if !want[p.PublicKey] {
+				gone = append(gone, p.PublicKey)
+			}
+		}
+		slices.SortFunc(gone, func(a, b wgtypes.Key) int { return bytes.Compare(a[:], b[:]) })
+		for _, k := range gone {
+			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: k, Remove: true})
+		}
+	}
+	return cfg
+}
+
+// endpointNeedsWrite decides whether the published endpoint must be written
+// over what the device has.
+func endpointNeedsWrite(p Peer, cur *wgtypes.Peer, last map[wgtypes.Key]netip.AddrPort) bool {
+	devEP, ok := addrPortOf(cur.Endpoint)
+	if ok && devEP == p.Endpoint {
+		return false
+	}
+	if !ok {
+		return true // the device has none: nothing to preserve
+	}
+	prev, known := last[p.PublicKey]
+	// We wrote exactly this endpoint before and the device now has another:
+	// WireGuard roamed. Keep the roamed one. If we never wrote one (e.g.
+	// after an agent restart) or the published endpoint moved, the
+	// published one is the better bet.
+	return !known || prev != p.Endpoint
+}
+
+// IsEmpty reports whether cfg would change nothing, so the caller can skip
+// the device write entirely.
+func IsEmpty(cfg wgtypes.Config) bool {
+	return cfg.PrivateKey == nil && cfg.ListenPort == nil && cfg.FirewallMark == nil &&
+		!cfg.ReplacePeers && len(cfg.Peers) == 0
+}
+
+func addrPortOf(u *net.UDPAddr) (netip.AddrPort, bool) {
+	if u == nil {
+		return netip.AddrPort{}, false
+	}
+	ap := u.AddrPort()
+	if !ap.IsValid() {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+}
+
+func durationPtr(d time.Duration) *time.Duration { return &d }
+
+func sortedCopy(p []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(p))
+	for _, q := range p {
+		out = append(out, q.Masked())
+	}
+	slices.SortFunc(out, comparePrefix)
+	return slices.Compact(out)
+}

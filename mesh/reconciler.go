@@ -1,0 +1,616 @@
+package mesh
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultResync        = 30 * time.Second
+	DefaultLookupTimeout = 5 * time.Second
+)
+
+// ErrInvalidConfig is wrapped by Config.Validate.
+var ErrInvalidConfig = errors.New("invalid reconciler config")
+
+// Config configures a Reconciler.
+type Config struct {
+	// NodeName is this node's Node object name.
+	NodeName string
+	// PublicKey is this node's own WireGuard public key, published on its
+	// Node.
+	PublicKey wgtypes.Key
+	// ListenPort is the WireGuard UDP port, published with the InternalIP
+	// unless EndpointOverride is set.
+	ListenPort int
+	// EndpointOverride ("host:port") is published instead of
+	// InternalIP:ListenPort, e.g. a NAT's public address. Optional.
+	EndpointOverride string
+	// DefaultKeepalive applies to peers whose Node has no keepalive
+	// annotation; 0 disables keepalives.
+	DefaultKeepalive time.Duration
+	// MTU of the WireGuard interface, passed to the dataplane.
+	MTU int
+
+	Source    NodeSource
+	Device    Device
+	Dataplane Dataplane
+	// Resolver resolves endpoint DNS names; nil means only IP literal
+	// endpoints get an address.
+	Resolver Resolver
+	Logger   *slog.Logger
+	// Resync is the period of full reconciles without any change signal;
+	// zero means DefaultResync.
+	Resync time.Duration
+	// LookupTimeout bounds one DNS lookup; zero means DefaultLookupTimeout.
+	LookupTimeout time.Duration
+	// OnReconcile, if set, is called after every reconcile pass with the
+	// resulting status (e.g. to write a state file or update metrics). It
+	// runs on the reconcile goroutine and must not block for long.
+	OnReconcile func(Status)
+	// Now returns the current time; nil means time.Now. For tests.
+	Now func() time.Time
+}
+
+// Validate checks the config without doing any I/O.
+func (c Config) Validate() error {
+	var errs []error
+	if c.NodeName == "" {
+		errs = append(errs, errors.New("node name is empty"))
+	}
+	if c.PublicKey == (wgtypes.Key{}) {
+		errs = append(errs, errors.New("public key is empty"))
+	}
+	if c.ListenPort < 1 || c.ListenPort > 65535 {
+		errs = append(errs, fmt.Errorf("listen port %d is not in 1-65535", c.ListenPort))
+	}
+	if c.EndpointOverride != "" {
+		if _, err := ParseEndpoint(c.EndpointOverride); err != nil {
+			errs = append(errs, fmt.Errorf("endpoint override: %w", err))
+		}
+	}
+	if c.DefaultKeepalive < 0 || c.DefaultKeepalive > MaxKeepalive || c.DefaultKeepalive%time.Second != 0 {
+		errs = append(errs, fmt.Errorf("default keepalive %s is not whole seconds in 0s-65535s", c.DefaultKeepalive))
+	}
+	if c.MTU < 0 {
+		errs = append(errs, fmt.Errorf("mtu %d is negative", c.MTU))
+	}
+	if c.Source == nil {
+		errs = append(errs, errors.New("node source is nil"))
+	}
+	if c.Device == nil {
+		errs = append(errs, errors.New("device is nil"))
+	}
+	if c.Dataplane == nil {
+		errs = append(errs, errors.New("dataplane is nil"))
+	}
+	if c.Resync < 0 {
+		errs = append(errs, fmt.Errorf("resync %s is negative", c.Resync))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+// Status is a snapshot of the reconciler's view, for the CLI and metrics.
+type Status struct {
+	// LastReconcile is when the last pass finished; zero before the first.
+	LastReconcile time.Time
+	// Err is the last pass's error, nil if it succeeded.
+	Err error
+	// Synced reports whether the node source had synced in the last pass
+	// (peer garbage collection is enabled only then).
+	Synced bool
+	// SelfFound reports whether this node's own Node object was listed.
+	SelfFound bool
+	// LocalPodCIDRs are this node's pod prefixes.
+	LocalPodCIDRs []netip.Prefix
+	// Peers are the desired peers, sorted by node name.
+	Peers []Peer
+	// Excluded nodes with reasons, sorted by node name.
+	Excluded []Exclusion
+	// Degraded peers (kept, but with a problem), sorted by node name.
+	Degraded []Exclusion
+	// Routes sent to the dataplane.
+	Routes []netip.Prefix
+	// Reconciles counts passes; DeviceWrites counts ConfigureDevice calls;
+	// Errors counts failed passes.
+	Reconciles, DeviceWrites, Errors uint64
+}
+
+// Reconciler keeps the WireGuard device, the dataplane and this node's own
+// annotations in line with the Node list. It is level-triggered: every pass
+// starts from the full list, so a missed or duplicated event is harmless.
+type Reconciler struct {
+	cfg Config
+	log *slog.Logger
+
+	mu sync.Mutex // serialises passes and guards the fields below
+	// lastApplied is the endpoint we last wrote per peer; see DiffOptions.
+	lastApplied map[wgtypes.Key]netip.AddrPort
+	// warned is the (reason, message) last reported per node, so events
+	// are emitted once per change and not on every resync.
+	warned map[string]string
+	// resolved caches DNS results so a failed lookup keeps the last good
+	// address.
+	resolved  map[string]netip.Addr
+	selfIssue string // last logged problem with our own Node
+	ownIssue  string // last logged problem with our own annotations
+	status    Status
+
+	statusMu   sync.Mutex
+	statusCopy Status
+}
+
+// New returns a Reconciler. It does no I/O; call Run or Reconcile.
+func New(cfg Config) *Reconciler {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Reconciler{
+		cfg:         cfg,
+		log:         log,
+		lastApplied: map[wgtypes.Key]netip.AddrPort{},
+		warned:      map[string]string{},
+		resolved:    map[string]netip.Addr{},
+	}
+}
+
+// Status returns a snapshot of the last reconcile pass.
+func (r *Reconciler) Status() Status {
+	r.statusMu.Lock()
+	defer r.statusMu.Unlock()
+	return cloneStatus(r.statusCopy)
+}
+
+// Run waits for the node source to sync, then reconciles on every change
+// signal and every resync period until ctx is cancelled. A failed pass is
+// logged and retried with backoff (capped at the resync period); Run
+// returns nil on cancellation and an error only for an invalid config.
+func (r *Reconciler) Run(ctx context.Context) error {
+	if err := r.cfg.Validate(); err != nil {
+		return err
+	}
+	resync := cmp.Or(r.cfg.Resync, DefaultResync)
+	if !r.waitSynced(ctx) {
+		return nil
+	}
+	r.log.Info("node cache synced, reconciling", "node", r.cfg.NodeName, "resync", resync)
+
+	ticker := time.NewTicker(resync)
+	defer ticker.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	backoff := time.Second
+	for {
+		if err := r.Reconcile(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			r.log.Error("reconcile failed; will retry", "err", err, "retry_in", backoff)
+			retry.Reset(backoff)
+			backoff = min(backoff*2, resync)
+		} else {
+			retry.Stop()
+			backoff = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.cfg.Source.Changed():
+		case <-ticker.C:
+		case <-retry.C:
+		}
+	}
+}
+
+// waitSynced blocks until the source reports synced; false if ctx ended.
+func (r *Reconciler) waitSynced(ctx context.Context) bool {
+	const poll = 100 * time.Millisecond
+	start := time.Now()
+	nextLog := start.Add(10 * time.Second)
+	for !r.cfg.Source.HasSynced() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-r.cfg.Source.Changed():
+		case <-time.After(poll):
+		}
+		if now := time.Now(); now.After(nextLog) {
+			r.log.Warn("still waiting for the node cache to sync", "waited", now.Sub(start).Round(time.Second))
+			nextLog = now.Add(30 * time.Second)
+		}
+	}
+	return true
+}
+
+// Reconcile runs one full pass. Errors from the device, dataplane or
+// publishing are returned; the state they did not affect is still applied.
+func (r *Reconciler) Reconcile(ctx context.Context) error {
+	if err := r.cfg.Validate(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	err := r.reconcile(ctx)
+	r.status.Reconciles++
+	r.status.Err = err
+	if err != nil {
+		r.status.Errors++
+	}
+	r.status.LastReconcile = r.now()
+	st := cloneStatus(r.status)
+	r.mu.Unlock()
+
+	r.statusMu.Lock()
+	r.statusCopy = st
+	r.statusMu.Unlock()
+	if r.cfg.OnReconcile != nil {
+		r.cfg.OnReconcile(cloneStatus(st))
+	}
+	return err
+}
+
+func (r *Reconciler) now() time.Time {
+	if r.cfg.Now != nil {
+		return r.cfg.Now()
+	}
+	return time.Now()
+}
+
+func (r *Reconciler) reconcile(ctx context.Context) error {
+	synced := r.cfg.Source.HasSynced()
+	raws, err := r.cfg.Source.Nodes()
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	var errs []error
+
+	self := Self{Name: r.cfg.NodeName, PublicKey: r.cfg.PublicKey}
+	var selfRaw *RawNode
+	for i := range raws {
+		if raws[i].Name == r.cfg.NodeName {
+			selfRaw = &raws[i]
+			break
+		}
+	}
+	selfIssue := ""
+	if selfRaw == nil {
+		selfIssue = "own Node not listed yet; configuring peers anyway, not publishing annotations"
+	} else {
+		if err := r.ensureOwnAnnotations(ctx, selfRaw); err != nil {
+			errs = append(errs, fmt.Errorf("publish own annotations: %w", err))
+		}
+		cidrs, err := ParsePodCIDRs(selfRaw.PodCIDRs)
+		if err != nil {
+			selfIssue = fmt.Sprintf("own pod CIDRs unusable (%v); configuring peers anyway", err)
+		}
+		self.PodCIDRs = cidrs
+	}
+	if selfIssue != r.selfIssue {
+		if selfIssue != "" {
+			r.log.Warn(selfIssue, "node", r.cfg.NodeName)
+		} else {
+			r.log.Info("own Node found with pod CIDRs", "node", r.cfg.NodeName, "pod_cidrs", self.PodCIDRs)
+		}
+		r.selfIssue = selfIssue
+	}
+
+	dev, err := r.cfg.Device.Device()
+	if err != nil {
+		// Without the device we know neither incumbents nor what to
+		// change; leave the dataplane as it is rather than guess.
+		errs = append(errs, fmt.Errorf("read device: %w", err))
+		r.updateStatus(synced, selfRaw != nil, self, Desired{}, nil)
+		return errors.Join(errs...)
+	}
+
+	d := Compute(Input{
+		Self:             self,
+		Nodes:            raws,
+		DefaultKeepalive: r.cfg.DefaultKeepalive,
+		Resolved:         r.resolve(ctx, raws),
+		Configured:       ConfiguredFrom(dev),
+	})
+	r.report(d)
+
+	cfg := Diff(d, dev, DiffOptions{LastApplied: r.lastApplied, GC: synced})
+	if !IsEmpty(cfg) {
+		r.status.DeviceWrites++
+		if err := r.cfg.Device.ConfigureDevice(cfg); err != nil {
+			errs = append(errs, fmt.Errorf("configure device: %w", err))
+		} else {
+			r.logChanges(d, cfg)
+			r.recordApplied(d, dev, cfg)
+		}
+	} else {
+		r.recordApplied(d, dev, cfg)
+		r.log.Debug("device already converged", "peers", len(d.Peers))
+	}
+
+	routes := routesFor(d, dev, synced, self.PodCIDRs)
+	if err := r.cfg.Dataplane.Apply(ctx, DataplaneState{
+		LocalPodCIDRs:  slices.Clone(self.PodCIDRs),
+		RemotePodCIDRs: routes,
+		MTU:            r.cfg.MTU,
+	}); err != nil {
+		errs = append(errs, fmt.Errorf("apply dataplane: %w", err))
+	}
+	r.updateStatus(synced, selfRaw != nil, self, d, routes)
+	return errors.Join(errs...)
+}
+
+func (r *Reconciler) updateStatus(synced, selfFound bool, self Self, d Desired, routes []netip.Prefix) {
+	r.status.Synced = synced
+	r.status.SelfFound = selfFound
+	r.status.LocalPodCIDRs = self.PodCIDRs
+	r.status.Peers = d.Peers
+	r.status.Excluded = d.Excluded
+	r.status.Degraded = d.Degraded
+	r.status.Routes = routes
+}
+
+// ownAnnotations returns the annotations this node should carry.
+func (r *Reconciler) ownAnnotations(self *RawNode) (map[string]string, error) {
+	want := map[string]string{AnnotationPublicKey: r.cfg.PublicKey.String()}
+	if r.cfg.EndpointOverride != "" {
+		ep, err := ParseEndpoint(r.cfg.EndpointOverride)
+		if err != nil {
+			return want, fmt.Errorf("endpoint override: %w", err)
+		}
+		want[AnnotationEndpoint] = ep.String()
+		return want, nil
+	}
+	for _, s := range self.InternalIPs {
+		if a, err := netip.ParseAddr(s); err == nil {
+			want[AnnotationEndpoint] = net.JoinHostPort(a.Unmap().String(), strconv.Itoa(r.cfg.ListenPort))
+			return want, nil
+		}
+	}
+	return want, errNoOwnEndpoint
+}
+
+var errNoOwnEndpoint = errors.New("own Node has no InternalIP and no endpoint override is set; not publishing an endpoint")
+
+// ensureOwnAnnotations publishes our key and endpoint if the Node does not
+// show them already, so an edit by someone else is reverted.
+func (r *Reconciler) ensureOwnAnnotations(ctx context.Context, self *RawNode) error {
+	want, err := r.ownAnnotations(self)
+	issue := ""
+	if err != nil {
+		issue = err.Error()
+	}
+	// Log a missing endpoint once per change of circumstance, not per pass.
+	if issue != r.ownIssue && issue != "" {
+		r.log.Warn(issue, "node", r.cfg.NodeName)
+	}
+	r.ownIssue = issue
+	if errors.Is(err, errNoOwnEndpoint) {
+		err = nil
+	}
+	patch := map[string]string{}
+	for k, v := range want {
+		if self.Annotations[k] != v {
+			patch[k] = v
+		}
+	}
+	if len(patch) == 0 {
+		return err
+	}
+	if perr := r.cfg.Source.Publish(ctx, patch); perr != nil {
+		return errors.Join(err, perr)
+	}
+	r.log.Info("published own annotations", "node", r.cfg.NodeName, "annotations", patch)
+	return err
+}
+
+// resolve returns addresses for the DNS-name endpoints among the nodes. A
+// failed lookup falls back to the last good address.
+func (r *Reconciler) resolve(ctx context.Context, raws []RawNode) map[string]netip.Addr {
+	needed := map[string]bool{}
+	for _, raw := range raws {
+		if raw.Name == r.cfg.NodeName {
+			continue
+		}
+		n, err := ParseNode(raw)
+		if err != nil {
+			continue
+		}
+		if _, ok := n.Endpoint.AddrPort(); !ok {
+			needed[n.Endpoint.Host] = true
+		}
+	}
+	for h := range r.resolved {
+		if !needed[h] {
+			delete(r.resolved, h)
+		}
+	}
+	if len(needed) == 0 || r.cfg.Resolver == nil {
+		return r.resolved
+	}
+	hosts := make([]string, 0, len(needed))
+	for h := range needed {
+		hosts = append(hosts, h)
+	}
+	slices.Sort(hosts)
+	timeout := cmp.Or(r.cfg.LookupTimeout, DefaultLookupTimeout)
+	for _, h := range hosts {
+		lctx, cancel := context.WithTimeout(ctx, timeout)
+		addrs, err := r.cfg.Resolver.LookupNetIP(lctx, "ip", h)
+		cancel()
+		if err == nil && len(addrs) == 0 {
+			err = errors.New("no addresses")
+		}
+		if err != nil {
+			if prev, ok := r.resolved[h]; ok {
+				r.log.Warn("endpoint lookup failed; keeping last address", "host", h, "addr", prev, "err", err)
+			} else {
+				r.log.Debug("endpoint lookup failed", "host", h, "err", err)
+			}
+			continue
+		}
+		r.resolved[h] = pickAddr(addrs, r.resolved[h])
+	}
+	return r.resolved
+}
+
+// pickAddr keeps the previous address while it is still among the answers,
+// so DNS round-robin does not rewrite the peer's endpoint on every pass;
+// otherwise it picks the smallest address, preferring IPv4.
+func pickAddr(addrs []netip.Addr, prev netip.Addr) netip.Addr {
+	var best netip.Addr
+	for _, a := range addrs {
+		a = a.Unmap()
+		if !a.IsValid() {
+			continue
+		}
+		if prev.IsValid() && a == prev {
+			return prev
+		}
+		if !best.IsValid() || a.Compare(best) < 0 {
+			best = a
+		}
+	}
+	return best
+}
+
+// report logs and raises an event for each excluded or degraded node, once
+// per change of (reason, message), and forgets nodes that recovered.
+func (r *Reconciler) report(d Desired) {
+	seen := map[string]bool{}
+	emit := func(e Exclusion, excluded bool) {
+		seen[e.Node] = true
+		msg := e.Err.Error()
+		key := string(e.Reason) + "\x00" + msg
+		if r.warned[e.Node] == key {
+			return
+		}
+		r.warned[e.Node] = key
+		if excluded {
+			r.log.Warn("node excluded from the mesh", "peer_node", e.Node, "reason", e.Reason, "err", msg)
+			r.cfg.Source.Warn(e.Node, string(e.Reason), "excluded from the wgmesh mesh: "+msg)
+		} else {
+			r.log.Warn("peer degraded", "peer_node", e.Node, "reason", e.Reason, "err", msg)
+			r.cfg.Source.Warn(e.Node, string(e.Reason), msg)
+		}
+	}
+	for _, e := range d.Excluded {
+		emit(e, true)
+	}
+	for _, e := range d.Degraded {
+		emit(e, false)
+	}
+	for n := range r.warned {
+		if !seen[n] {
+			r.log.Info("node no longer excluded or degraded", "peer_node", n)
+			delete(r.warned, n)
+		}
+	}
+}
+
+func (r *Reconciler) logChanges(d Desired, cfg wgtypes.Config) {
+	names := map[wgtypes.Key]string{}
+	for _, p := range d.Peers {
+		names[p.PublicKey] = p.Node
+	}
+	for _, pc := range cfg.Peers {
+		switch {
+		case pc.Remove:
+			r.log.Info("removed peer", "key", pc.PublicKey)
+		case pc.UpdateOnly:
+			r.log.Info("updated peer", "peer_node", names[pc.PublicKey], "key", pc.PublicKey,
+				"endpoint", pc.Endpoint, "allowed_ips_replaced", pc.ReplaceAllowedIPs)
+		default:
+			r.log.Info("added peer", "peer_node", names[pc.PublicKey], "key", pc.PublicKey, "endpoint", pc.Endpoint)
+		}
+	}
+}
+
+// recordApplied remembers, per desired peer, the endpoint that the device
+// now holds because we wrote it or because it already matched the
+// published one; roamed endpoints leave the memory unchanged.
+func (r *Reconciler) recordApplied(d Desired, dev *wgtypes.Device, cfg wgtypes.Config) {
+	written := map[wgtypes.Key]bool{}
+	for _, pc := range cfg.Peers {
+		if pc.Endpoint != nil && !pc.Remove {
+			written[pc.PublicKey] = true
+		}
+	}
+	devEP := map[wgtypes.Key]netip.AddrPort{}
+	for _, p := range dev.Peers {
+		if ap, ok := addrPortOf(p.Endpoint); ok {
+			devEP[p.PublicKey] = ap
+		}
+	}
+	want := map[wgtypes.Key]bool{}
+	for _, p := range d.Peers {
+		want[p.PublicKey] = true
+		if !p.Endpoint.IsValid() {
+			continue
+		}
+		if written[p.PublicKey] || devEP[p.PublicKey] == p.Endpoint {
+			r.lastApplied[p.PublicKey] = p.Endpoint
+		}
+	}
+	for k := range r.lastApplied {
+		if !want[k] {
+			delete(r.lastApplied, k)
+		}
+	}
+}
+
+// routesFor returns the remote prefixes to route through the device: the
+// desired ones, plus, before the source has synced, those of device peers
+// that Diff kept (so a restart does not drop routes of nodes not listed
+// yet). Prefixes overlapping a desired route or a local one are left out.
+func routesFor(d Desired, dev *wgtypes.Device, synced bool, local []netip.Prefix) []netip.Prefix {
+	routes := slices.Clone(d.Routes)
+	if !synced && dev != nil {
+		want := map[wgtypes.Key]bool{}
+		for _, p := range d.Peers {
+			want[p.PublicKey] = true
+		}
+		for _, p := range dev.Peers {
+			if want[p.PublicKey] {
+				continue
+			}
+			for _, q := range prefixesFromIPNets(p.AllowedIPs) {
+				if _, _, clash := firstOverlap([]netip.Prefix{q}, routes); clash {
+					continue
+				}
+				if _, _, clash := firstOverlap([]netip.Prefix{q}, local); clash {
+					continue
+				}
+				routes = append(routes, q)
+			}
+		}
+	}
+	sortPrefixes(routes)
+	return routes
+}
+
+func cloneStatus(s Status) Status {
+	s.LocalPodCIDRs = slices.Clone(s.LocalPodCIDRs)
+	s.Peers = slices.Clone(s.Peers)
+	for i := range s.Peers {
+		s.Peers[i].AllowedIPs = slices.Clone(s.Peers[i].AllowedIPs)
+	}
+	s.Excluded = slices.Clone(s.Excluded)
+	s.Degraded = slices.Clone(s.Degraded)
+	s.Routes = slices.Clone(s.Routes)
+	return s
+}
