@@ -1,0 +1,366 @@
+// Package dataplane makes a node's kernel networking match the mesh: the pod
+// bridge with its gateway addresses, the WireGuard link state, a route per
+// remote pod prefix through the WireGuard interface, forwarding sysctls and
+// wgmesh's nftables rules. The planning logic is plain Go over the System
+// interface; the Linux implementation (netlink, nftables, /proc/sys) lives in
+// the _linux.go files.
+package dataplane
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+
+	"github.com/wgmesh/wgmesh/mesh"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultBridge = "wgmesh-br0"
+	DefaultTable  = "wgmesh"
+	// DefaultRouteProtocol tags the routes we create (rtm_protocol), so we
+	// find and delete our stale routes and never touch anybody else's. 157
+	// is not assigned in iproute2's rt_protos.
+	DefaultRouteProtocol = 157
+)
+
+// DefaultClusterCIDRs is the cluster pod range when none is configured.
+var DefaultClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+
+// Sentinel errors.
+var (
+	// ErrNotBridge: a link with the bridge's name exists but is no bridge;
+	// it is somebody else's and we leave it alone.
+	ErrNotBridge = errors.New("link exists and is not a bridge")
+	// ErrNoLink: the WireGuard interface does not exist.
+	ErrNoLink = errors.New("link not found")
+	// ErrRouteConflict: a route to the destination exists that we did not
+	// create; we do not replace it.
+	ErrRouteConflict = errors.New("a route to this destination exists and is not ours")
+	// ErrNoGateway: the prefix has no room for a gateway address.
+	ErrNoGateway = errors.New("prefix too small for a gateway address")
+)
+
+// Config configures a Dataplane.
+type Config struct {
+	// WGInterface is the WireGuard interface remote pod prefixes route to.
+	WGInterface string
+	// Bridge the pods attach to; DefaultBridge if empty.
+	Bridge string
+	// ClusterCIDRs are the cluster's pod ranges: pod traffic to them is
+	// never masqueraded. DefaultClusterCIDRs if empty.
+	ClusterCIDRs []netip.Prefix
+	// RouteProtocol tags our routes; DefaultRouteProtocol if zero.
+	RouteProtocol int
+	// Table is our nftables table (family inet); DefaultTable if empty.
+	Table  string
+	Logger *slog.Logger
+	// System changes the host; nil means the running kernel (see
+	// NewSystem). Tests pass an in-memory one.
+	System System
+}
+
+// Route is one route through the WireGuard interface.
+type Route struct {
+	Dst netip.Prefix
+	Dev string
+	// Src is the preferred source for host-originated packets; invalid
+	// means none. It is our bridge gateway, so the host talks to remote
+	// pods from a pod-range address the peers' allowed-IPs accept, instead
+	// of its underlay address.
+	Src      netip.Addr
+	Protocol int
+}
+
+// System is the host's networking as the planner sees it. Every method is
+// one small, idempotent-friendly kernel operation.
+type System interface {
+	// EnsureBridge creates the bridge if missing, sets its MTU (unless
+	// mtu is 0) and sets it up. It fails with ErrNotBridge if a link of
+	// that name is not a bridge.
+	EnsureBridge(name string, mtu int) error
+	// EnsureLinkUp sets an existing link up and, unless mtu is 0, its MTU.
+	// It fails with ErrNoLink if the link does not exist.
+	EnsureLinkUp(name string, mtu int) error
+	// Addrs lists the link's global-scope addresses (address/prefix len).
+	Addrs(link string) ([]netip.Prefix, error)
+	AddAddr(link string, addr netip.Prefix) error
+	DelAddr(link string, addr netip.Prefix) error
+	// Routes lists the main table's routes tagged with protocol.
+	Routes(protocol int) ([]Route, error)
+	// AddRoute adds a route; ErrRouteConflict if one to Dst exists.
+	AddRoute(r Route) error
+	// ReplaceRoute replaces our own route to r.Dst.
+	ReplaceRoute(r Route) error
+	DelRoute(r Route) error
+	// Sysctl reads and SetSysctl writes a key such as
+	// "net.ipv4.ip_forward".
+	Sysctl(key string) (string, error)
+	SetSysctl(key, value string) error
+	// ApplyFirewall makes the nftables rules match fw, atomically.
+	ApplyFirewall(fw Firewall) error
+}
+
+// Dataplane implements mesh.Dataplane.
+type Dataplane struct {
+	cfg Config
+	log *slog.Logger
+}
+
+var _ mesh.Dataplane = (*Dataplane)(nil)
+
+// New fills defaults and validates cfg. It does no I/O.
+func New(cfg Config) (*Dataplane, error) {
+	cfg.Bridge = cmp.Or(cfg.Bridge, DefaultBridge)
+	cfg.Table = cmp.Or(cfg.Table, DefaultTable)
+	cfg.RouteProtocol = cmp.Or(cfg.RouteProtocol, DefaultRouteProtocol)
+	if len(cfg.ClusterCIDRs) == 0 {
+		cfg.ClusterCIDRs = DefaultClusterCIDRs
+	}
+	if cfg.WGInterface == "" {
+		return nil, errors.New("dataplane: wireguard interface name is empty")
+	}
+	if cfg.WGInterface == cfg.Bridge {
+		return nil, fmt.Errorf("dataplane: bridge and wireguard interface are both %q", cfg.Bridge)
+	}
+	for _, p := range cfg.ClusterCIDRs {
+		if !p.IsValid() || p.Masked() != p {
+			return nil, fmt.Errorf("dataplane: cluster cidr %s is not a network prefix", p)
+		}
+	}
+	if cfg.RouteProtocol < 0 || cfg.RouteProtocol > 255 {
+		return nil, fmt.Errorf("dataplane: route protocol %d out of range", cfg.RouteProtocol)
+	}
+	if cfg.System == nil {
+		cfg.System = NewSystem()
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Dataplane{cfg: cfg, log: log}, nil
+}
+
+// Gateway is the bridge address for a pod prefix: its first host address,
+// with the prefix's length (10.244.1.0/24 → 10.244.1.1/24). The CNI side
+// hands the same address to pods as their default gateway.
+func Gateway(pod netip.Prefix) (netip.Prefix, error) {
+	pod = pod.Masked()
+	if pod.Bits() >= pod.Addr().BitLen()-1 {
+		return netip.Prefix{}, fmt.Errorf("%s: %w", pod, ErrNoGateway)
+	}
+	return netip.PrefixFrom(pod.Addr().Next(), pod.Bits()), nil
+}
+
+// Apply converges the host to s. It carries on past a failed step so one
+// problem (say a foreign route in the way) does not hold back the rest, and
+// returns all failures joined.
+func (d *Dataplane) Apply(ctx context.Context, s mesh.DataplaneState) error {
+	cfg, sys := d.cfg, d.cfg.System
+	var errs []error
+
+	gateways, err := gatewaysFor(s.LocalPodCIDRs)
+	if err != nil {
+		errs = append(errs, err)
+	}
+
+	// Bridge first: its addresses are the routes' source addresses.
+	if err := sys.EnsureBridge(cfg.Bridge, s.MTU); err != nil {
+		errs = append(errs, fmt.Errorf("bridge %s: %w", cfg.Bridge, err))
+	} else if err := d.syncAddrs(cfg.Bridge, gateways); err != nil {
+		errs = append(errs, err)
+	}
+
+	if err := sys.EnsureLinkUp(cfg.WGInterface, s.MTU); err != nil {
+		errs = append(errs, fmt.Errorf("wireguard link %s: %w", cfg.WGInterface, err))
+	}
+
+	if err := d.syncSysctls(s); err != nil {
+		errs = append(errs, err)
+	}
+
+	if err := d.syncRoutes(s.RemotePodCIDRs, gateways); err != nil {
+		errs = append(errs, err)
+	}
+
+	if err := ctx.Err(); err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	fw := Firewall{
+		Table:         cfg.Table,
+		Bridge:        cfg.Bridge,
+		WGInterface:   cfg.WGInterface,
+		LocalPodCIDRs: slices.Clone(s.LocalPodCIDRs),
+		ClusterCIDRs:  slices.Clone(cfg.ClusterCIDRs),
+	}
+	if err := sys.ApplyFirewall(fw); err != nil {
+		errs = append(errs, fmt.Errorf("firewall: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func gatewaysFor(local []netip.Prefix) ([]netip.Prefix, error) {
+	var gws []netip.Prefix
+	var errs []error
+	for _, p := range local {
+		gw, err := Gateway(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("local pod cidr: %w", err))
+			continue
+		}
+		gws = append(gws, gw)
+	}
+	return gws, errors.Join(errs...)
+}
+
+// syncAddrs makes the bridge's global addresses exactly the gateways. The
+// bridge is ours (it carries our name and we created it), so an address that
+// is no longer a gateway, e.g. after a podCIDR change, is removed.
+func (d *Dataplane) syncAddrs(link string, want []netip.Prefix) error {
+	have, err := d.cfg.System.Addrs(link)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", link, err)
+	}
+	var errs []error
+	for _, a := range want {
+		if slices.Contains(have, a) {
+			continue
+		}
+		if err := d.cfg.System.AddAddr(link, a); err != nil {
+			errs = append(errs, fmt.Errorf("add address %s to %s: %w", a, link, err))
+			continue
+		}
+		d.log.Info("added bridge gateway address", "link", link, "addr", a)
+	}
+	for _, a := range have {
+		if slices.Contains(want, a) {
+			continue
+		}
+		if err := d.cfg.System.DelAddr(link, a); err != nil {
+			errs = append(errs, fmt.Errorf("remove address %s from %s: %w", a, link, err))
+			continue
+		}
+		d.log.Info("removed stale bridge address", "link", link, "addr", a)
+	}
+	return errors.Join(errs...)
+}
+
+// sysctlsFor lists the forwarding switches the node needs. IPv6 forwarding
+// is turned on only for IPv6 pod ranges: on an IPv4-only node it would
+// needlessly stop the host accepting router advertisements.
+func sysctlsFor(s mesh.DataplaneState) [][2]string {
+	out := [][2]string{{"net.ipv4.ip_forward", "1"}}
+	for _, p := range slices.Concat(s.LocalPodCIDRs, s.RemotePodCIDRs) {
+		if p.Addr().Is6() && !p.Addr().Is4In6() {
+			out = append(out, [2]string{"net.ipv6.conf.all.forwarding", "1"})
+			break
+		}
+	}
+	return out
+}
+
+func (d *Dataplane) syncSysctls(s mesh.DataplaneState) error {
+	var errs []error
+	for _, kv := range sysctlsFor(s) {
+		cur, err := d.cfg.System.Sysctl(kv[0])
+		if err == nil && cur == kv[1] {
+			continue
+		}
+		if err := d.cfg.System.SetSysctl(kv[0], kv[1]); err != nil {
+			errs = append(errs, fmt.Errorf("sysctl %s=%s: %w", kv[0], kv[1], err))
+			continue
+		}
+		d.log.Info("set sysctl", "key", kv[0], "value", kv[1])
+	}
+	return errors.Join(errs...)
+}
+
+// routesFor builds the desired routes: one per remote prefix through the
+// WireGuard interface, sourced from the gateway of the same family.
+func (d *Dataplane) routesFor(remote, gateways []netip.Prefix) []Route {
+	var out []Route
+	for _, p := range remote {
+		r := Route{Dst: p.Masked(), Dev: d.cfg.WGInterface, Protocol: d.cfg.RouteProtocol}
+		for _, gw := range gateways {
+			if gw.Addr().Is4() == p.Addr().Is4() {
+				r.Src = gw.Addr()
+				break
+			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// syncRoutes adds missing routes, fixes our routes that differ, and removes
+// our routes to prefixes no longer wanted. Routes without our protocol tag
+// are never listed, so never changed.
+func (d *Dataplane) syncRoutes(remote, gateways []netip.Prefix) error {
+	sys := d.cfg.System
+	have, err := sys.Routes(d.cfg.RouteProtocol)
+	if err != nil {
+		return fmt.Errorf("list routes: %w", err)
+	}
+	byDst := map[netip.Prefix]Route{}
+	for _, r := range have {
+		byDst[r.Dst] = r
+	}
+	want := d.routesFor(remote, gateways)
+	wanted := map[netip.Prefix]bool{}
+	var errs []error
+	for _, r := range want {
+		wanted[r.Dst] = true
+		cur, ok := byDst[r.Dst]
+		switch {
+		case !ok:
+			if err := sys.AddRoute(r); err != nil {
+				errs = append(errs, fmt.Errorf("add route %s dev %s: %w", r.Dst, r.Dev, err))
+				continue
+			}
+			d.log.Info("added route", "dst", r.Dst, "dev", r.Dev, "src", r.Src)
+		case cur != r:
+			if err := sys.ReplaceRoute(r); err != nil {
+				errs = append(errs, fmt.Errorf("replace route %s dev %s: %w", r.Dst, r.Dev, err))
+				continue
+			}
+			d.log.Info("updated route", "dst", r.Dst, "dev", r.Dev, "src", r.Src)
+		}
+	}
+	for _, r := range have {
+		if wanted[r.Dst] {
+			continue
+		}
+		if err := sys.DelRoute(r); err != nil {
+			errs = append(errs, fmt.Errorf("delete route %s dev %s: %w", r.Dst, r.Dev, err))
+			continue
+		}
+		d.log.Info("removed route", "dst", r.Dst, "dev", r.Dev)
+	}
+	return errors.Join(errs...)
+}
+
+// Multi applies several dataplanes in order (e.g. the kernel dataplane, then
+// the CNI config writer) and joins their errors; a failing one does not stop
+// the next.
+type Multi []mesh.Dataplane
+
+// Apply implements mesh.Dataplane.
+func (m Multi) Apply(ctx context.Context, s mesh.DataplaneState) error {
+	var errs []error
+	for _, dp := range m {
+		if err := dp.Apply(ctx, s); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Func adapts a function to mesh.Dataplane.
+type Func func(ctx context.Context, s mesh.DataplaneState) error
+
+// Apply implements mesh.Dataplane.
+func (f Func) Apply(ctx context.Context, s mesh.DataplaneState) error { return f(ctx, s) }

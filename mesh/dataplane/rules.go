@@ -1,0 +1,135 @@
+package dataplane
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Firewall is the packet filtering and NAT a node needs, in our terms. The
+// Linux System turns it into nftables rules; rulesFor is the single place
+// that decides which rules exist (the fail-closed drops of a later issue
+// belong there too).
+type Firewall struct {
+	// Table is our nftables table (family inet), replaced as a whole.
+	Table         string
+	Bridge        string
+	WGInterface   string
+	LocalPodCIDRs []netip.Prefix
+	ClusterCIDRs  []netip.Prefix
+}
+
+// Chains a rule can live in.
+const (
+	// ChainForward and ChainPostrouting are base chains of our own table.
+	ChainForward     = "forward"
+	ChainPostrouting = "postrouting"
+	// ChainCompatForward is iptables' "filter FORWARD" chain (tables ip
+	// filter and ip6 filter, as made by iptables-nft), if the host has it.
+	ChainCompatForward = "FORWARD"
+)
+
+// Verdicts.
+const (
+	VerdictAccept     = "accept"
+	VerdictMasquerade = "masquerade"
+)
+
+// CommentPrefix starts the comment of every rule we create; rules in
+// chains we do not own are recognised by it.
+const CommentPrefix = "wgmesh:"
+
+// Rule is one firewall rule, independent of nftables' encoding. Empty fields
+// match anything; all set fields must match.
+type Rule struct {
+	Chain string
+	// IIF / OIF: input / output interface name.
+	IIF, OIF string
+	// NotOIF: the output interface is none of these.
+	NotOIF []string
+	// Src: source address within the prefix (also selects the family).
+	Src netip.Prefix
+	// NotDst: destination address within none of these prefixes (only
+	// those of Src's family apply).
+	NotDst  []netip.Prefix
+	Verdict string
+	// Note says why the rule exists; Comment adds a fingerprint of all
+	// fields so that comparing comments compares rules.
+	Note string
+}
+
+// Comment is the rule's nftables comment: our prefix, the note, and a short
+// hash of every field. An unchanged comment therefore means an unchanged
+// rule, which lets Apply leave a converged ruleset (and its counters) alone.
+func (r Rule) Comment() string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%s|%s|%s|%v|%s|%v|%s",
+		r.Chain, r.IIF, r.OIF, r.NotOIF, r.Src, r.NotDst, r.Verdict)))
+	c := fmt.Sprintf("%s %s #%s", CommentPrefix, r.Note, hex.EncodeToString(sum[:4]))
+	// nft limits comments to 128 bytes; the hash at the end must survive.
+	if len(c) > 120 {
+		note := r.Note[:max(0, len(r.Note)-(len(c)-120))]
+		c = fmt.Sprintf("%s %s #%s", CommentPrefix, strings.TrimSpace(note), hex.EncodeToString(sum[:4]))
+	}
+	return c
+}
+
+// rulesFor lists every rule of fw, in order, per chain. Chains of our table
+// are present even when empty.
+func rulesFor(fw Firewall) map[string][]Rule {
+	br, wg := fw.Bridge, fw.WGInterface
+	// Accepting here is what matters on hosts whose iptables FORWARD policy
+	// is DROP: in nftables every base chain on the hook must accept, so we
+	// insert these into iptables' FORWARD chain as well as keeping them in
+	// our own forward chain (where later fail-closed drops will sit next to
+	// them, and where their counters show pod traffic).
+	forward := []Rule{
+		{IIF: br, OIF: wg, Verdict: VerdictAccept, Note: "pods to the mesh"},
+		{IIF: wg, OIF: br, Verdict: VerdictAccept, Note: "mesh to pods"},
+		{IIF: br, OIF: br, Verdict: VerdictAccept, Note: "pod to pod on this node"},
+	}
+	out := map[string][]Rule{ChainForward: nil, ChainPostrouting: nil, ChainCompatForward: nil}
+	for _, r := range forward {
+		r.Chain = ChainForward
+		out[ChainForward] = append(out[ChainForward], r)
+		r.Chain = ChainCompatForward
+		out[ChainCompatForward] = append(out[ChainCompatForward], r)
+	}
+	for _, p := range fw.LocalPodCIDRs {
+		p = p.Masked()
+		var notDst []netip.Prefix
+		for _, c := range fw.ClusterCIDRs {
+			if c.Addr().Is4() == p.Addr().Is4() {
+				notDst = append(notDst, c.Masked())
+			}
+		}
+		// Our own pod prefix is in the cluster range by definition; list
+		// it anyway so a cluster-cidrs setting that misses it still never
+		// NATs pod-to-pod traffic.
+		if !containsPrefix(notDst, p) {
+			notDst = append(notDst, p)
+		}
+		out[ChainPostrouting] = append(out[ChainPostrouting], Rule{
+			Chain: ChainPostrouting,
+			// Never NAT what goes back into the bridge or into the
+			// mesh: both are pod-to-pod.
+			NotOIF:  []string{br, wg},
+			Src:     p,
+			NotDst:  notDst,
+			Verdict: VerdictMasquerade,
+			Note:    "masquerade pods of " + p.String() + " leaving the cluster",
+		})
+	}
+	return out
+}
+
+// containsPrefix reports whether p lies within one of ps.
+func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
+	for _, q := range ps {
+		if q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
