@@ -8,8 +8,10 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/google/nftables/xt"
 	"golang.org/x/sys/unix"
 )
 
@@ -217,6 +219,29 @@ func exprsFor(r Rule, inet bool) []expr.Any {
 			}
 		}
 	}
+	if r.Established {
+		if inet {
+			e = append(e,
+				&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+					Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
+					Xor:  make([]byte, 4)},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+			)
+		} else {
+			// In iptables' own chains use the x_tables conntrack match,
+			// exactly as `iptables -m conntrack --ctstate` writes it:
+			// iptables-nft 1.8 declares a whole table incompatible (and
+			// stops listing it, breaking kube-proxy and friends) if it
+			// meets a native ct expression.
+			e = append(e, &expr.Match{Name: "conntrack", Rev: 3, Info: &xt.ConntrackMtinfo3{
+				ConntrackMtinfo2: xt.ConntrackMtinfo2{
+					ConntrackMtinfoBase: xt.ConntrackMtinfoBase{MatchFlags: uint16(xt.ConntrackState)},
+					StateMask:           xtStateEstablished | xtStateRelated,
+				},
+			}})
+		}
+	}
 	e = append(e, &expr.Counter{})
 	switch r.Verdict {
 	case VerdictAccept:
@@ -226,6 +251,13 @@ func exprsFor(r Rule, inet bool) []expr.Any {
 	}
 	return e
 }
+
+// x_tables conntrack state bits: XT_CONNTRACK_STATE_BIT(ctinfo) is
+// 1 << (ctinfo + 1), with IP_CT_ESTABLISHED = 0 and IP_CT_RELATED = 1.
+const (
+	xtStateEstablished = 1 << 1
+	xtStateRelated     = 1 << 2
+)
 
 // ifname matches an interface name the way nft(8) encodes it: the name,
 // NUL-padded to IFNAMSIZ.

@@ -53,8 +53,11 @@ type Rule struct {
 	Src netip.Prefix
 	// NotDst: destination address within none of these prefixes (only
 	// those of Src's family apply).
-	NotDst  []netip.Prefix
-	Verdict string
+	NotDst []netip.Prefix
+	// Established: the packet belongs to a connection conntrack has seen
+	// both ways, or is related to one (ct state established,related).
+	Established bool
+	Verdict     string
 	// Note says why the rule exists; Comment adds a fingerprint of all
 	// fields so that comparing comments compares rules.
 	Note string
@@ -64,8 +67,8 @@ type Rule struct {
 // hash of every field. An unchanged comment therefore means an unchanged
 // rule, which lets Apply leave a converged ruleset (and its counters) alone.
 func (r Rule) Comment() string {
-	sum := sha256.Sum256([]byte(fmt.Sprintf("%s|%s|%s|%v|%s|%v|%s",
-		r.Chain, r.IIF, r.OIF, r.NotOIF, r.Src, r.NotDst, r.Verdict)))
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%s|%s|%s|%v|%s|%v|%v|%s",
+		r.Chain, r.IIF, r.OIF, r.NotOIF, r.Src, r.NotDst, r.Established, r.Verdict)))
 	c := fmt.Sprintf("%s %s #%s", CommentPrefix, r.Note, hex.EncodeToString(sum[:4]))
 	// nft limits comments to 128 bytes; the hash at the end must survive.
 	if len(c) > 120 {
@@ -84,10 +87,18 @@ func rulesFor(fw Firewall) map[string][]Rule {
 	// insert these into iptables' FORWARD chain as well as keeping them in
 	// our own forward chain (where later fail-closed drops will sit next to
 	// them, and where their counters show pod traffic).
+	//
+	// Pods may open connections anywhere (leaving the cluster they are
+	// masqueraded below); from outside the mesh only replies come back in,
+	// so a host that drops forwarded traffic does not become an open
+	// router into its pods. The separate rules per path keep separate
+	// counters.
 	forward := []Rule{
 		{IIF: br, OIF: wg, Verdict: VerdictAccept, Note: "pods to the mesh"},
 		{IIF: wg, OIF: br, Verdict: VerdictAccept, Note: "mesh to pods"},
 		{IIF: br, OIF: br, Verdict: VerdictAccept, Note: "pod to pod on this node"},
+		{IIF: br, Verdict: VerdictAccept, Note: "pods to outside the cluster"},
+		{OIF: br, Established: true, Verdict: VerdictAccept, Note: "replies to pods"},
 	}
 	out := map[string][]Rule{ChainForward: nil, ChainPostrouting: nil, ChainCompatForward: nil}
 	for _, r := range forward {

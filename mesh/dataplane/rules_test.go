@@ -16,6 +16,8 @@ func TestRulesFor(t *testing.T) {
 			{Chain: chain, IIF: "br", OIF: "wg", Verdict: VerdictAccept, Note: "pods to the mesh"},
 			{Chain: chain, IIF: "wg", OIF: "br", Verdict: VerdictAccept, Note: "mesh to pods"},
 			{Chain: chain, IIF: "br", OIF: "br", Verdict: VerdictAccept, Note: "pod to pod on this node"},
+			{Chain: chain, IIF: "br", Verdict: VerdictAccept, Note: "pods to outside the cluster"},
+			{Chain: chain, OIF: "br", Established: true, Verdict: VerdictAccept, Note: "replies to pods"},
 		}
 	}
 	tests := []struct {
@@ -80,12 +82,13 @@ func TestRulesFor(t *testing.T) {
 func TestRuleCommentFingerprintsEveryField(t *testing.T) {
 	r := Rule{Chain: ChainPostrouting, NotOIF: []string{"br"}, Src: netip.MustParsePrefix("10.244.1.0/24"),
 		NotDst: pfx("10.244.0.0/16"), Verdict: VerdictMasquerade, Note: "n"}
-	variants := []Rule{r, r, r, r, r, r}
+	variants := []Rule{r, r, r, r, r, r, r}
 	variants[1].NotDst = pfx("10.0.0.0/8")
 	variants[2].NotOIF = []string{"br", "wg"}
 	variants[3].Src = netip.MustParsePrefix("10.244.2.0/24")
 	variants[4].Chain = ChainForward
 	variants[5].Verdict = VerdictAccept
+	variants[6].Established = true
 	seen := map[string]int{}
 	for i, v := range variants {
 		c := v.Comment()

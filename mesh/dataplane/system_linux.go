@@ -121,7 +121,14 @@ func (s *linuxSystem) AddAddr(name string, p netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	err = netlink.AddrAdd(link, &netlink.Addr{IPNet: ipNet(p, false)})
+	a := &netlink.Addr{IPNet: ipNet(p, false)}
+	if p.Addr().Is6() {
+		// No duplicate address detection: the gateway is ours by
+		// construction, and a tentative address (DAD never finishes on a
+		// bridge without carrier) cannot be a route's source.
+		a.Flags = unix.IFA_F_NODAD
+	}
+	err = netlink.AddrAdd(link, a)
 	if errors.Is(err, unix.EEXIST) {
 		return nil
 	}
@@ -217,11 +224,13 @@ func (s *linuxSystem) ReplaceRoute(r Route) error {
 func (s *linuxSystem) DelRoute(r Route) error {
 	// Delete by destination, table and protocol only: the kernel then
 	// matches our route whatever device it points at now, and never a
-	// route of another protocol.
+	// route of another protocol. Scope "nowhere" is the kernel's wildcard;
+	// the zero value (universe) would not match our link-scope route.
 	nr := &netlink.Route{
 		Dst:      ipNet(r.Dst, true),
 		Protocol: netlink.RouteProtocol(r.Protocol),
 		Table:    unix.RT_TABLE_MAIN,
+		Scope:    netlink.SCOPE_NOWHERE,
 	}
 	err := netlink.RouteDel(nr)
 	if errors.Is(err, unix.ESRCH) {
