@@ -1,0 +1,307 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// AgentConflist is the file the agent writes when the node is ready for pods.
+const AgentConflist = "10-wgmesh.conflist"
+
+// NodeOptions shapes a new node.
+type NodeOptions struct {
+	// Name of the Node object; default node<index>.
+	Name string
+	// NAT puts the node behind a masquerading router namespace: its own
+	// address is 203.0.113.2 (its Node's InternalIP, as a kubelet behind NAT
+	// would report), its traffic leaves from 198.51.100.(10+i).
+	NAT bool
+	// MTU of the node's underlay interface (default 1500).
+	MTU int
+	// Pods to attach once the agent is ready.
+	Pods int
+	// NoWait returns as soon as the agent is started (no pods are attached).
+	NoWait bool
+	// NoAgent creates the node without starting its agent.
+	NoAgent bool
+}
+
+// AddNode creates a node: namespaces, Node object (podCIDR 10.244.i.0/24,
+// InternalIP 198.51.100.(10+i)), the agent's ServiceAccount kubeconfig, the
+// CNI binary, and starts the agent.
+func (l *Lab) AddNode(ctx context.Context, opt NodeOptions) (*Node, error) {
+	var node *Node
+	err := l.withState(func(st *State, save func() error) error {
+		idx := st.NextIndex
+		if idx < 1 {
+			idx = 1
+		}
+		if idx > maxNodeIndex {
+			return fmt.Errorf("no node index left (max %d nodes per lab)", maxNodeIndex)
+		}
+		name := opt.Name
+		if name == "" {
+			name = fmt.Sprintf("node%d", idx)
+		}
+		if _, dup := st.Nodes[name]; dup {
+			return fmt.Errorf("node %q already exists", name)
+		}
+		n := &Node{
+			Name:       name,
+			Index:      idx,
+			Netns:      fmt.Sprintf("%sn%d", st.NetnsPrefix, idx),
+			MountNS:    filepath.Join(st.MountDir, fmt.Sprintf("n%d.mnt", idx)),
+			Dir:        filepath.Join(l.cfg.StateDir, "nodes", name),
+			Link:       fmt.Sprintf("n%d", idx),
+			UnderlayIP: fmt.Sprintf("198.51.100.%d", 10+idx),
+			PodCIDR:    fmt.Sprintf("10.244.%d.0/24", idx),
+			MTU:        opt.MTU,
+			Pods:       map[string]*Pod{},
+			NextPod:    1,
+		}
+		if opt.NAT {
+			n.NAT = &NAT{
+				Netns:    fmt.Sprintf("%snat%d", st.NetnsPrefix, idx),
+				Link:     n.Link,
+				PublicIP: n.UnderlayIP,
+				InsideIP: natInsideNode,
+			}
+			n.UnderlayIP = natInsideNode
+		}
+		// Record the intent first: a crash from here on still leaves `down`
+		// everything it needs.
+		st.NextIndex = idx + 1
+		st.Nodes[name] = n
+		if err := save(); err != nil {
+			return err
+		}
+		l.cfg.Log.Info("adding node", "node", name, "underlay-ip", n.UnderlayIP, "pod-cidr", n.PodCIDR, "nat", opt.NAT)
+		if err := prepareNodeDirs(n); err != nil {
+			return err
+		}
+		if err := connectNode(ctx, st.Underlay, n); err != nil {
+			return err
+		}
+		if err := createMountNS(ctx, n); err != nil {
+			return err
+		}
+		if err := installCNI(filepath.Join(l.cfg.BinDir, "wgmesh-cni"), filepath.Join(n.NodePath("/opt/cni/bin"), "wgmesh")); err != nil {
+			return err
+		}
+		c, err := l.Admin()
+		if err != nil {
+			return err
+		}
+		if err := createNodeObject(ctx, c, n); err != nil {
+			return err
+		}
+		if err := l.writeAgentKubeconfig(ctx, c, n); err != nil {
+			return err
+		}
+		if !opt.NoAgent {
+			if err := l.startAgent(n); err != nil {
+				return err
+			}
+		}
+		node = n
+		return nil
+	})
+	if err != nil || opt.NoWait || opt.NoAgent {
+		return node, err
+	}
+	if err := l.WaitAgentReady(ctx, node.Name, 2*time.Minute); err != nil {
+		return node, err
+	}
+	for i := 0; i < opt.Pods; i++ {
+		if _, err := l.AddPod(ctx, node.Name); err != nil {
+			return node, err
+		}
+	}
+	return l.st.Nodes[node.Name], nil
+}
+
+// installCNI copies the plugin binary into the node's /opt/cni/bin the way
+// an installer should: write a temp file, then rename, so a runtime never
+// executes a half-written plugin.
+func installCNI(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("install cni plugin: %w", err)
+	}
+	defer in.Close()
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return fmt.Errorf("install cni plugin: %w", err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("install cni plugin: %w", err)
+	}
+	if err := out.Close(); err != nil {
+		return fmt.Errorf("install cni plugin: %w", err)
+	}
+	return os.Rename(tmp, dst)
+}
+
+func (l *Lab) agentArgv(n *Node) []string {
+	argv := []string{
+		"nsenter", "--net=" + netnsPath(n.Netns), "--mount=" + n.MountNS, "--",
+		filepath.Join(l.cfg.BinDir, "wgmesh-agent"),
+		"--node-name=" + n.Name,
+		"--kubeconfig=" + filepath.Join(n.Dir, "kubeconfig"),
+	}
+	return append(argv, l.cfg.AgentArgs...)
+}
+
+func (l *Lab) startAgent(n *Node) error {
+	p, err := startDetached(l.agentArgv(n), l.logPath("agent-"+n.Name), os.Environ())
+	if err != nil {
+		return err
+	}
+	n.Agent = &p
+	return nil
+}
+
+// AgentLog returns the path of the node's agent log.
+func (l *Lab) AgentLog(node string) string { return l.logPath("agent-" + node) }
+
+// WaitAgentReady waits until the node's agent has written the CNI config.
+func (l *Lab) WaitAgentReady(ctx context.Context, node string, timeout time.Duration) error {
+	if err := l.Load(); err != nil {
+		return err
+	}
+	n, ok := l.st.Nodes[node]
+	if !ok {
+		return fmt.Errorf("node %q: %w", node, ErrNoNode)
+	}
+	path := filepath.Join(n.NodePath("/etc/cni/net.d"), AgentConflist)
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		if n.Agent == nil || !n.Agent.Alive() {
+			return fmt.Errorf("agent on %s is not running; last log lines:\n%s", node, tailFile(l.AgentLog(node), 20))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent on %s wrote no %s within %s; last log lines:\n%s", node, AgentConflist, timeout, tailFile(l.AgentLog(node), 20))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// KillAgent SIGKILLs the node's agent (a crash, not a shutdown).
+func (l *Lab) KillAgent(node string) error {
+	return l.withState(func(st *State, save func() error) error {
+		n, ok := st.Nodes[node]
+		if !ok {
+			return fmt.Errorf("node %q: %w", node, ErrNoNode)
+		}
+		if n.Agent == nil || !n.Agent.Alive() {
+			return fmt.Errorf("agent on %s is not running", node)
+		}
+		if err := n.Agent.stop(syscall.SIGKILL, 5*time.Second); err != nil {
+			return err
+		}
+		n.Agent = nil
+		return nil
+	})
+}
+
+// StartAgent starts the node's agent again (after KillAgent, or with a new
+// binary in BinDir).
+func (l *Lab) StartAgent(node string) error {
+	return l.withState(func(st *State, save func() error) error {
+		n, ok := st.Nodes[node]
+		if !ok {
+			return fmt.Errorf("node %q: %w", node, ErrNoNode)
+		}
+		if n.Agent != nil && n.Agent.Alive() {
+			return fmt.Errorf("agent on %s is already running (pid %d)", node, n.Agent.PID)
+		}
+		return l.startAgent(n)
+	})
+}
+
+// RemoveNode deletes the Node object, stops the node's agent and removes its
+// namespaces (its pods go with its mount namespace) and files.
+func (l *Lab) RemoveNode(ctx context.Context, node string) error {
+	return l.withState(func(st *State, save func() error) error {
+		n, ok := st.Nodes[node]
+		if !ok {
+			return fmt.Errorf("node %q: %w", node, ErrNoNode)
+		}
+		c, err := l.Admin()
+		if err != nil {
+			return err
+		}
+		if err := c.CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete node %s: %w", n.Name, err)
+		}
+		if err := l.destroyNode(ctx, n); err != nil {
+			return err
+		}
+		delete(st.Nodes, node)
+		return nil
+	})
+}
+
+func (l *Lab) destroyNode(ctx context.Context, n *Node) error {
+	if n.Agent != nil {
+		if err := n.Agent.stop(syscall.SIGTERM, 5*time.Second); err != nil {
+			return err
+		}
+		n.Agent = nil
+	}
+	inodes := map[uint64]bool{}
+	for _, p := range []string{n.MountNS, netnsPath(n.Netns)} {
+		if ino, ok := nsInode(p); ok {
+			inodes[ino] = true
+		}
+	}
+	killInNamespaces(inodes)
+	if err := releaseMountNS(n.MountNS); err != nil {
+		return err
+	}
+	for _, ns := range []string{n.Netns, natNetns(n)} {
+		if err := delNetns(ctx, ns); err != nil {
+			return err
+		}
+	}
+	return os.RemoveAll(n.Dir)
+}
+
+func natNetns(n *Node) string {
+	if n.NAT == nil {
+		return ""
+	}
+	return n.NAT.Netns
+}
+
+// Endpoint returns the address other nodes see the node's traffic come
+// from (the router's for a NAT'd node).
+func (n *Node) Endpoint() string {
+	if n.NAT != nil {
+		return n.NAT.PublicIP
+	}
+	return n.UnderlayIP
+}
+
+// String is for messages.
+func (n *Node) String() string {
+	return strings.Join([]string{n.Name, n.UnderlayIP, n.PodCIDR}, " ")
+}

@@ -1,0 +1,263 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	current "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// PodNamespace is the Kubernetes namespace the lab's pods pretend to live in
+// (passed to the plugin as K8S_POD_NAMESPACE like a runtime would).
+const PodNamespace = "default"
+
+// AddPod creates a pod on the node: a network namespace (inside the node's
+// mount namespace, like a runtime's /run/netns/cni-*) attached by the node's
+// CNI configuration through libcni, run inside the node's namespaces.
+func (l *Lab) AddPod(ctx context.Context, node string) (*Pod, error) {
+	var pod *Pod
+	err := l.withState(func(st *State, save func() error) error {
+		n, ok := st.Nodes[node]
+		if !ok {
+			return fmt.Errorf("node %q: %w", node, ErrNoNode)
+		}
+		name := fmt.Sprintf("p%d", n.NextPod)
+		n.NextPod++
+		p := &Pod{
+			Name:        name,
+			Netns:       "pod-" + name,
+			ContainerID: fmt.Sprintf("wgmeshlab-%s-%s-%s", st.Name, n.Name, name),
+		}
+		n.Pods[name] = p
+		if err := save(); err != nil {
+			return err
+		}
+		// A pod that fails to attach is removed again, like a runtime
+		// tears down a sandbox whose network setup failed.
+		attached := false
+		defer func() {
+			if attached {
+				return
+			}
+			_, _ = l.cniCall(ctx, n, p, "del")
+			_ = l.nodeRun(ctx, n, "ip", "netns", "del", p.Netns)
+			delete(n.Pods, name)
+		}()
+		if err := l.nodeRun(ctx, n, "ip", "netns", "add", p.Netns); err != nil {
+			return err
+		}
+		if err := l.nodeRun(ctx, n, "ip", "-n", p.Netns, "link", "set", "lo", "up"); err != nil {
+			return err
+		}
+		res, err := l.cniCall(ctx, n, p, "add")
+		if err != nil {
+			return fmt.Errorf("attach pod %s/%s: %w", n.Name, name, err)
+		}
+		attached = true
+		p.IP = res.IP
+		pod = p
+		l.cfg.Log.Info("pod attached", "node", n.Name, "pod", name, "ip", p.IP)
+		return nil
+	})
+	return pod, err
+}
+
+// RemovePod detaches the pod through CNI DEL and removes its namespace.
+func (l *Lab) RemovePod(ctx context.Context, node, pod string) error {
+	return l.withState(func(st *State, save func() error) error {
+		n, ok := st.Nodes[node]
+		if !ok {
+			return fmt.Errorf("node %q: %w", node, ErrNoNode)
+		}
+		p, ok := n.Pods[pod]
+		if !ok {
+			return fmt.Errorf("pod %s/%s: %w", node, pod, ErrNoPod)
+		}
+		if _, err := l.cniCall(ctx, n, p, "del"); err != nil {
+			return fmt.Errorf("detach pod %s/%s: %w", node, pod, err)
+		}
+		if err := l.nodeRun(ctx, n, "ip", "netns", "del", p.Netns); err != nil {
+			return err
+		}
+		delete(n.Pods, pod)
+		return nil
+	})
+}
+
+func (l *Lab) nodeRun(ctx context.Context, n *Node, cmd ...string) error {
+	argv := append([]string{"nsenter", "--net=" + netnsPath(n.Netns), "--mount=" + n.MountNS, "--"}, cmd...)
+	return run(ctx, argv...)
+}
+
+// cniCall re-executes the lab binary's hidden `cni` command inside the
+// node's namespaces, so the plugin sees exactly what it would see when a
+// container runtime on that node called it.
+func (l *Lab) cniCall(ctx context.Context, n *Node, p *Pod, action string) (*CNIResponse, error) {
+	req := CNIRequest{
+		Action:      action,
+		ContainerID: p.ContainerID,
+		Netns:       netnsPath(p.Netns),
+		IfName:      "eth0",
+		PodName:     n.Name + "-" + p.Name,
+		PodNS:       PodNamespace,
+	}
+	argv := []string{"nsenter", "--net=" + netnsPath(n.Netns), "--mount=" + n.MountNS, "--",
+		l.cfg.LabBinary, "cni", "--request", req.encode()}
+	out, err := output(ctx, argv...)
+	if err != nil {
+		return nil, err
+	}
+	var resp CNIResponse
+	// The last line is the JSON response; anything before is the plugin's
+	// stderr-free chatter (there should be none).
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &resp); err != nil {
+		return nil, fmt.Errorf("parse cni response %q: %w", out, err)
+	}
+	return &resp, nil
+}
+
+// CNIRequest is what the hidden `cni` command executes.
+type CNIRequest struct {
+	Action      string `json:"action"` // add, del, check
+	ContainerID string `json:"containerID"`
+	Netns       string `json:"netns"`
+	IfName      string `json:"ifName"`
+	PodName     string `json:"podName"`
+	PodNS       string `json:"podNamespace"`
+	// ConfDir, BinDir, CacheDir default to the standard runtime paths.
+	ConfDir  string `json:"confDir,omitempty"`
+	BinDir   string `json:"binDir,omitempty"`
+	CacheDir string `json:"cacheDir,omitempty"`
+}
+
+func (r CNIRequest) encode() string {
+	b, _ := json.Marshal(r)
+	return string(b)
+}
+
+// CNIResponse is the hidden command's answer.
+type CNIResponse struct {
+	Network string          `json:"network"`
+	IP      string          `json:"ip,omitempty"` // first IPv4 address, no prefix length
+	Result  json.RawMessage `json:"result,omitempty"`
+}
+
+// errNoConfig is returned when the node has no CNI network configured.
+var errNoConfig = errors.New("no cni network configuration")
+
+// RunCNI performs a CNI request the way a container runtime does (libcni,
+// first configuration file in lexical order from the conf dir, plugins from
+// the bin dir, results cached in the cache dir) and writes a CNIResponse as
+// one JSON line to w. It runs inside the node's namespaces.
+func RunCNI(ctx context.Context, reqJSON string, w io.Writer) error {
+	var req CNIRequest
+	if err := json.Unmarshal([]byte(reqJSON), &req); err != nil {
+		return fmt.Errorf("parse cni request: %w", err)
+	}
+	if req.ConfDir == "" {
+		req.ConfDir = "/etc/cni/net.d"
+	}
+	if req.BinDir == "" {
+		req.BinDir = "/opt/cni/bin"
+	}
+	if req.CacheDir == "" {
+		req.CacheDir = "/var/lib/cni"
+	}
+	files, err := libcni.ConfFiles(req.ConfDir, []string{".conflist"})
+	if err != nil {
+		return fmt.Errorf("list %s: %w", req.ConfDir, err)
+	}
+	sort.Strings(files)
+	if len(files) == 0 {
+		return fmt.Errorf("%s: %w", req.ConfDir, errNoConfig)
+	}
+	list, err := libcni.ConfListFromFile(files[0])
+	if err != nil {
+		return fmt.Errorf("load %s: %w", files[0], err)
+	}
+	cni := libcni.NewCNIConfigWithCacheDir([]string{req.BinDir}, req.CacheDir, &invoke.DefaultExec{})
+	rt := &libcni.RuntimeConf{
+		ContainerID: req.ContainerID,
+		NetNS:       req.Netns,
+		IfName:      req.IfName,
+		Args: [][2]string{
+			{"IgnoreUnknown", "1"},
+			{"K8S_POD_NAMESPACE", req.PodNS},
+			{"K8S_POD_NAME", req.PodName},
+			{"K8S_POD_INFRA_CONTAINER_ID", req.ContainerID},
+		},
+	}
+	resp := CNIResponse{Network: list.Name}
+	switch req.Action {
+	case "add":
+		res, err := cni.AddNetworkList(ctx, list, rt)
+		if err != nil {
+			return fmt.Errorf("cni add: %w", err)
+		}
+		cur, err := current.NewResultFromResult(res)
+		if err != nil {
+			return fmt.Errorf("convert cni result: %w", err)
+		}
+		for _, ip := range cur.IPs {
+			if a, ok := netip.AddrFromSlice(ip.Address.IP); ok && a.Unmap().Is4() {
+				resp.IP = a.Unmap().String()
+				break
+			}
+		}
+		if resp.IP == "" {
+			return fmt.Errorf("cni add returned no IPv4 address: %v", cur)
+		}
+		resp.Result, _ = json.Marshal(cur)
+	case "del":
+		if err := cni.DelNetworkList(ctx, list, rt); err != nil {
+			return fmt.Errorf("cni del: %w", err)
+		}
+	case "check":
+		if err := cni.CheckNetworkList(ctx, list, rt); err != nil {
+			return fmt.Errorf("cni check: %w", err)
+		}
+	default:
+		return fmt.Errorf("unknown cni action %q", req.Action)
+	}
+	return json.NewEncoder(w).Encode(resp)
+}
+
+// PodIP returns the pod's IP.
+func (l *Lab) PodIP(node, pod string) (string, error) {
+	n, ok := l.st.Nodes[node]
+	if !ok {
+		return "", fmt.Errorf("node %q: %w", node, ErrNoNode)
+	}
+	p, ok := n.Pods[pod]
+	if !ok {
+		return "", fmt.Errorf("pod %s/%s: %w", node, pod, ErrNoPod)
+	}
+	return p.IP, nil
+}
+
+// PodRef names one pod.
+type PodRef struct {
+	Node, Pod, IP string
+}
+
+// Pods lists every pod, nodes in index order, pods in creation order.
+func (l *Lab) Pods() []PodRef {
+	var out []PodRef
+	for _, nn := range l.st.NodeNames() {
+		n := l.st.Nodes[nn]
+		for _, pn := range n.PodNames() {
+			out = append(out, PodRef{Node: nn, Pod: pn, IP: n.Pods[pn].IP})
+		}
+	}
+	return out
+}
+
