@@ -1,0 +1,281 @@
+// Package kube is the client-go adapter of mesh.NodeSource: a Node
+// informer and lister for reading, a JSON merge patch for publishing this
+// node's own annotations, and an event recorder for warnings.
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	listersv1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/wgmesh/wgmesh/mesh"
+)
+
+// DefaultComponent is the event source component and patch field manager.
+const DefaultComponent = "wgmesh-agent"
+
+// ErrAlreadyRunning is returned by a second call to Run.
+var ErrAlreadyRunning = errors.New("node source already running")
+
+// Config configures a Source.
+type Config struct {
+	// Client talks to the API server.
+	Client kubernetes.Interface
+	// NodeName is this node's Node object; Publish patches it.
+	NodeName string
+	// Resync is the informer's resync period (0 disables it; the
+	// reconciler has its own resync tick).
+	Resync time.Duration
+	Logger *slog.Logger
+	// Component names the event source and the patch field manager;
+	// empty means DefaultComponent.
+	Component string
+}
+
+// Source is a mesh.NodeSource backed by a shared Node informer.
+type Source struct {
+	cfg      Config
+	log      *slog.Logger
+	factory  informers.SharedInformerFactory
+	informer cache.SharedIndexInformer
+	lister   listersv1.NodeLister
+	changed  chan struct{}
+
+	mu       sync.Mutex
+	running  bool
+	recorder record.EventRecorder
+}
+
+var _ mesh.NodeSource = (*Source)(nil)
+
+// New builds the informer and lister; it does no I/O. Call Run to start.
+func New(cfg Config) (*Source, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("kube node source: client is nil")
+	}
+	if cfg.NodeName == "" {
+		return nil, errors.New("kube node source: node name is empty")
+	}
+	if cfg.Component == "" {
+		cfg.Component = DefaultComponent
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	factory := informers.NewSharedInformerFactory(cfg.Client, cfg.Resync)
+	nodes := factory.Core().V1().Nodes()
+	s := &Source{
+		cfg:      cfg,
+		log:      log,
+		factory:  factory,
+		informer: nodes.Informer(),
+		lister:   nodes.Lister(),
+		changed:  make(chan struct{}, 1),
+	}
+	// Registering a handler before Start does no I/O.
+	if _, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    s.onAdd,
+		UpdateFunc: s.onUpdate,
+		DeleteFunc: s.onDelete,
+	}); err != nil {
+		return nil, fmt.Errorf("kube node source: add event handler: %w", err)
+	}
+	return s, nil
+}
+
+// Run starts the informer and the event broadcaster and blocks until ctx is
+// cancelled, then stops both.
+func (s *Source) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return ErrAlreadyRunning
+	}
+	s.running = true
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.cfg.Client.CoreV1().Events("")})
+	s.recorder = broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: s.cfg.Component, Host: s.cfg.NodeName})
+	s.mu.Unlock()
+
+	s.factory.Start(ctx.Done())
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), s.informer.HasSynced) {
+			s.log.Info("node informer synced")
+			s.signal() // the reconciler may be waiting for this
+		}
+	}()
+	<-ctx.Done()
+	s.factory.Shutdown()
+	broadcaster.Shutdown()
+
+	s.mu.Lock()
+	s.recorder = nil
+	s.mu.Unlock()
+	return nil
+}
+
+// Nodes lists the cached Nodes, sorted by name.
+func (s *Source) Nodes() ([]mesh.RawNode, error) {
+	list, err := s.lister.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list nodes from cache: %w", err)
+	}
+	out := make([]mesh.RawNode, 0, len(list))
+	for _, n := range list {
+		out = append(out, RawNode(n))
+	}
+	slices.SortFunc(out, func(a, b mesh.RawNode) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// RawNode translates a Node object into the mesh's view, copying
+// everything so the cached object is never shared.
+func RawNode(n *v1.Node) mesh.RawNode {
+	r := mesh.RawNode{
+		Name:        n.Name,
+		Annotations: maps.Clone(n.Annotations),
+		UID:         string(n.UID),
+		Created:     n.CreationTimestamp.Time,
+	}
+	switch {
+	case len(n.Spec.PodCIDRs) > 0:
+		r.PodCIDRs = slices.Clone(n.Spec.PodCIDRs)
+	case n.Spec.PodCIDR != "":
+		r.PodCIDRs = []string{n.Spec.PodCIDR}
+	}
+	for _, a := range n.Status.Addresses {
+		if a.Type == v1.NodeInternalIP {
+			r.InternalIPs = append(r.InternalIPs, a.Address)
+		}
+	}
+	return r
+}
+
+// Changed receives after any Node event; bursts coalesce.
+func (s *Source) Changed() <-chan struct{} { return s.changed }
+
+// HasSynced reports whether the informer completed its initial list.
+func (s *Source) HasSynced() bool { return s.informer.HasSynced() }
+
+// Publish merges annotations into this node's own Node with a JSON merge
+// patch on metadata.annotations: other fields and other annotations are
+// never written, so there is no conflict with the kubelet.
+func (s *Source) Publish(ctx context.Context, annotations map[string]string) error {
+	if len(annotations) == 0 {
+		return nil
+	}
+	patch, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"annotations": annotations},
+	})
+	if err != nil {
+		return fmt.Errorf("encode annotation patch: %w", err)
+	}
+	_, err = s.cfg.Client.CoreV1().Nodes().Patch(ctx, s.cfg.NodeName, types.MergePatchType, patch,
+		metav1.PatchOptions{FieldManager: s.cfg.Component})
+	if err != nil {
+		return fmt.Errorf("patch node %q annotations: %w", s.cfg.NodeName, err)
+	}
+	return nil
+}
+
+// Warn records a Warning event on the named Node. Before Run (or after it
+// returned) there is no recorder and the warning is only logged.
+func (s *Source) Warn(node, reason, message string) {
+	ref := &v1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: node}
+	if n, err := s.lister.Get(node); err == nil {
+		ref.UID = n.UID
+	}
+	s.mu.Lock()
+	rec := s.recorder
+	s.mu.Unlock()
+	if rec == nil {
+		s.log.Warn("event recorder not running; event dropped", "node", node, "reason", reason, "message", message)
+		return
+	}
+	rec.Event(ref, v1.EventTypeWarning, EventReason(reason), message)
+}
+
+// EventReason turns a mesh reason ("bad-public-key") into the CamelCase
+// form Kubernetes events use ("BadPublicKey").
+func EventReason(reason string) string {
+	var b strings.Builder
+	for _, part := range strings.FieldsFunc(reason, func(r rune) bool { return r == '-' || r == '_' || r == ' ' }) {
+		b.WriteString(strings.ToUpper(part[:1]))
+		b.WriteString(part[1:])
+	}
+	if b.Len() == 0 {
+		return "Warning"
+	}
+	return b.String()
+}
+
+func (s *Source) onAdd(obj any) {
+	if n, ok := obj.(*v1.Node); ok {
+		s.log.Debug("node added", "node", n.Name)
+	}
+	s.signal()
+}
+
+func (s *Source) onUpdate(_, obj any) {
+	if n, ok := obj.(*v1.Node); ok {
+		s.log.Debug("node updated", "node", n.Name, "resource_version", n.ResourceVersion)
+	}
+	s.signal()
+}
+
+// onDelete accepts a *v1.Node or a cache.DeletedFinalStateUnknown
+// tombstone (the watch missed the delete and a relist noticed it). The
+// reconciler re-reads the lister, which no longer has the node, so the
+// signal is what matters; the unwrapping is for an accurate log.
+func (s *Source) onDelete(obj any) {
+	name, tombstone := nodeName(obj)
+	if name == "" {
+		s.log.Warn("node delete event with unexpected object", "type", fmt.Sprintf("%T", obj))
+	} else {
+		s.log.Debug("node deleted", "node", name, "tombstone", tombstone)
+	}
+	s.signal()
+}
+
+// nodeName extracts the node name from a delete notification.
+func nodeName(obj any) (name string, tombstone bool) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		tombstone = true
+		if n, ok := t.Obj.(*v1.Node); ok {
+			return n.Name, true
+		}
+		// The key of a cluster-scoped object is its name.
+		return t.Key, true
+	}
+	if n, ok := obj.(*v1.Node); ok {
+		return n.Name, false
+	}
+	return "", false
+}
+
+func (s *Source) signal() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
