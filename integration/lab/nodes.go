@@ -164,12 +164,25 @@ func (l *Lab) agentArgv(n *Node) []string {
 }
 
 func (l *Lab) startAgent(n *Node) error {
-	p, err := startDetached(l.agentArgv(n), l.logPath("agent-"+n.Name), os.Environ())
+	p, err := startDetached(l.agentArgv(n), l.logPath("agent-"+n.Name), agentEnv())
 	if err != nil {
 		return err
 	}
 	n.Agent = &p
 	return nil
+}
+
+// agentEnv is the caller's environment without WGMESH_* variables: the
+// agent reads its configuration from those, and the lab configures agents
+// through flags only (Config.AgentArgs).
+func agentEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "WGMESH_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // AgentLog returns the path of the node's agent log.

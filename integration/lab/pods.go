@@ -260,4 +260,3 @@ func (l *Lab) Pods() []PodRef {
 	}
 	return out
 }
-
