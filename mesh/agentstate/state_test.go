@@ -36,8 +36,8 @@ func status(t *testing.T, at time.Time) mesh.Status {
 			{Node: "node-b", PublicKey: key(t, 2), Endpoint: netip.MustParseAddrPort("198.51.100.11:51820"),
 				AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, Keepalive: 25 * time.Second},
 		},
-		Excluded: []mesh.Exclusion{{Node: "node-x", Reason: mesh.ReasonNoPublicKey, Err: errors.New("annotation wgmesh.io/public-key is missing")}},
-		Degraded: []mesh.Exclusion{{Node: "node-c", Reason: mesh.ReasonUnresolvable, Err: errors.New("endpoint host \"c.example\" did not resolve")}},
+		Excluded:   []mesh.Exclusion{{Node: "node-x", Reason: mesh.ReasonNoPublicKey, Err: errors.New("annotation wgmesh.io/public-key is missing")}},
+		Degraded:   []mesh.Exclusion{{Node: "node-c", Reason: mesh.ReasonUnresolvable, Err: errors.New("endpoint host \"c.example\" did not resolve")}},
 		Reconciles: 7, Errors: 1, Err: errors.New("apply dataplane: boom"),
 	}
 }
