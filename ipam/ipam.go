@@ -82,12 +82,14 @@ func New(cfg Config) (*IPAM, error) {
 // Pools returns the pools, IPv4 first.
 func (m *IPAM) Pools() []*Pool { return slices.Clone(m.pools) }
 
-func (m *IPAM) locked(f func() error) (err error) {
-	if err := m.store.Lock(); err != nil {
+func (m *IPAM) locked(f func() error) error { return locked(m.store, f) }
+
+func locked(s Store, f func() error) (err error) {
+	if err := s.Lock(); err != nil {
 		return err
 	}
 	defer func() {
-		if uerr := m.store.Unlock(); uerr != nil && err == nil {
+		if uerr := s.Unlock(); uerr != nil && err == nil {
 			err = uerr
 		}
 	}()
@@ -176,10 +178,17 @@ func (m *IPAM) Lookup(owner Owner) ([]Lease, error) {
 // Release frees the listed addresses of owner, or all of them when none are
 // listed. Unknown owners are not an error: DEL must be idempotent.
 func (m *IPAM) Release(owner Owner, addrs ...netip.Addr) ([]netip.Addr, error) {
+	return Release(m.store, owner, addrs...)
+}
+
+// Release is IPAM.Release for callers that have a store but no valid
+// podCIDRs: freeing by owner needs no pools, so a DEL still works after the
+// config went bad.
+func Release(s Store, owner Owner, addrs ...netip.Addr) ([]netip.Addr, error) {
 	var freed []netip.Addr
-	err := m.locked(func() error {
+	err := locked(s, func() error {
 		var err error
-		freed, err = m.store.Release(owner, addrs...)
+		freed, err = s.Release(owner, addrs...)
 		return err
 	})
 	return freed, err
@@ -189,9 +198,14 @@ func (m *IPAM) Release(owner Owner, addrs ...netip.Addr) ([]netip.Addr, error) {
 // cannot be read back (left by a crash). It carries on past errors and
 // returns what it freed together with all errors joined.
 func (m *IPAM) GC(keep func(Owner) bool) ([]Allocation, error) {
+	return GC(m.store, keep)
+}
+
+// GC is IPAM.GC for callers that have a store but no valid podCIDRs.
+func GC(s Store, keep func(Owner) bool) ([]Allocation, error) {
 	var freed []Allocation
-	err := m.locked(func() error {
-		all, err := m.store.List()
+	err := locked(s, func() error {
+		all, err := s.List()
 		if err != nil {
 			return err
 		}
@@ -203,7 +217,7 @@ func (m *IPAM) GC(keep func(Owner) bool) ([]Allocation, error) {
 			}
 			if a.Owner != (Owner{}) {
 				if _, ok := released[a.Owner]; !ok {
-					addrs, err := m.store.Release(a.Owner)
+					addrs, err := s.Release(a.Owner)
 					if err != nil {
 						errs = append(errs, err)
 					}
@@ -220,7 +234,7 @@ func (m *IPAM) GC(keep func(Owner) bool) ([]Allocation, error) {
 			// Unreadable records, and records whose owner's index does not
 			// list them (only a bug or a hand edit causes that), are freed
 			// by address.
-			if err := m.store.ReleaseAddr(a.Addr); err != nil {
+			if err := s.ReleaseAddr(a.Addr); err != nil {
 				errs = append(errs, err)
 				continue
 			}
