@@ -109,6 +109,8 @@ func (c Config) Validate() error {
 type Status struct {
 	// LastReconcile is when the last pass finished; zero before the first.
 	LastReconcile time.Time
+	// Duration is how long the last pass took (for the metrics histogram).
+	Duration time.Duration
 	// Err is the last pass's error, nil if it succeeded.
 	Err error
 	// Synced reports whether the node source had synced in the last pass
@@ -246,6 +248,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 		return err
 	}
 	r.mu.Lock()
+	start := r.now()
 	err := r.reconcile(ctx)
 	r.status.Reconciles++
 	r.status.Err = err
@@ -253,6 +256,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 		r.status.Errors++
 	}
 	r.status.LastReconcile = r.now()
+	r.status.Duration = r.status.LastReconcile.Sub(start)
 	st := cloneStatus(r.status)
 	r.mu.Unlock()
 
