@@ -14,7 +14,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -60,10 +62,11 @@ var allowedHostPaths = map[string]corev1.HostPathType{
 	"/etc/cni/net.d":     corev1.HostPathDirectoryOrCreate,
 	"/opt/cni/bin":       corev1.HostPathDirectoryOrCreate,
 	"/var/run/wireguard": corev1.HostPathDirectoryOrCreate,
+	"/var/run/wgmesh":    corev1.HostPathDirectoryOrCreate,
 }
 
 // agentHostPaths must be mounted into the agent container.
-var agentHostPaths = []string{"/dev/net/tun", "/var/lib/wgmesh", "/etc/cni/net.d", "/var/run/wireguard"}
+var agentHostPaths = []string{"/dev/net/tun", "/var/lib/wgmesh", "/etc/cni/net.d", "/var/run/wireguard", "/var/run/wgmesh"}
 
 // wantRBAC is the least the agent needs, as group/resource/verb triples.
 var wantRBAC = []string{
@@ -759,5 +762,122 @@ func TestViolationsCatchBreakage(t *testing.T) {
 				t.Errorf("violations %q lack one mentioning %q", v, tt.want)
 			}
 		})
+	}
+}
+
+// buildAgent builds cmd/wgmesh-agent into a temp dir.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "wgmesh-agent")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/wgmesh-agent")
+	cmd.Dir = ".."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the agent: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// The shipped config files must mean to the real agent what they say: every
+// key is one of its flags (the agent ignores unknown keys in a config file,
+// so a typo would silently fall back to a default), and the agent's own
+// validation accepts every value. Run without a node name, the agent stops
+// at validation and lists every problem it found, before any I/O; the node
+// name (the DaemonSet's downward API env) must be the only one.
+func TestAgentAcceptsShippedConfig(t *testing.T) {
+	bin := buildAgent(t)
+	help, err := exec.Command(bin, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("wgmesh-agent --help: %v\n%s", err, help)
+	}
+	flags := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^\s+(?:-\w, )?--([a-z][a-z-]*)\s`).FindAllStringSubmatch(string(help), -1) {
+		flags[m[1]] = true
+	}
+	for _, k := range agentConfigKeys {
+		if !flags[k] {
+			t.Errorf("README/test key %q is not a flag of wgmesh-agent (flags: %v)", k, flags)
+		}
+	}
+
+	// Without WGMESH_* from the caller's environment.
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "WGMESH_") {
+			env = append(env, e)
+		}
+	}
+	for _, dir := range kustomizations {
+		t.Run(dir, func(t *testing.T) {
+			b := renderBundle(t, dir)
+			cfg, err := b.agentConfig()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k := range cfg {
+				if !flags[k] {
+					t.Errorf("config key %q is not a flag of wgmesh-agent", k)
+				}
+			}
+			path := filepath.Join(t.TempDir(), configKey)
+			if err := os.WriteFile(path, []byte(b.cm.Data[configKey]), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(bin, "--config="+path)
+			cmd.Env = env
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("agent without a node name exited 0:\n%s", out)
+			}
+			_, problems, ok := strings.Cut(string(out), "invalid configuration:\n")
+			if !ok {
+				t.Fatalf("agent did not reach config validation:\n%s", out)
+			}
+			lines := strings.Split(strings.TrimSpace(problems), "\n")
+			if len(lines) != 1 || !strings.HasPrefix(lines[0], "node-name is required") {
+				t.Errorf("agent rejects the shipped config; problems besides the missing node name:\n%s", problems)
+			}
+		})
+	}
+}
+
+// The DaemonSet runs binaries by absolute path: each must be one the image
+// build (deploy/image-binaries.txt, read by the Dockerfile) puts there for
+// certain, not an optional one.
+func TestDaemonSetUsesImageBinaries(t *testing.T) {
+	data, err := os.ReadFile("image-binaries.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inImage := map[string]bool{}
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && !strings.HasPrefix(f[0], "#") && (len(f) == 2 || f[2] != "optional") {
+			inImage["/"+f[0]] = true
+		}
+	}
+	ds := renderBundle(t, "base").ds
+	used := []string{ds.Spec.Template.Spec.Containers[0].Command[0]}
+	for _, c := range ds.Spec.Template.Spec.InitContainers {
+		used = append(used, c.Command[0])
+		for _, a := range c.Command {
+			if src, ok := strings.CutPrefix(a, "--src="); ok {
+				used = append(used, src)
+			}
+		}
+	}
+	if len(used) < 3 {
+		t.Fatalf("found only %v in the DaemonSet", used)
+	}
+	for _, p := range used {
+		if !inImage[p] {
+			t.Errorf("DaemonSet uses %s, which image-binaries.txt does not always build (has %v)", p, inImage)
+		}
+	}
+	dockerfile, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(dockerfile, []byte("< deploy/image-binaries.txt")) {
+		t.Error("Dockerfile does not build from deploy/image-binaries.txt")
 	}
 }
