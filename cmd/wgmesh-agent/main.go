@@ -1,0 +1,228 @@
+// Command wgmesh-agent runs on every node: it keeps the node's WireGuard key
+// and device, publishes the key and endpoint on the node's Node object,
+// watches all Nodes and keeps the full mesh, the routes, the pod bridge, the
+// firewall rules and the CNI config in line with them.
+//
+// This file only wires the packages together; see mesh, mesh/wgdev,
+// mesh/dataplane and mesh/kube for the logic.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/dataplane"
+	"github.com/wgmesh/wgmesh/mesh/kube"
+	"github.com/wgmesh/wgmesh/mesh/wgdev"
+)
+
+func main() {
+	if err := newCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "wgmesh-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "wgmesh-agent",
+		Short: "wgmesh node agent: WireGuard full mesh driven by Kubernetes Node objects",
+		Long: `wgmesh-agent keeps this node in the wgmesh WireGuard mesh.
+
+Every setting is a flag, an environment variable WGMESH_<KEY> (dashes as
+underscores, e.g. WGMESH_LISTEN_PORT) or a key in the optional --config file;
+flags win over the environment, which wins over the file.
+
+On SIGTERM/SIGINT the agent closes the WireGuard device (removing its UAPI
+socket) and exits. Routes, the pod bridge and the nftables rules stay in
+place, so a restarted agent picks them up without disturbing local pods.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := newViper(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			cfg, err := loadConfig(v)
+			if err != nil {
+				return fmt.Errorf("invalid configuration:\n%w", err)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return run(ctx, cfg, os.Stderr)
+		},
+	}
+	registerFlags(cmd.Flags())
+	return cmd
+}
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if kubeconfig == "" {
+		rc, err = rest.InClusterConfig()
+	} else {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	rc.UserAgent = kube.DefaultComponent
+	return kubernetes.NewForConfig(rc)
+}
+
+// run wires config → key → device → wgctrl → node source → dataplane →
+// reconciler and runs until ctx is cancelled or the device fails.
+func run(ctx context.Context, cfg Config, logOut io.Writer) error {
+	log := newLogger(cfg, logOut).With("node", cfg.NodeName)
+
+	key, created, err := wgdev.LoadOrCreateKey(cfg.KeyFile)
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("generated a new private key", "key_file", cfg.KeyFile)
+	}
+	pub := key.PublicKey()
+
+	mtu := cfg.MTU
+	if mtu == 0 {
+		if mtu, err = dataplane.AutoMTU(cfg.Interface, cfg.CNIBridge); err != nil {
+			return fmt.Errorf("detect mtu: %w", err)
+		}
+		log.Info("mtu detected", "mtu", mtu)
+	}
+
+	client, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	source, err := kube.New(kube.Config{Client: client, NodeName: cfg.NodeName, Logger: log})
+	if err != nil {
+		return err
+	}
+	dp, err := dataplane.New(dataplane.Config{
+		WGInterface:  cfg.Interface,
+		Bridge:       cfg.CNIBridge,
+		ClusterCIDRs: cfg.ClusterCIDRs,
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	planes := dataplane.Multi{dp}
+	if w := cniWriter(cfg, log); w != nil {
+		planes = append(planes, w)
+	}
+
+	dev, err := wgdev.New(wgdev.Config{Name: cfg.Interface, MTU: mtu, PrivateKey: key, ListenPort: cfg.ListenPort, Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := dev.Open(); err != nil {
+		return err
+	}
+	defer dev.Close()
+	wg, err := wgdev.Dial(cfg.Interface)
+	if err != nil {
+		return err
+	}
+	defer wg.Close()
+
+	probes := newHealth(dev.Done())
+	rec := mesh.New(mesh.Config{
+		NodeName:         cfg.NodeName,
+		PublicKey:        pub,
+		ListenPort:       cfg.ListenPort,
+		EndpointOverride: cfg.Endpoint,
+		DefaultKeepalive: cfg.Keepalive,
+		MTU:              mtu,
+		Source:           source,
+		Device:           wg,
+		Dataplane:        planes,
+		Resolver:         net.DefaultResolver,
+		Logger:           log,
+		Resync:           cfg.Resync,
+		OnReconcile:      probes.observe,
+	})
+
+	// On return: stop the goroutines and wait for them, then (deferred
+	// earlier, so later) close wgctrl and the device: the reconciler never
+	// talks to a closed device.
+	ctx, cancel := context.WithCancel(ctx)
+	var wgs sync.WaitGroup
+	defer func() {
+		cancel()
+		wgs.Wait()
+	}()
+
+	if cfg.MetricsAddress != "" {
+		srv := &http.Server{Addr: cfg.MetricsAddress, Handler: probes.handler(), ReadHeaderTimeout: 5 * time.Second}
+		ln, err := net.Listen("tcp", cfg.MetricsAddress)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", cfg.MetricsAddress, err)
+		}
+		wgs.Go(func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("probe server stopped", "err", err)
+			}
+		})
+		wgs.Go(func() {
+			<-ctx.Done()
+			shutdownCtx, c := context.WithTimeout(context.Background(), 2*time.Second)
+			defer c()
+			srv.Shutdown(shutdownCtx)
+		})
+	}
+	wgs.Go(func() {
+		if err := source.Run(ctx); err != nil {
+			log.Error("node source stopped", "err", err)
+		}
+	})
+	recErr := make(chan error, 1)
+	wgs.Go(func() { recErr <- rec.Run(ctx) })
+
+	log.Info("agent running", "interface", cfg.Interface, "listen_port", cfg.ListenPort,
+		"public_key", pub.String(), "mtu", mtu)
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: closing the wireguard device; routes, bridge and firewall rules stay")
+		return nil
+	case <-dev.Done():
+		return fmt.Errorf("wireguard device failed: %w", dev.Err())
+	case err := <-recErr:
+		if err != nil {
+			return err
+		}
+		return errors.New("reconciler stopped unexpectedly")
+	}
+}
+
+// cniWriter returns the dataplane step that writes the CNI conflist, or nil
+// until the cni package provides one.
+func cniWriter(Config, *slog.Logger) mesh.Dataplane { return nil }
