@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -26,6 +27,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/wgmesh/wgmesh/cni"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
 	"github.com/wgmesh/wgmesh/mesh/kube"
@@ -135,10 +137,7 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	planes := dataplane.Multi{dp}
-	if w := cniWriter(cfg, log); w != nil {
-		planes = append(planes, w)
-	}
+	planes := dataplane.Multi{dp, cniWriter(cfg, log)}
 
 	dev, err := wgdev.New(wgdev.Config{Name: cfg.Interface, MTU: mtu, PrivateKey: key, ListenPort: cfg.ListenPort, Logger: log})
 	if err != nil {
@@ -223,6 +222,27 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}
 }
 
-// cniWriter returns the dataplane step that writes the CNI conflist, or nil
-// until the cni package provides one.
-func cniWriter(Config, *slog.Logger) mesh.Dataplane { return nil }
+// cniWriter is the dataplane step that (re)writes the CNI conflist whenever
+// the node's podCIDRs or MTU change (cni.WriteConflist only writes when the
+// content differs). Without podCIDRs there is no conflist: its presence tells
+// the runtime the pod network is ready.
+func cniWriter(cfg Config, log *slog.Logger) mesh.Dataplane {
+	return dataplane.Func(func(_ context.Context, s mesh.DataplaneState) error {
+		if len(s.LocalPodCIDRs) == 0 {
+			return nil
+		}
+		changed, err := cni.WriteConflist(cfg.CNIConfDir, cni.NodeConf{
+			Bridge:   cfg.CNIBridge,
+			MTU:      s.MTU,
+			PodCIDRs: s.LocalPodCIDRs,
+		})
+		if err != nil {
+			return err
+		}
+		if changed {
+			log.Info("wrote CNI config", "path", filepath.Join(cfg.CNIConfDir, cni.ConflistName),
+				"pod_cidrs", s.LocalPodCIDRs, "mtu", s.MTU)
+		}
+		return nil
+	})
+}
