@@ -225,7 +225,9 @@ func Evaluate(in Input) Report {
 
 	r.Source = cmp.Or(in.Source, SourceStateFile)
 	r.Node = st.Node
-	r.Agent = &AgentInfo{LastReconcile: st.LastReconcile.UTC(), LastError: st.LastError, Synced: st.Synced}
+	if !st.LastReconcile.IsZero() {
+		r.Agent = &AgentInfo{LastReconcile: st.LastReconcile.UTC(), LastError: st.LastError, Synced: st.Synced}
+	}
 	if st.PublicKey != "" && r.PublicKey != "" && st.PublicKey != r.PublicKey {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("the agent state is for public key %s but the device has %s: node names and health may be wrong", st.PublicKey, r.PublicKey))
 	}

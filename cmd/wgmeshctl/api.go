@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agentstate"
+	"github.com/wgmesh/wgmesh/mesh/kube"
+)
+
+type apiQuery struct {
+	kubeconfig string
+	nodeName   string
+	device     *wgtypes.Device
+	prev       *agentstate.State // the agent's state file, or nil
+	now        time.Time
+}
+
+// desiredFromAPI lists the Nodes and runs the agent's own computation
+// (mesh.Compute) on them, as the state this node should have. Endpoint DNS
+// names are not resolved: such peers show as degraded without a desired
+// endpoint.
+func desiredFromAPI(ctx context.Context, q apiQuery) (*agentstate.State, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", q.kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", q.kubeconfig, err)
+	}
+	rc.UserAgent = "wgmeshctl"
+	c, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	list, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	raws := make([]mesh.RawNode, 0, len(list.Items))
+	for i := range list.Items {
+		raws = append(raws, kube.RawNode(&list.Items[i]))
+	}
+	self, err := selfNode(q, raws)
+	if err != nil {
+		return nil, err
+	}
+	var selfCIDRs []string
+	created := map[string]time.Time{}
+	for _, r := range raws {
+		created[r.Name] = r.Created
+		if r.Name == self {
+			selfCIDRs = r.PodCIDRs
+		}
+	}
+	local, _ := mesh.ParsePodCIDRs(selfCIDRs)
+	d := mesh.Compute(mesh.Input{
+		Self:       mesh.Self{Name: self, PublicKey: q.device.PublicKey, PodCIDRs: local},
+		Nodes:      raws,
+		Configured: mesh.ConfiguredFrom(q.device),
+	})
+	st := mesh.Status{Synced: true, LocalPodCIDRs: local, Peers: d.Peers, Excluded: d.Excluded, Degraded: d.Degraded}
+	s := agentstate.FromStatus(agentstate.Info{Node: self, Interface: q.device.Name, PublicKey: q.device.PublicKey,
+		ListenPort: q.device.ListenPort}, st, q.prev)
+	// The agent's record of its last pass, if there is one, still tells
+	// the operator how the agent is doing; without it there is none.
+	s.LastReconcile, s.Synced = time.Time{}, false
+	if q.prev != nil && q.prev.Node == self {
+		s.LastReconcile, s.LastError, s.Synced = q.prev.LastReconcile, q.prev.LastError, q.prev.Synced
+	}
+	// A peer the agent has not recorded gets its Node's age as its
+	// "wanted since", so the handshake window counts from the Node's
+	// creation rather than from this command.
+	known := map[[2]string]bool{}
+	if q.prev != nil {
+		for _, p := range q.prev.Peers {
+			known[[2]string{p.Node, p.PublicKey}] = true
+		}
+	}
+	for i, p := range s.Peers {
+		if !known[[2]string{p.Node, p.PublicKey}] {
+			s.Peers[i].Since = created[p.Node].UTC()
+		}
+	}
+	return &s, nil
+}
+
+// selfNode names this node: --node-name, else the state file's node, else
+// the Node whose published key is the device's.
+func selfNode(q apiQuery, raws []mesh.RawNode) (string, error) {
+	if q.nodeName != "" {
+		return q.nodeName, nil
+	}
+	if q.prev != nil && q.prev.Node != "" {
+		return q.prev.Node, nil
+	}
+	pub := q.device.PublicKey.String()
+	var found []string
+	for _, r := range raws {
+		if r.Annotations[mesh.AnnotationPublicKey] == pub {
+			found = append(found, r.Name)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		return "", errors.New("cannot tell which Node this is (no Node publishes the device's public key and there is no agent state): pass --node-name")
+	}
+	return "", fmt.Errorf("nodes %v all publish the device's public key: pass --node-name", found)
+}
