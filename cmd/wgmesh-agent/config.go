@@ -64,8 +64,8 @@ type Config struct {
 	Resync       time.Duration
 	LogFormat    string
 	LogLevel     slog.Level
-	// MetricsAddress serves /healthz and /readyz (and, later, /metrics);
-	// empty disables the listener.
+	// MetricsAddress serves /metrics, /healthz and /readyz; empty
+	// disables the listener.
 	MetricsAddress string
 }
 
@@ -88,7 +88,7 @@ func registerFlags(fs *pflag.FlagSet) {
 	fs.Duration(keyResync, mesh.DefaultResync, "period of full reconciles without any change")
 	fs.String(keyLogFormat, "text", "log format: text or json")
 	fs.String(keyLogLevel, "info", "log level: debug, info, warn or error")
-	fs.String(keyMetricsAddress, "", `listen address for /healthz and /readyz (e.g. ":9585"); empty = off`)
+	fs.String(keyMetricsAddress, ":9585", `listen address for /metrics, /healthz and /readyz; empty = off`)
 }
 
 // newViper binds flags, WGMESH_* environment variables and, if --config

@@ -56,6 +56,8 @@ func TestConfigDefaults(t *testing.T) {
 		Resync:       30 * time.Second,
 		LogFormat:    "text",
 		LogLevel:     slog.LevelInfo,
+		// The DaemonSet's probes and scrape annotation use this port.
+		MetricsAddress: ":9585",
 	}
 	if diff := cmp.Diff(want, got, cmpopts.EquateComparable(netip.Prefix{})); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)

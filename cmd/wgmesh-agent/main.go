@@ -29,8 +29,10 @@ import (
 
 	"github.com/wgmesh/wgmesh/cni"
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agentstate"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
 	"github.com/wgmesh/wgmesh/mesh/kube"
+	"github.com/wgmesh/wgmesh/mesh/metrics"
 	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
 
@@ -154,6 +156,9 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 	defer wg.Close()
 
 	probes := newHealth(dev.Done())
+	prom := metrics.New(metrics.Config{Device: wg, Logger: log})
+	state := agentstate.NewWriter(agentstate.WriterConfig{Path: agentstate.Path(cfg.RunDir), Logger: log,
+		Info: agentstate.Info{Node: cfg.NodeName, Interface: cfg.Interface, PublicKey: pub, ListenPort: cfg.ListenPort}})
 	rec := mesh.New(mesh.Config{
 		NodeName:         cfg.NodeName,
 		PublicKey:        pub,
@@ -167,7 +172,11 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 		Resolver:         net.DefaultResolver,
 		Logger:           log,
 		Resync:           cfg.Resync,
-		OnReconcile:      probes.observe,
+		OnReconcile: func(s mesh.Status) {
+			probes.observe(s)
+			prom.Observe(s)
+			state.Observe(s)
+		},
 	})
 
 	// On return: stop the goroutines and wait for them, then (deferred
@@ -181,7 +190,10 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}()
 
 	if cfg.MetricsAddress != "" {
-		srv := &http.Server{Addr: cfg.MetricsAddress, Handler: probes.handler(), ReadHeaderTimeout: 5 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", prom.Handler())
+		mux.Handle("/", probes.handler())
+		srv := &http.Server{Addr: cfg.MetricsAddress, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		ln, err := net.Listen("tcp", cfg.MetricsAddress)
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.MetricsAddress, err)
