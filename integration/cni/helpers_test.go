@@ -1,0 +1,220 @@
+package cnitest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/wgmesh/wgmesh/cni"
+	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/ipam"
+)
+
+// node is a network namespace playing a Kubernetes node: the plugin runs in
+// it and makes its bridge there. Its conflist, address store and libcni
+// cache live in the test's temp dirs.
+type node struct {
+	t        testing.TB
+	prefix   string
+	ns       *netnstest.NS
+	handle   ns.NetNS
+	podCIDR  netip.Prefix
+	confDir  string
+	dataDir  string
+	cacheDir string
+	list     *libcni.NetworkConfigList
+	cni      *libcni.CNIConfig
+}
+
+func requireSetup(t testing.TB) {
+	t.Helper()
+	netnstest.RequireRoot(t)
+	netnstest.RequireTools(t, "ip", "ping")
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+}
+
+// newNode makes the node namespace and writes the agent's conflist for
+// podCIDR with cni.WriteConflist, then loads it the way runtimes do.
+func newNode(t testing.TB, podCIDR string, portmap bool) *node {
+	t.Helper()
+	requireSetup(t)
+	n := &node{t: t, prefix: netnstest.Prefix(t), podCIDR: netip.MustParsePrefix(podCIDR),
+		confDir: t.TempDir(), dataDir: t.TempDir(), cacheDir: t.TempDir()}
+	n.ns = netnstest.NewNS(t, n.prefix+"-node")
+	h, err := ns.GetNS(n.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	n.handle = h
+	if _, err := cni.WriteConflist(n.confDir, cni.NodeConf{MTU: 1400, PodCIDRs: []netip.Prefix{n.podCIDR}, DataDir: n.dataDir, PortMap: portmap}); err != nil {
+		t.Fatal(err)
+	}
+	n.list, err = libcni.LoadNetworkConf(n.confDir, cni.NetworkName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, n.cacheDir, newNodeExec(h))
+	return n
+}
+
+func (n *node) path() string { return "/run/netns/" + n.ns.Name }
+
+// nodeExec runs plugins inside the node namespace. libcni forks the plugin
+// from the calling thread, and ns.Do runs the call on a thread locked into
+// the node namespace, so the plugin process starts (and stays) there, as it
+// would on a real node; the test process itself never leaves its namespace.
+type nodeExec struct {
+	invoke.DefaultExec
+	node ns.NetNS
+}
+
+func newNodeExec(node ns.NetNS) *nodeExec {
+	return &nodeExec{DefaultExec: invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}}, node: node}
+}
+
+func (e *nodeExec) ExecPlugin(ctx context.Context, path string, stdin []byte, env []string) ([]byte, error) {
+	var out []byte
+	err := e.node.Do(func(ns.NetNS) error {
+		var err error
+		out, err = e.DefaultExec.ExecPlugin(ctx, path, stdin, env)
+		return err
+	})
+	return out, err
+}
+
+// pod is a pod network namespace.
+type pod struct {
+	id string
+	ns *netnstest.NS
+}
+
+func (p *pod) path() string { return "/run/netns/" + p.ns.Name }
+
+func (n *node) newPod(name string) *pod {
+	n.t.Helper()
+	return &pod{id: n.prefix + "-" + name, ns: netnstest.NewNS(n.t, n.prefix+"-"+name)}
+}
+
+func (n *node) rt(p *pod) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: p.id, NetNS: p.path(), IfName: "eth0",
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAME", p.id}}}
+}
+
+func ctx(t testing.TB) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
+
+func (n *node) add(p *pod) (*current.Result, error) {
+	res, err := n.cni.AddNetworkList(ctx(n.t), n.list, n.rt(p))
+	if err != nil {
+		return nil, err
+	}
+	return current.NewResultFromResult(res)
+}
+
+func (n *node) mustAdd(p *pod) *current.Result {
+	n.t.Helper()
+	r, err := n.add(p)
+	if err != nil {
+		n.t.Fatalf("ADD %s: %v", p.id, err)
+	}
+	return r
+}
+
+func (n *node) del(p *pod) error   { return n.cni.DelNetworkList(ctx(n.t), n.list, n.rt(p)) }
+func (n *node) check(p *pod) error { return n.cni.CheckNetworkList(ctx(n.t), n.list, n.rt(p)) }
+func (n *node) status() error      { return n.cni.GetStatusNetworkList(ctx(n.t), n.list) }
+
+// records reads the plugin's address store directly.
+func (n *node) records() []ipam.Allocation {
+	n.t.Helper()
+	dir := filepath.Join(n.dataDir, cni.NetworkName)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	s, err := ipam.OpenDisk(dir)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Lock(); err != nil {
+		n.t.Fatal(err)
+	}
+	defer s.Unlock()
+	list, err := s.List()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return list
+}
+
+// links returns the names of the node's links.
+func (n *node) links() []string {
+	n.t.Helper()
+	out := n.ns.MustRun(n.t, "ip", "-o", "link", "show")
+	var names []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 {
+			names = append(names, strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0])
+		}
+	}
+	return names
+}
+
+func podAddr(t testing.TB, r *current.Result) netip.Addr {
+	t.Helper()
+	if len(r.IPs) == 0 {
+		t.Fatalf("result without IPs: %v", r)
+	}
+	a, ok := netip.AddrFromSlice(r.IPs[0].Address.IP)
+	if !ok {
+		t.Fatalf("bad IP in %v", r)
+	}
+	return a.Unmap()
+}
+
+func ping(t testing.TB, from *netnstest.NS, to netip.Addr) {
+	t.Helper()
+	if out, err := from.Run("ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", to.String()); err != nil {
+		t.Errorf("ping %s from %s: %v\n%s", to, from.Name, err, out)
+	}
+}
+
+// cniCode returns the CNI error code in err, or fails.
+func cniCode(t testing.TB, err error) uint {
+	t.Helper()
+	var e *types.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("%v (%T) is not a CNI error", err, err)
+	}
+	return e.Code
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
