@@ -159,7 +159,7 @@ file (--config /etc/wgmesh/agent.yaml) or WGMESH_* variables, like the agent's.
 				return err
 			}
 			switch strings.ToLower(output) {
-			case "", "text", "wide":
+			case "", "text":
 				return show.Text(stdout, r)
 			case "json":
 				return show.JSON(stdout, r)

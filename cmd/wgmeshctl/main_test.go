@@ -63,3 +63,28 @@ func TestBadFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentConfigFile: the interface comes from the agent's config file
+// unless a flag overrides it.
+func TestAgentConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := dir + "/agent.yaml"
+	if err := os.WriteFile(cfg, []byte("interface: wgmtest-cfg0\nrun-dir: "+dir+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"check", "--config", cfg}, "wgmtest-cfg0"},
+		{[]string{"check", "--config", cfg, "-i", "wgmtest-flag0"}, "wgmtest-flag0"},
+	} {
+		var out, errb bytes.Buffer
+		cmd := newCommand(&out, &errb)
+		cmd.SetArgs(c.args)
+		err := cmd.Execute()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: err = %v, want it to name interface %s", c.args, err, c.want)
+		}
+	}
+}
