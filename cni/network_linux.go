@@ -1,6 +1,7 @@
 package cni
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -106,6 +107,14 @@ func (n *Netlink) EnsureBridge(b BridgeSpec) (*current.Interface, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	// Pin the MAC of a bridge someone else created (the agent) at its
+	// current value: setting it marks it administratively set, so it stops
+	// following the lowest port MAC. Idempotent; both sides agree.
+	if mac := br.Attrs().HardwareAddr; len(mac) == 6 && !bytes.Equal(mac, make([]byte, 6)) {
+		if err := netlink.LinkSetHardwareAddr(br, mac); err != nil {
+			return nil, fmt.Errorf("pin MAC of bridge %s: %w", b.Name, err)
+		}
 	}
 	for _, gw := range b.Gateways {
 		if err := ensureAddr(br, gw); err != nil {
