@@ -2,6 +2,8 @@ package cnitest
 
 import (
 	"net/netip"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -195,5 +197,55 @@ func TestFailedAddLeavesNothing(t *testing.T) {
 	ping(t, ok.ns, netip.MustParseAddr("10.244.102.1"))
 	if err := n.del(ok); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDelAfterNetnsGone: the runtime often deletes the sandbox before the
+// DEL (or the node rebooted). DEL must still succeed and free the address,
+// also when the netns path is left behind as a plain file.
+func TestDelAfterNetnsGone(t *testing.T) {
+	n := newNode(t, "10.244.107.0/24", false)
+	for _, leaveFile := range []bool{false, true} {
+		name := n.prefix + "-gone"
+		if leaveFile {
+			name += "f"
+		}
+		path := "/run/netns/" + name
+		if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add: %v: %s", err, out)
+		}
+		t.Cleanup(func() {
+			// Only what this test made: the namespace if still there, the file otherwise.
+			if _, err := os.Stat(path); err == nil {
+				if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+					os.Remove(path)
+					t.Logf("cleanup %s: %v: %s", name, err, out)
+				}
+			}
+		})
+		p := &pod{id: n.prefix + "-" + name}
+		rt := &libcni.RuntimeConf{ContainerID: p.id, NetNS: path, IfName: "eth0"}
+		if _, err := n.cni.AddNetworkList(ctx(t), n.list, rt); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns del: %v: %s", err, out)
+		}
+		if leaveFile {
+			if err := os.WriteFile(path, nil, 0o444); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := n.cni.DelNetworkList(ctx(t), n.list, rt); err != nil {
+			t.Errorf("DEL after the netns is gone (file left: %v): %v", leaveFile, err)
+		}
+		if recs := n.records(); len(recs) != 0 {
+			t.Errorf("address not freed: %v", recs)
+		}
+		for _, l := range n.links() {
+			if cni.IsHostVethName(l) {
+				t.Errorf("veth %s left", l)
+			}
+		}
 	}
 }
