@@ -45,6 +45,9 @@ type NetConf struct {
 	MTU      int      `json:"mtu,omitempty"`
 	PodCIDRs []string `json:"podCIDRs,omitempty"`
 	DataDir  string   `json:"dataDir,omitempty"`
+	// LegacyAttachments is the key spec 1.1.0 first named by mistake;
+	// libcni sends both.
+	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
 }
 
 // Conf is a parsed and validated NetConf with defaults applied.
@@ -59,7 +62,8 @@ type Conf struct {
 	// PrevResult is the result of the plugins before this one (CHECK, and
 	// ADD when something is chained in front of us); nil when absent.
 	PrevResult *current.Result
-	// ValidAttachments is GC's cni.dev/valid-attachments.
+	// ValidAttachments is GC's cni.dev/valid-attachments. It is nil when
+	// the key is absent, which GC must not read as "nothing is valid".
 	ValidAttachments []types.GCAttachment
 }
 
@@ -112,6 +116,9 @@ func parseConf(data []byte, strict bool) (*Conf, error) {
 		DataDir:          n.DataDir,
 		DNS:              n.DNS,
 		ValidAttachments: n.ValidAttachments,
+	}
+	if c.ValidAttachments == nil {
+		c.ValidAttachments = n.LegacyAttachments
 	}
 	if c.Name == "" {
 		return nil, confErr("name is missing")

@@ -386,6 +386,11 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	if c.ValidAttachments == nil {
+		// An empty list means "nothing is valid"; a missing one is a broken
+		// request, and reading it as empty would tear down every pod.
+		return confErr("GC needs cni.dev/valid-attachments (an empty list if no attachment is valid)")
+	}
 	valid := map[ipam.Owner]bool{}
 	veths := map[string]bool{}
 	for _, a := range c.ValidAttachments {

@@ -504,8 +504,23 @@ func TestGC(t *testing.T) {
 			t.Errorf("%s not swept", v)
 		}
 	}
+	// Without the list GC refuses rather than freeing everything.
+	n := len(h.records())
+	if err := h.p.GC(&skel.CmdArgs{StdinData: h.conf(nil)}); err == nil || code(t, err) != 7 || !strings.Contains(err.Error(), "GC needs cni.dev/valid-attachments") {
+		t.Errorf("GC without the list: %v", err)
+	}
+	if len(h.records()) != n {
+		t.Error("GC without the list freed addresses")
+	}
+	// The old key name works too.
+	if err := h.p.GC(&skel.CmdArgs{StdinData: h.conf(map[string]any{"cni.dev/attachments": []map[string]string{{"containerID": "c1", "ifname": "eth0"}, {"containerID": "c3", "ifname": "eth0"}}})}); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.records()) != n {
+		t.Error("GC with the legacy key freed valid addresses")
+	}
 	// GC with every attachment gone, and a broken podCIDR: still works.
-	if err := h.p.GC(&skel.CmdArgs{StdinData: h.conf(map[string]any{"podCIDRs": []string{"junk"}})}); err != nil {
+	if err := h.p.GC(&skel.CmdArgs{StdinData: h.conf(map[string]any{"podCIDRs": []string{"junk"}, "cni.dev/valid-attachments": []any{}})}); err != nil {
 		t.Fatal(err)
 	}
 	if got := h.records(); len(got) != 0 {
@@ -513,7 +528,7 @@ func TestGC(t *testing.T) {
 	}
 	// Errors are reported, after doing what can be done.
 	h.net.fail["SweepVeths"] = errors.New("netlink down")
-	if err := h.p.GC(&skel.CmdArgs{StdinData: h.conf(nil)}); err == nil || !strings.Contains(err.Error(), "netlink down") {
+	if err := h.p.GC(&skel.CmdArgs{StdinData: h.conf(map[string]any{"cni.dev/valid-attachments": []any{}})}); err == nil || !strings.Contains(err.Error(), "netlink down") {
 		t.Errorf("GC error: %v", err)
 	}
 }
@@ -553,5 +568,32 @@ func TestConcurrentAdds(t *testing.T) {
 	}
 	if len(h.records()) != n {
 		t.Errorf("%d records, want %d", len(h.records()), n)
+	}
+}
+
+// A plugin chained in front of ours hands us its result: we keep it and
+// append ours, with our address pointing at our interface.
+func TestAddKeepsPrevResult(t *testing.T) {
+	h := newHarness(t, "/run/netns/p1")
+	prev := []byte(`{"cniVersion":"1.1.0","interfaces":[{"name":"lo"}],"ips":[{"address":"192.0.2.5/32","interface":0}],"routes":[{"dst":"192.0.2.0/24"}],"dns":{"nameservers":["192.0.2.53"]}}`)
+	r, err := h.add("c1", "/run/netns/p1", h.withPrev(prev, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, i := range r.Interfaces {
+		names = append(names, i.Name)
+	}
+	if diff := cmp.Diff([]string{"lo", "wgmesh-br0", HostVethName("c1", "eth0"), "eth0"}, names); diff != "" {
+		t.Errorf("interfaces (-want +got):\n%s", diff)
+	}
+	if len(r.IPs) != 2 || *r.IPs[0].Interface != 0 || *r.IPs[1].Interface != 3 || r.IPs[1].Address.String() != "10.244.1.2/24" {
+		t.Errorf("ips %v", r.IPs)
+	}
+	if len(r.Routes) != 2 || r.Routes[0].Dst.String() != "192.0.2.0/24" || r.Routes[1].Dst.String() != "0.0.0.0/0" {
+		t.Errorf("routes %v", r.Routes)
+	}
+	if len(r.DNS.Nameservers) != 1 {
+		t.Errorf("dns %v", r.DNS)
 	}
 }
