@@ -9,6 +9,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/wgmesh/wgmesh/cni"
 )
@@ -247,5 +248,51 @@ func TestDelAfterNetnsGone(t *testing.T) {
 				t.Errorf("veth %s left", l)
 			}
 		}
+	}
+}
+
+// TestAddAfterCrashedAdd: an ADD killed halfway leaves the attachment's
+// host veth (and maybe its address) behind; the runtime's retry must
+// succeed, reuse the address and replace the leftover.
+func TestAddAfterCrashedAdd(t *testing.T) {
+	n := newNode(t, "10.244.108.0/24", false)
+	p := n.newPod("retry")
+	leftover := cni.HostVethName(p.id, "eth0")
+	n.ns.MustRun(t, "ip", "link", "add", leftover, "type", "veth", "peer", "name", n.prefix+"-lp")
+	n.mustAdd(p)
+	if contains(n.links(), n.prefix+"-lp") {
+		t.Error("leftover veth pair was not replaced")
+	}
+	ping(t, p.ns, netip.MustParseAddr("10.244.108.1"))
+	if err := n.del(p); err != nil {
+		t.Fatal(err)
+	}
+	// Same again with the address still reserved from the crashed try
+	// (ADD whose process died before its rollback): same address back.
+	forgetful := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), newNodeExec(n.handle))
+	res, err := forgetful.AddNetworkList(ctx(t), n.list, n.rt(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashed, err := current.NewResultFromResult(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.ns.MustRun(t, "ip", "link", "del", "eth0") // the pod side vanishes, the reservation stays
+	second, err := n.add(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if podAddr(t, second) != podAddr(t, crashed) {
+		t.Errorf("retry got %s, the crashed ADD held %s", podAddr(t, second), podAddr(t, crashed))
+	}
+	if recs := n.records(); len(recs) != 1 {
+		t.Errorf("records after retry: %v", recs)
+	}
+	if err := n.del(p); err != nil {
+		t.Fatal(err)
+	}
+	if recs := n.records(); len(recs) != 0 {
+		t.Errorf("records %v", recs)
 	}
 }
