@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -151,7 +152,11 @@ type Reconciler struct {
 	resolved  map[string]netip.Addr
 	selfIssue string // last logged problem with our own Node
 	ownIssue  string // last logged problem with our own annotations
-	status    Status
+	// published is the last annotation patch we sent and publishedAt the
+	// resourceVersion of our Node it was computed from.
+	published   map[string]string
+	publishedAt string
+	status      Status
 
 	statusMu   sync.Mutex
 	statusCopy Status
@@ -413,11 +418,19 @@ func (r *Reconciler) ensureOwnAnnotations(ctx context.Context, self *RawNode) er
 		}
 	}
 	if len(patch) == 0 {
+		r.publishedAt = ""
+		return err
+	}
+	// The cache still shows the very object version we patched: our patch
+	// is on its way, not overwritten. Publishing again would only add load.
+	if self.ResourceVersion != "" && self.ResourceVersion == r.publishedAt && maps.Equal(patch, r.published) {
 		return err
 	}
 	if perr := r.cfg.Source.Publish(ctx, patch); perr != nil {
+		r.publishedAt = ""
 		return errors.Join(err, perr)
 	}
+	r.publishedAt, r.published = self.ResourceVersion, patch
 	r.log.Info("published own annotations", "node", r.cfg.NodeName, "annotations", patch)
 	return err
 }

@@ -297,6 +297,22 @@ func TestReconcileOwnAnnotations(t *testing.T) {
 			t.Errorf("published (-want +got):\n%s", diff)
 		}
 	})
+	t.Run("a patch not yet in the cache is not repeated", func(t *testing.T) {
+		f := newFixture(t, nil, selfNode())
+		f.src.HoldPublishes = true
+		f.reconcile(t)
+		f.reconcile(t)
+		if n := len(f.src.Published()); n != 1 {
+			t.Errorf("%d publishes while the first is in flight, want 1", n)
+		}
+		// A newer version of the Node still without our values means our
+		// patch was lost or overwritten: publish again.
+		f.src.Upsert(selfNode())
+		f.reconcile(t)
+		if n := len(f.src.Published()); n != 2 {
+			t.Errorf("%d publishes after the Node changed, want 2", n)
+		}
+	})
 	t.Run("override", func(t *testing.T) {
 		f := newFixture(t, func(c *mesh.Config) { c.EndpointOverride = "[2001:db8::10]:4000" }, selfNode())
 		f.reconcile(t)

@@ -35,6 +35,10 @@ type RawNode struct {
 	InternalIPs []string
 	// UID distinguishes a re-created Node of the same name.
 	UID string
+	// ResourceVersion is metadata.resourceVersion ("" if the source has
+	// none). The reconciler uses it to tell "our patch has not reached the
+	// cache yet" from "someone changed our annotations".
+	ResourceVersion string
 	// Created is metadata.creationTimestamp. Conflicts (duplicate keys,
 	// overlapping podCIDRs) are settled in favour of the older node.
 	Created time.Time

@@ -152,10 +152,11 @@ func (s *Source) Nodes() ([]mesh.RawNode, error) {
 // everything so the cached object is never shared.
 func RawNode(n *v1.Node) mesh.RawNode {
 	r := mesh.RawNode{
-		Name:        n.Name,
-		Annotations: maps.Clone(n.Annotations),
-		UID:         string(n.UID),
-		Created:     n.CreationTimestamp.Time,
+		Name:            n.Name,
+		Annotations:     maps.Clone(n.Annotations),
+		UID:             string(n.UID),
+		ResourceVersion: n.ResourceVersion,
+		Created:         n.CreationTimestamp.Time,
 	}
 	switch {
 	case len(n.Spec.PodCIDRs) > 0:

@@ -11,6 +11,7 @@ import (
 	"maps"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -266,8 +267,12 @@ type Source struct {
 	changed   chan struct{}
 	published []map[string]string
 	warnings  []Warning
+	rv        int
 	// ListErr and PublishErr, when set, are returned by Nodes and Publish.
 	ListErr, PublishErr error
+	// HoldPublishes makes Publish record the annotations without applying
+	// them, like a patch whose watch event has not reached the cache yet.
+	HoldPublishes bool
 }
 
 var _ mesh.NodeSource = (*Source)(nil)
@@ -280,7 +285,7 @@ var ErrNoSuchNode = errors.New("no such node")
 func NewSource(self string, nodes ...mesh.RawNode) *Source {
 	s := &Source{Self: self, nodes: map[string]mesh.RawNode{}, synced: true, changed: make(chan struct{}, 1)}
 	for _, n := range nodes {
-		s.nodes[n.Name] = cloneRaw(n)
+		s.put(n)
 	}
 	return s
 }
@@ -317,12 +322,21 @@ func (s *Source) SetSynced(v bool) {
 	s.signal()
 }
 
-// Upsert adds or replaces a node and signals.
+// Upsert adds or replaces a node and signals. Like the API server, it
+// assigns a new ResourceVersion.
 func (s *Source) Upsert(n mesh.RawNode) {
 	s.mu.Lock()
-	s.nodes[n.Name] = cloneRaw(n)
+	s.put(n)
 	s.mu.Unlock()
 	s.signal()
+}
+
+// put stores a copy of n with a fresh resource version; s.mu must be held.
+func (s *Source) put(n mesh.RawNode) {
+	s.rv++
+	n = cloneRaw(n)
+	n.ResourceVersion = strconv.Itoa(s.rv)
+	s.nodes[n.Name] = n
 }
 
 // Delete removes a node and signals.
@@ -346,12 +360,16 @@ func (s *Source) Publish(_ context.Context, annotations map[string]string) error
 		s.mu.Unlock()
 		return fmt.Errorf("publish to %q: %w", s.Self, ErrNoSuchNode)
 	}
+	s.published = append(s.published, maps.Clone(annotations))
+	if s.HoldPublishes {
+		s.mu.Unlock()
+		return nil
+	}
 	if n.Annotations == nil {
 		n.Annotations = map[string]string{}
 	}
 	maps.Copy(n.Annotations, annotations)
-	s.nodes[s.Self] = n
-	s.published = append(s.published, maps.Clone(annotations))
+	s.put(n)
 	s.mu.Unlock()
 	s.signal()
 	return nil
