@@ -540,8 +540,10 @@ func TestConcurrentAdds(t *testing.T) {
 	errs := make([]error, n)
 	outs := make([]*bytes.Buffer, n)
 	for i := range n {
+		h.net.netns[fmt.Sprintf("/run/netns/p%d", i)] = true
+	}
+	for i := range n {
 		ns := fmt.Sprintf("/run/netns/p%d", i)
-		h.net.netns[ns] = true
 		outs[i] = &bytes.Buffer{}
 		wg.Add(1)
 		go func() {
