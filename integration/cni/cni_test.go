@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -105,7 +106,7 @@ func TestPodLifecycle(t *testing.T) {
 	if recs := n.records(); len(recs) != 1 || recs[0].Owner.ContainerID != p1.id {
 		t.Errorf("records after DEL: %v", recs)
 	}
-	if contains(n.links(), hostVeth(p2)) {
+	if slices.Contains(n.links(), hostVeth(p2)) {
 		t.Error("p2's host veth survived DEL")
 	}
 	if out, _ := p2.ns.Run("ip", "link", "show", "eth0"); !strings.Contains(out, "does not exist") {
@@ -120,7 +121,7 @@ func TestPodLifecycle(t *testing.T) {
 	if _, err := forgetful.AddNetworkList(ctx(t), n.list, n.rt(p3)); err != nil {
 		t.Fatal(err)
 	}
-	if len(n.records()) != 2 || !contains(n.links(), hostVeth(p3)) {
+	if len(n.records()) != 2 || !slices.Contains(n.links(), hostVeth(p3)) {
 		t.Fatalf("p3 not attached: %v", n.records())
 	}
 	if err := n.cni.GCNetworkList(ctx(t), n.list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: p1.id, IfName: "eth0"}}}); err != nil {
@@ -129,10 +130,10 @@ func TestPodLifecycle(t *testing.T) {
 	if recs := n.records(); len(recs) != 1 || recs[0].Owner.ContainerID != p1.id {
 		t.Errorf("records after GC: %v", recs)
 	}
-	if contains(n.links(), hostVeth(p3)) {
+	if slices.Contains(n.links(), hostVeth(p3)) {
 		t.Error("GC left p3's host veth")
 	}
-	if !contains(n.links(), hostVeth(p1)) {
+	if !slices.Contains(n.links(), hostVeth(p1)) {
 		t.Error("GC removed the valid p1's host veth")
 	}
 	ping(t, p1.ns, gw) // p1 unharmed
@@ -260,7 +261,7 @@ func TestAddAfterCrashedAdd(t *testing.T) {
 	leftover := cni.HostVethName(p.id, "eth0")
 	n.ns.MustRun(t, "ip", "link", "add", leftover, "type", "veth", "peer", "name", n.prefix+"-lp")
 	n.mustAdd(p)
-	if contains(n.links(), n.prefix+"-lp") {
+	if slices.Contains(n.links(), n.prefix+"-lp") {
 		t.Error("leftover veth pair was not replaced")
 	}
 	ping(t, p.ns, netip.MustParseAddr("10.244.108.1"))

@@ -208,13 +208,4 @@ func cniCode(t testing.TB, err error) uint {
 	return e.Code
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
