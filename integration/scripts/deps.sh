@@ -8,6 +8,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 want() { have "$1" || need_pkgs+=("$2"); }
 
 want ip iproute2
+want ping iputils-ping
 want nsenter util-linux
 want wg wireguard-tools
 want wireguard-go wireguard-go
