@@ -14,13 +14,15 @@
 #
 # Env: WGMESH_SSH_CONFIG (from `vagrant ssh-config`), WGMESH_BUILD_DIR,
 # WGMESH_CHECK_IMAGE (an image with ping and iperf3, default netshoot),
-# WGMESH_LISTEN_PORT (default 51820).
+# WGMESH_LISTEN_PORT (default 51820), WGMESH_CONVERGE_SECONDS (how long each
+# pod pair may take to connect, default 90: the NAT'd node's first handshake).
 set -uo pipefail
 
 ssh_cfg="${WGMESH_SSH_CONFIG:?}"
 build="${WGMESH_BUILD_DIR:?}"
 image="${WGMESH_CHECK_IMAGE:-docker.io/nicolaka/netshoot:v0.13}"
 wg_port="${WGMESH_LISTEN_PORT:-51820}"
+converge="${WGMESH_CONVERGE_SECONDS:-90}"
 vms=(wg1 wg2 wg3)
 pod_net=10.244.0.0/16
 node_nets=(198.51.100.0/24 203.0.113.0/24)
@@ -193,7 +195,7 @@ pod_on() { awk -v n="$1" '$2 == n { print $1, $3; exit }' "$build/pods"; }
 
 # ---- 3. iperf3 between every pair of nodes
 iperf_pairs() {
-	local s d src sip dst dip out bps
+	local s d src sip dst dip out bps logs
 	for s in "${vms[@]}"; do
 		for d in "${vms[@]}"; do
 			[[ "$s" != "$d" ]] || continue
@@ -208,10 +210,13 @@ iperf_pairs() {
 				continue
 			fi
 			# The server logs the address it saw: the client's pod IP, not a node's.
-			if kc -n "$ns" logs "$dst" | grep -q "Accepted connection from $sip,"; then
+			# (Read the whole log first: `kc ... | grep -q` would cut the pipe
+			# early and fail under pipefail.)
+			logs=$(kc -n "$ns" logs "$dst")
+			if grep -qF "Accepted connection from $sip," <<<"$logs"; then
 				pass "iperf3 server on $d saw the client's pod IP $sip (no NAT)"
 			else
-				fail "iperf3 server on $d did not see $sip: $(kc -n "$ns" logs "$dst" | grep Accepted | tail -n 3 | tr '\n' ';')"
+				fail "iperf3 server on $d did not see $sip: $(grep Accepted <<<"$logs" | tail -n 3 | tr '\n' ';')"
 			fi
 		done
 	done
@@ -224,8 +229,13 @@ start_captures() {
 	for h in "${vms[@]}"; do
 		# Physical NICs only: the management NIC too (a leak could go there),
 		# not wgmesh0 or the pod bridge, where plaintext pod traffic belongs.
+		# (WGMESH_SYSFS_NET: a seam for the script's own test.)
 		# shellcheck disable=SC2016 # expanded by the VM's shell
-		ifs=$(vmsh "$h" 'for d in /sys/class/net/*; do [ -e "$d/device" ] && basename "$d"; done')
+		ifs=$(vmsh "$h" 'for d in "${WGMESH_SYSFS_NET:-/sys/class/net}"/*; do [ -e "$d/device" ] && basename "$d"; done')
+		if [[ -z "$ifs" ]]; then
+			fail "$h: no physical NIC found to capture on"
+			continue
+		fi
 		for i in $ifs; do
 			pid=$(vmsh "$h" "sudo sh -c 'nohup timeout 900 tcpdump -i $i -nn -s 96 -w /tmp/wgmesh-cap-$i.pcap >/tmp/wgmesh-cap-$i.log 2>&1 & echo \$!'")
 			cap_pids["$h/$i"]=$pid
@@ -315,7 +325,7 @@ agent_restart() {
 	wait "$pinger"
 	loss=$(grep -o '[0-9.]*% packet loss' "$build/restart-ping.log")
 	echo "INFO: pod traffic $src -> $dst across the agent restart: ${loss:-no summary} (300 pings, 0.2 s apart)"
-	ping_matrix 60 "after agent restart"
+	ping_matrix "$converge" "after agent restart"
 
 	if kc -n wgmesh-system rollout restart daemonset/wgmesh-agent >/dev/null &&
 		kc -n wgmesh-system rollout status daemonset/wgmesh-agent --timeout=600s >/dev/null; then
@@ -323,7 +333,7 @@ agent_restart() {
 	else
 		fail "rolling restart of the agents did not complete"
 	fi
-	ping_matrix 60 "after rolling restart"
+	ping_matrix "$converge" "after rolling restart"
 }
 
 main() {
@@ -335,7 +345,7 @@ main() {
 	fi
 	start_captures
 	# The first round may wait for the NAT'd node's keepalives to open paths.
-	ping_matrix 90 "first"
+	ping_matrix "$converge" "first"
 	iperf_pairs
 	stop_captures
 	agent_restart
