@@ -137,6 +137,8 @@ func queueCompat(c *nftables.Conn, fam nftables.TableFamily, want []Rule) (bool,
 	t := &nftables.Table{Name: "filter", Family: fam}
 	ch, err := c.ListChain(t, ChainCompatForward)
 	if err != nil {
+		// google/nftables v0.3.0 flattens the netlink error into a
+		// string (no %w), hence the text match beside errors.Is.
 		if errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such file or directory") {
 			return false, nil // no iptables-nft filter table: nothing can drop
 		}
