@@ -14,7 +14,8 @@
 #
 # Env: WGMESH_SSH_CONFIG (from `vagrant ssh-config`), WGMESH_BUILD_DIR,
 # WGMESH_CHECK_IMAGE (an image with ping and iperf3, default netshoot),
-# WGMESH_LISTEN_PORT (default 51820), WGMESH_CONVERGE_SECONDS (how long each
+# WGMESH_LISTEN_PORT (default 51820), WGMESH_VM_TMP (capture files on the
+# VMs, default /tmp), WGMESH_CONVERGE_SECONDS (how long each
 # pod pair may take to connect, default 90: the NAT'd node's first handshake).
 set -uo pipefail
 
@@ -23,6 +24,7 @@ build="${WGMESH_BUILD_DIR:?}"
 image="${WGMESH_CHECK_IMAGE:-docker.io/nicolaka/netshoot:v0.13}"
 wg_port="${WGMESH_LISTEN_PORT:-51820}"
 converge="${WGMESH_CONVERGE_SECONDS:-90}"
+vm_tmp="${WGMESH_VM_TMP:-/tmp}" # where captures go on the VMs
 vms=(wg1 wg2 wg3)
 pod_net=10.244.0.0/16
 node_nets=(198.51.100.0/24 203.0.113.0/24)
@@ -237,7 +239,7 @@ start_captures() {
 			continue
 		fi
 		for i in $ifs; do
-			pid=$(vmsh "$h" "sudo sh -c 'nohup timeout 900 tcpdump -i $i -nn -s 96 -w /tmp/wgmesh-cap-$i.pcap >/tmp/wgmesh-cap-$i.log 2>&1 & echo \$!'")
+			pid=$(vmsh "$h" "sudo sh -c 'nohup timeout 900 tcpdump -i $i -nn -s 96 -w $vm_tmp/wgmesh-cap-$i.pcap >$vm_tmp/wgmesh-cap-$i.log 2>&1 & echo \$!'")
 			cap_pids["$h/$i"]=$pid
 		done
 	done
@@ -258,7 +260,7 @@ stop_captures() {
 }
 
 # count HOST IF FILTER: frames in the capture matching a pcap filter
-count() { vmsh "$1" "sudo tcpdump -nn -r /tmp/wgmesh-cap-$2.pcap '$3' 2>/dev/null | wc -l"; }
+count() { vmsh "$1" "sudo tcpdump -nn -r $vm_tmp/wgmesh-cap-$2.pcap '$3' 2>/dev/null | wc -l"; }
 
 # verdict N zero|some PASS-MESSAGE FAIL-MESSAGE
 verdict() {

@@ -37,7 +37,8 @@ func runCheck(t *testing.T, extraEnv ...string) (string, error) {
 	cmd.Env = append(os.Environ(),
 		"PATH="+fakes+string(os.PathListSeparator)+os.Getenv("PATH"),
 		"FAKE_STATE="+state, "FAKE_SYSFS="+sysfs,
-		"WGMESH_SSH_CONFIG="+filepath.Join(build, "ssh-config"), "WGMESH_BUILD_DIR="+build)
+		"WGMESH_SSH_CONFIG="+filepath.Join(build, "ssh-config"), "WGMESH_BUILD_DIR="+build,
+		"WGMESH_VM_TMP="+t.TempDir())
 	cmd.Env = append(cmd.Env, extraEnv...)
 	out, err := cmd.CombinedOutput()
 	if b, _ := os.ReadFile(filepath.Join(state, "unexpected")); len(b) > 0 {
