@@ -37,6 +37,11 @@ delete table ip wgmesh-vagrant-nat
 table ip wgmesh-vagrant-nat {
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
+		# Translated source ports stay out of 51820 and the kernel's ephemeral
+		# range: wg2's own WireGuard socket (198.51.100.12:51820) must never
+		# collide with a mapping of wg3's (203.0.113.13:51820), or whichever
+		# flow comes second would be dropped as a conntrack clash.
+		ip saddr $natnet oifname "$up" meta l4proto { tcp, udp } masquerade to :10000-19999
 		ip saddr $natnet oifname "$up" masquerade
 	}
 	chain forward {
