@@ -36,6 +36,11 @@ type Input struct {
 	// allowed IPs). In a conflict the node that is already configured
 	// keeps its place, so a newcomer never disturbs a working peer.
 	Configured map[wgtypes.Key][]netip.Prefix
+	// KnownKeys maps a node name to the public key it had when this node
+	// last configured it. A node whose key changed since (key rotation)
+	// keeps the incumbency of its previous key's peer, so rotating never
+	// hands its place to a conflicting node. Optional.
+	KnownKeys map[string]wgtypes.Key
 }
 
 // ConfiguredFrom extracts Input.Configured from a device. A nil device
@@ -86,7 +91,7 @@ func Compute(in Input) Desired {
 				Err: fmt.Errorf("pod CIDR %s overlaps local pod CIDR %s", p, q)})
 			continue
 		}
-		cands = append(cands, candidate{node: n, created: raw.Created, incumbent: isIncumbent(n, in.Configured)})
+		cands = append(cands, candidate{node: n, created: raw.Created, incumbent: isIncumbent(n, in.Configured, in.KnownKeys)})
 	}
 
 	slices.SortFunc(cands, func(a, b candidate) int {
@@ -153,12 +158,19 @@ func exclusion(node string, err error) Exclusion {
 	return Exclusion{Node: node, Reason: ReasonBadPodCIDR, Err: err}
 }
 
-// isIncumbent reports whether the device already has a peer with n's key
-// whose allowed IPs cover all of n's pod prefixes.
-func isIncumbent(n Node, configured map[wgtypes.Key][]netip.Prefix) bool {
+// isIncumbent reports whether the device already has a peer with n's key,
+// or with the key n had when we configured it, whose allowed IPs cover all
+// of n's pod prefixes.
+func isIncumbent(n Node, configured map[wgtypes.Key][]netip.Prefix, known map[string]wgtypes.Key) bool {
 	have, ok := configured[n.PublicKey]
 	if !ok {
-		return false
+		prev, known := known[n.Name]
+		if !known {
+			return false
+		}
+		if have, ok = configured[prev]; !ok {
+			return false
+		}
 	}
 	for _, p := range n.PodCIDRs {
 		if !slices.Contains(have, p) {

@@ -21,6 +21,12 @@ type DiffOptions struct {
 	// once the node source has synced: before that, a missing node may
 	// just not be listed yet.
 	GC bool
+	// KnownKeys maps a node name to the key its peer had on the device
+	// (see Input.KnownKeys). When a node's key changed (rotation), its
+	// new peer starts from the old peer's roamed endpoint: the address
+	// WireGuard last authenticated it at, e.g. behind a NAT, is a better
+	// bet than a published one it had already roamed away from.
+	KnownKeys map[string]wgtypes.Key
 }
 
 // Diff returns the per-peer changes that take dev to desired. It never
@@ -47,8 +53,16 @@ func Diff(desired Desired, dev *wgtypes.Device, opts DiffOptions) wgtypes.Config
 				ReplaceAllowedIPs:           true,
 				AllowedIPs:                  ipNetsFromPrefixes(p.AllowedIPs),
 			}
-			if p.Endpoint.IsValid() {
-				pc.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
+			ep := p.Endpoint
+			if prev, known := opts.KnownKeys[p.Node]; known && prev != p.PublicKey {
+				if old, ok := have[prev]; ok {
+					if roamed, ok := roamedEndpoint(p.Endpoint, old, opts.LastApplied[prev]); ok {
+						ep = roamed
+					}
+				}
+			}
+			if ep.IsValid() {
+				pc.Endpoint = net.UDPAddrFromAddrPort(ep)
 			}
 			cfg.Peers = append(cfg.Peers, pc)
 			continue
@@ -105,6 +119,17 @@ func endpointNeedsWrite(p Peer, cur *wgtypes.Peer, last map[wgtypes.Key]netip.Ad
 	// after an agent restart) or the published endpoint moved, the
 	// published one is the better bet.
 	return !known || prev != p.Endpoint
+}
+
+// roamedEndpoint returns the device peer's endpoint if WireGuard roamed it
+// away from published, the endpoint we last wrote (lastWritten) and that
+// is still published.
+func roamedEndpoint(published netip.AddrPort, cur *wgtypes.Peer, lastWritten netip.AddrPort) (netip.AddrPort, bool) {
+	devEP, ok := addrPortOf(cur.Endpoint)
+	if !ok || !published.IsValid() || devEP == published || lastWritten != published {
+		return netip.AddrPort{}, false
+	}
+	return devEP, true
 }
 
 // IsEmpty reports whether cfg would change nothing, so the caller can skip

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,9 +31,17 @@ var ErrInvalidConfig = errors.New("invalid reconciler config")
 type Config struct {
 	// NodeName is this node's Node object name.
 	NodeName string
-	// PublicKey is this node's own WireGuard public key, published on its
-	// Node.
+	// PublicKey is this node's WireGuard public key at start, published
+	// on its Node. Key rotation replaces it at run time; see
+	// Reconciler.PublicKey.
 	PublicKey wgtypes.Key
+	// Keys stores a new private key when the own Node asks for a rotation
+	// (AnnotationRotateKey). Nil disables rotation: requests are logged,
+	// not acted on.
+	Keys KeyStore
+	// GenerateKey makes a new private key; nil means
+	// wgtypes.GeneratePrivateKey. For tests.
+	GenerateKey func() (wgtypes.Key, error)
 	// ListenPort is the WireGuard UDP port, published with the InternalIP
 	// unless EndpointOverride is set.
 	ListenPort int
@@ -119,6 +128,9 @@ type Status struct {
 	Synced bool
 	// SelfFound reports whether this node's own Node object was listed.
 	SelfFound bool
+	// PublicKey is this node's current public key (it changes on key
+	// rotation).
+	PublicKey wgtypes.Key
 	// LocalPodCIDRs are this node's pod prefixes.
 	LocalPodCIDRs []netip.Prefix
 	// Peers are the desired peers, sorted by node name.
@@ -142,6 +154,15 @@ type Reconciler struct {
 	log *slog.Logger
 
 	mu sync.Mutex // serialises passes and guards the fields below
+	// pub is our current public key: cfg.PublicKey until a rotation.
+	pub wgtypes.Key
+	// rotated is the rotation request we acted on last; it is published
+	// as AnnotationKeyRotated.
+	rotated    string
+	rotateWarn string // last logged problem with a rotation request
+	// knownKeys maps each configured peer's node to its key; see
+	// Input.KnownKeys.
+	knownKeys map[string]wgtypes.Key
 	// lastApplied is the endpoint we last wrote per peer; see DiffOptions.
 	lastApplied map[wgtypes.Key]netip.AddrPort
 	// warned is the (reason, message) last reported per node, so events
@@ -171,10 +192,23 @@ func New(cfg Config) *Reconciler {
 	return &Reconciler{
 		cfg:         cfg,
 		log:         log,
+		pub:         cfg.PublicKey,
+		knownKeys:   map[string]wgtypes.Key{},
 		lastApplied: map[wgtypes.Key]netip.AddrPort{},
 		warned:      map[string]string{},
 		resolved:    map[string]netip.Addr{},
 	}
+}
+
+// PublicKey returns this node's current public key: Config.PublicKey until
+// a key rotation replaced it.
+func (r *Reconciler) PublicKey() wgtypes.Key {
+	r.statusMu.Lock()
+	defer r.statusMu.Unlock()
+	if r.statusCopy.PublicKey != (wgtypes.Key{}) {
+		return r.statusCopy.PublicKey
+	}
+	return r.cfg.PublicKey
 }
 
 // Status returns a snapshot of the last reconcile pass.
@@ -289,7 +323,6 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 	}
 	var errs []error
 
-	self := Self{Name: r.cfg.NodeName, PublicKey: r.cfg.PublicKey}
 	var selfRaw *RawNode
 	for i := range raws {
 		if raws[i].Name == r.cfg.NodeName {
@@ -297,6 +330,13 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 			break
 		}
 	}
+	// A rotation comes first so that this very pass publishes the new key.
+	if selfRaw != nil {
+		if err := r.rotateIfRequested(selfRaw); err != nil {
+			errs = append(errs, fmt.Errorf("rotate key: %w", err))
+		}
+	}
+	self := Self{Name: r.cfg.NodeName, PublicKey: r.pub}
 	selfIssue := ""
 	if selfRaw == nil {
 		selfIssue = "own Node not listed yet; configuring peers anyway, not publishing annotations"
@@ -334,10 +374,11 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 		DefaultKeepalive: r.cfg.DefaultKeepalive,
 		Resolved:         r.resolve(ctx, raws),
 		Configured:       ConfiguredFrom(dev),
+		KnownKeys:        r.knownKeys,
 	})
 	r.report(d)
 
-	cfg := Diff(d, dev, DiffOptions{LastApplied: r.lastApplied, GC: synced})
+	cfg := Diff(d, dev, DiffOptions{LastApplied: r.lastApplied, GC: synced, KnownKeys: r.knownKeys})
 	if !IsEmpty(cfg) {
 		r.status.DeviceWrites++
 		if err := r.cfg.Device.ConfigureDevice(cfg); err != nil {
@@ -345,9 +386,11 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 		} else {
 			r.logChanges(d, cfg)
 			r.recordApplied(d, dev, cfg)
+			r.recordKeys(d)
 		}
 	} else {
 		r.recordApplied(d, dev, cfg)
+		r.recordKeys(d)
 		r.log.Debug("device already converged", "peers", len(d.Peers))
 	}
 
@@ -366,6 +409,7 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 func (r *Reconciler) updateStatus(synced, selfFound bool, self Self, d Desired, routes []netip.Prefix) {
 	r.status.Synced = synced
 	r.status.SelfFound = selfFound
+	r.status.PublicKey = r.pub
 	r.status.LocalPodCIDRs = self.PodCIDRs
 	r.status.Peers = d.Peers
 	r.status.Excluded = d.Excluded
@@ -375,7 +419,10 @@ func (r *Reconciler) updateStatus(synced, selfFound bool, self Self, d Desired, 
 
 // ownAnnotations returns the annotations this node should carry.
 func (r *Reconciler) ownAnnotations(self *RawNode) (map[string]string, error) {
-	want := map[string]string{AnnotationPublicKey: r.cfg.PublicKey.String()}
+	want := map[string]string{AnnotationPublicKey: r.pub.String()}
+	if r.rotated != "" {
+		want[AnnotationKeyRotated] = r.rotated
+	}
 	if r.cfg.EndpointOverride != "" {
 		ep, err := ParseEndpoint(r.cfg.EndpointOverride)
 		if err != nil {
@@ -433,6 +480,80 @@ func (r *Reconciler) ensureOwnAnnotations(ctx context.Context, self *RawNode) er
 	r.publishedAt, r.published = self.ResourceVersion, patch
 	r.log.Info("published own annotations", "node", r.cfg.NodeName, "annotations", patch)
 	return err
+}
+
+// maxRotateRequest bounds the request value we echo into logs and the
+// answer annotation.
+const maxRotateRequest = 253
+
+// rotateIfRequested replaces this node's key when its Node carries a
+// rotation request (AnnotationRotateKey) not yet answered: a new private key
+// is generated, stored through Config.Keys (replacing the old one, which is
+// kept nowhere) and set on the device, which keeps its peers and listen
+// port. The caller publishes the new public key and the answer in the same
+// pass. Peers switch when they see the new key; until then this node cannot
+// start sessions with them.
+//
+// Order matters for crash safety: the key is stored before the device uses
+// it, so a restarted agent never comes up with a key other than the one in
+// use or about to be published. A crash after storing and before
+// publishing costs one extra rotation (the request is still unanswered).
+func (r *Reconciler) rotateIfRequested(self *RawNode) error {
+	req := strings.TrimSpace(self.Annotations[AnnotationRotateKey])
+	if req == "" || req == strings.TrimSpace(self.Annotations[AnnotationKeyRotated]) || req == r.rotated {
+		return nil
+	}
+	issue := ""
+	switch {
+	case len(req) > maxRotateRequest:
+		issue = fmt.Sprintf("key rotation request ignored: annotation %s is longer than %d bytes", AnnotationRotateKey, maxRotateRequest)
+	case r.cfg.Keys == nil:
+		issue = "key rotation requested but this agent has no key store; ignoring"
+	}
+	if issue != "" {
+		if issue != r.rotateWarn {
+			r.log.Warn(issue, "node", r.cfg.NodeName)
+			r.rotateWarn = issue
+		}
+		return nil
+	}
+	gen := r.cfg.GenerateKey
+	if gen == nil {
+		gen = wgtypes.GeneratePrivateKey
+	}
+	priv, err := gen()
+	if err != nil {
+		return fmt.Errorf("generate private key: %w", err)
+	}
+	if priv == (wgtypes.Key{}) {
+		return errors.New("generate private key: got the zero key")
+	}
+	if err := r.cfg.Keys.Save(priv); err != nil {
+		return fmt.Errorf("store new private key: %w", err)
+	}
+	r.status.DeviceWrites++
+	if err := r.cfg.Device.ConfigureDevice(wgtypes.Config{PrivateKey: &priv}); err != nil {
+		// The stored key is newer than the device's: the next pass
+		// rotates again (the request is unanswered) and a restart
+		// loads the stored one; either way the published key follows.
+		return fmt.Errorf("set new private key on the device: %w", err)
+	}
+	old := r.pub
+	r.pub = priv.PublicKey()
+	r.rotated = req
+	r.rotateWarn = ""
+	r.log.Info("rotated private key; publishing the new public key", "node", r.cfg.NodeName,
+		"old_public_key", old.String(), "public_key", r.pub.String(), "request", req)
+	return nil
+}
+
+// recordKeys remembers which key each desired peer's node has on the
+// device now.
+func (r *Reconciler) recordKeys(d Desired) {
+	clear(r.knownKeys)
+	for _, p := range d.Peers {
+		r.knownKeys[p.Node] = p.PublicKey
+	}
 }
 
 // resolve returns addresses for the DNS-name endpoints among the nodes. A

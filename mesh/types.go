@@ -21,6 +21,13 @@ const (
 	AnnotationEndpoint         = AnnotationPrefix + "endpoint"
 	AnnotationEndpointOverride = AnnotationPrefix + "endpoint-override"
 	AnnotationKeepalive        = AnnotationPrefix + "persistent-keepalive"
+	// AnnotationRotateKey asks the node's agent for a new key: set it to a
+	// value it never had (a nonce; wgmeshctl rotate-key does). The agent
+	// answers by publishing AnnotationKeyRotated with the same value in the
+	// patch that carries its new public key, so a request is acted on once
+	// and its completion is visible to whoever made it.
+	AnnotationRotateKey  = AnnotationPrefix + "rotate-key"
+	AnnotationKeyRotated = AnnotationPrefix + "key-rotated"
 )
 
 // RawNode is a Node object as the API shows it, reduced to the fields the
@@ -152,6 +159,14 @@ type DataplaneState struct {
 	RemotePodCIDRs []netip.Prefix
 	// MTU of the WireGuard interface; pods use the same.
 	MTU int
+}
+
+// KeyStore keeps this node's private key. Save replaces the stored key with
+// a newly generated one during key rotation: atomically (a crash leaves the
+// old or the new key, never neither or a mix), durably, and without keeping
+// a copy of the old key anywhere.
+type KeyStore interface {
+	Save(key wgtypes.Key) error
 }
 
 // Resolver turns an endpoint host into addresses. net.DefaultResolver's
