@@ -162,6 +162,7 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 	rec := mesh.New(mesh.Config{
 		NodeName:         cfg.NodeName,
 		PublicKey:        pub,
+		Keys:             wgdev.KeyFile(cfg.KeyFile), // key rotation (wgmesh.io/rotate-key)
 		ListenPort:       cfg.ListenPort,
 		EndpointOverride: cfg.Endpoint,
 		DefaultKeepalive: cfg.Keepalive,

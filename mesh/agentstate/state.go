@@ -127,6 +127,10 @@ func FromStatus(info Info, st mesh.Status, prev *State) State {
 	if info.PublicKey != (wgtypes.Key{}) {
 		s.PublicKey = info.PublicKey.String()
 	}
+	// The status knows the current key: it changes on key rotation.
+	if st.PublicKey != (wgtypes.Key{}) {
+		s.PublicKey = st.PublicKey.String()
+	}
 	if st.Err != nil {
 		s.LastError = st.Err.Error()
 	}

@@ -167,3 +167,13 @@ func TestWriterFailureIsNotFatal(t *testing.T) {
 		t.Fatal("write into a non-directory succeeded?")
 	}
 }
+
+func TestFromStatusFollowsRotatedKey(t *testing.T) {
+	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	info := Info{Node: "node-a", Interface: "wgmesh0", PublicKey: key(t, 1), ListenPort: 51820}
+	st := status(t, t0)
+	st.PublicKey = key(t, 7) // the reconciler rotated since start
+	if got := FromStatus(info, st, nil).PublicKey; got != key(t, 7).String() {
+		t.Errorf("state public key %s, want the rotated %s", got, key(t, 7))
+	}
+}
