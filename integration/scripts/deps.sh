@@ -22,6 +22,8 @@ want git git
 want make make
 want curl curl
 want shellcheck shellcheck
+want ruby ruby
+want vagrant vagrant
 
 # Go: the project needs go >= 1.26 (go.mod). A go >= 1.21 fetches the exact toolchain
 # from the module proxy by itself (GOTOOLCHAIN=auto), so only older or missing go needs apt.
