@@ -115,6 +115,7 @@ func runDataplaneRole([]byte) error {
 			{"ip", "-4", "-br", "addr", "show", dataplane.DefaultBridge},
 			{"ip", "route", "show", "table", "main"},
 			{"nft", "-a", "list", "table", "inet", dataplane.DefaultTable},
+			{"nft", "-a", "list", "table", "inet", dataplane.DefaultGuardTable},
 			{"nft", "-a", "list", "chain", "ip", "filter", "FORWARD"},
 			{"nft", "-a", "list", "chain", "ip6", "filter", "FORWARD"},
 		} {
@@ -127,18 +128,53 @@ func runDataplaneRole([]byte) error {
 		return b.String(), nil
 	}
 
+	step("prepare: fail-closed catch-all and guard, nothing else")
+	if err := dp.Prepare(ctx); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
+	out, _ := ours()
+	fmt.Print(out)
+	if err := expect("fail-closed route", out, fmt.Sprintf("unreachable 10.244.0.0/16 metric %d", dataplane.FailClosedMetric)); err != nil {
+		return err
+	}
+	if n := strings.Count(strings.TrimSpace(out), "\n") + 1; n != 1 {
+		return fmt.Errorf("prepare made %d routes, want only the catch-all:\n%s", n, out)
+	}
+	guard, err := sh("nft", "list", "table", "inet", dataplane.DefaultGuardTable)
+	if err != nil {
+		return err
+	}
+	fmt.Print(guard)
+	if err := expect("guard table", guard,
+		"type filter hook postrouting priority 300; policy accept;",
+		`oifname != "wgt0" oifname != "wgmesh-br0" oifname != "lo" ip daddr 10.244.0.0/16 counter packets 0 bytes 0 drop`,
+		`oifname != "wgt0" oifname != "wgmesh-br0" oifname != "lo" ip saddr 10.244.0.0/16 counter packets 0 bytes 0 drop`); err != nil {
+		return err
+	}
+	if out, err := sh("nft", "list", "table", "inet", dataplane.DefaultTable); err == nil {
+		return fmt.Errorf("prepare created the main table:\n%s", out)
+	}
+	if _, err := sh("ip", "link", "show", dataplane.DefaultBridge); err == nil {
+		return fmt.Errorf("prepare created the bridge")
+	}
+	// The catch-all answers for every remote pod address.
+	if out, err := sh("ip", "route", "get", "10.244.77.5"); err == nil || !strings.Contains(out, "No route to host") {
+		return fmt.Errorf("ip route get 10.244.77.5 after prepare: %v: %s", err, out)
+	}
+
 	step("first apply")
 	st := mesh.DataplaneState{LocalPodCIDRs: pfx("10.244.1.0/24"), RemotePodCIDRs: pfx("10.244.2.0/24", "10.244.3.0/24"), MTU: 1400}
 	if err := dp.Apply(ctx, st); err != nil {
 		return fmt.Errorf("first apply: %w", err)
 	}
-	out, _ := sh("ip", "addr", "show", dataplane.DefaultBridge)
+	out, _ = sh("ip", "addr", "show", dataplane.DefaultBridge)
 	if err := expect("bridge", out, "mtu 1400", "inet 10.244.1.1/24", "UP"); err != nil {
 		return err
 	}
 	out, _ = ours()
 	fmt.Print(out)
 	if err := expect("our routes", out,
+		fmt.Sprintf("unreachable 10.244.0.0/16 metric %d", dataplane.FailClosedMetric),
 		"10.244.2.0/24 dev wgt0 scope link src 10.244.1.1",
 		"10.244.3.0/24 dev wgt0 scope link src 10.244.1.1"); err != nil {
 		return err
@@ -154,7 +190,10 @@ func runDataplaneRole([]byte) error {
 	if err := expect("nft table", out,
 		`iifname "wgmesh-br0" oifname "wgt0"`,
 		`oifname != "wgmesh-br0" oifname != "wgt0" ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16`,
-		"masquerade"); err != nil {
+		"masquerade",
+		// nft itself decodes our MSS clamp as the rule it would write.
+		`oifname "wgt0" tcp flags syn / syn,rst counter packets 0 bytes 0 tcp option maxseg size set rt mtu`,
+		`iifname "wgt0" tcp flags syn / syn,rst counter packets 0 bytes 0 tcp option maxseg size set rt mtu`); err != nil {
 		return err
 	}
 	// iptables-nft must still understand the whole table (a rule it
@@ -275,6 +314,39 @@ func runDataplaneRole([]byte) error {
 	out, _ = sh("nft", "list", "table", "inet", dataplane.DefaultTable)
 	if err := expect("nft", out, "ip6 saddr fd00:10:244:7::/64"); err != nil {
 		return err
+	}
+	out, _ = sh("nft", "list", "table", "inet", dataplane.DefaultGuardTable)
+	if err := expect("guard", out, `ip6 daddr fd00:10:244::/56`, `ip6 saddr fd00:10:244::/56`); err == nil {
+		return fmt.Errorf("guard covers an IPv6 range that is not a cluster cidr:\n%s", out)
+	}
+
+	step("uninstall removes our routes, tables, FORWARD rules and bridge; foreign ones stay")
+	if err := dp.Uninstall(ctx); err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	if out, _ := ours(); strings.TrimSpace(out) != "" {
+		return fmt.Errorf("routes of ours left after uninstall:\n%s", out)
+	}
+	out, _ = sh("ip", "route", "show", "table", "main")
+	if err := expect("foreign routes", out, "10.244.4.0/24 dev wgt0 proto static", "10.244.9.0/24 dev wgt0 proto static"); err != nil {
+		return err
+	}
+	out, _ = sh("nft", "list", "tables")
+	if err := expectNot("nft tables", out, "inet "+dataplane.DefaultTable+"\n", "inet "+dataplane.DefaultGuardTable); err != nil {
+		return err
+	}
+	out, _ = sh("iptables", "-S", "FORWARD")
+	if err := expectNot("iptables FORWARD", out, "wgmesh"); err != nil {
+		return err
+	}
+	if err := expect("iptables FORWARD", out, "-A FORWARD -s 198.51.100.99/32 -j DROP"); err != nil {
+		return err
+	}
+	if _, err := sh("ip", "link", "show", dataplane.DefaultBridge); err == nil {
+		return fmt.Errorf("bridge left after uninstall")
+	}
+	if err := dp.Uninstall(ctx); err != nil {
+		return fmt.Errorf("second uninstall: %w", err)
 	}
 	fmt.Println("all dataplane checks passed")
 	return nil

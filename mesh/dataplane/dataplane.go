@@ -1,7 +1,10 @@
 // Package dataplane makes a node's kernel networking match the mesh: the pod
 // bridge with its gateway addresses, the WireGuard link state, a route per
 // remote pod prefix through the WireGuard interface, forwarding sysctls and
-// wgmesh's nftables rules. The planning logic is plain Go over the System
+// wgmesh's nftables rules, and keeps the node fail-closed: a catch-all
+// unreachable route per cluster pod range and a guard table that drops pod
+// traffic about to leave by any other interface than the mesh's (see
+// Prepare and Guard). The planning logic is plain Go over the System
 // interface; the Linux implementation (netlink, nftables, /proc/sys) lives in
 // the _linux.go files.
 package dataplane
@@ -22,10 +25,19 @@ import (
 const (
 	DefaultBridge = "wgmesh-br0"
 	DefaultTable  = "wgmesh"
+	// DefaultGuardTable holds the fail-closed guard (see Guard).
+	DefaultGuardTable = "wgmesh-guard"
 	// DefaultRouteProtocol tags the routes we create (rtm_protocol), so we
 	// find and delete our stale routes and never touch anybody else's. 157
 	// is not assigned in iproute2's rt_protos.
 	DefaultRouteProtocol = 157
+	// FailClosedMetric is the metric of the catch-all unreachable route
+	// per cluster range. Any more specific route wins regardless (the
+	// per-node routes through WireGuard, the bridge's connected route);
+	// the high metric also lets a same-prefix route win: a remote or local
+	// pod range that happens to equal a cluster range (IPv6 connected
+	// routes have metric 256).
+	FailClosedMetric = 2_000_000_000
 )
 
 // DefaultClusterCIDRs is the cluster pod range when none is configured.
@@ -57,16 +69,39 @@ type Config struct {
 	// RouteProtocol tags our routes; DefaultRouteProtocol if zero.
 	RouteProtocol int
 	// Table is our nftables table (family inet); DefaultTable if empty.
-	Table  string
-	Logger *slog.Logger
+	Table string
+	// GuardTable holds the fail-closed guard; DefaultGuardTable if empty.
+	GuardTable string
+	Logger     *slog.Logger
 	// System changes the host; nil means the running kernel (see
 	// NewSystem). Tests pass an in-memory one.
 	System System
 }
 
-// Route is one route through the WireGuard interface.
+// RouteType is a route's kind (rtm_type).
+type RouteType int
+
+const (
+	// RouteUnicast is an ordinary route through a device.
+	RouteUnicast RouteType = iota
+	// RouteUnreachable answers with ICMP unreachable and sends nothing.
+	RouteUnreachable
+)
+
+func (t RouteType) String() string {
+	if t == RouteUnreachable {
+		return "unreachable"
+	}
+	return "unicast"
+}
+
+// Route is one of our routes: through the WireGuard interface, or a
+// fail-closed unreachable route.
 type Route struct {
-	Dst netip.Prefix
+	Dst  netip.Prefix
+	Type RouteType
+	// Dev is the output interface of a unicast route; empty for
+	// unreachable routes.
 	Dev string
 	// Src is the preferred source for host-originated packets; invalid
 	// means none. It is our bridge gateway, so the host talks to remote
@@ -74,6 +109,29 @@ type Route struct {
 	// of its underlay address.
 	Src      netip.Addr
 	Protocol int
+	// Metric (priority) of an unreachable route. Unicast routes get the
+	// kernel's default metric; it is neither set nor compared.
+	Metric int
+}
+
+// key identifies a route among ours: a destination may have both a unicast
+// and an unreachable route.
+type routeKey struct {
+	dst netip.Prefix
+	typ RouteType
+}
+
+func (r Route) key() routeKey { return routeKey{r.Dst, r.Type} }
+
+// same reports whether have (as listed) matches want.
+func (r Route) same(want Route) bool {
+	if r.Type != want.Type || r.Dst != want.Dst || r.Protocol != want.Protocol {
+		return false
+	}
+	if want.Type == RouteUnreachable {
+		return r.Metric == want.Metric
+	}
+	return r.Dev == want.Dev && r.Src == want.Src
 }
 
 // System is the host's networking as the planner sees it. Every method is
@@ -92,10 +150,12 @@ type System interface {
 	DelAddr(link string, addr netip.Prefix) error
 	// Routes lists the main table's routes tagged with protocol.
 	Routes(protocol int) ([]Route, error)
-	// AddRoute adds a route; ErrRouteConflict if one to Dst exists.
+	// AddRoute adds a route; ErrRouteConflict if one to Dst (with the same
+	// metric) exists.
 	AddRoute(r Route) error
 	// ReplaceRoute replaces our own route to r.Dst.
 	ReplaceRoute(r Route) error
+	// DelRoute deletes our route of r's destination, type and metric.
 	DelRoute(r Route) error
 	// Sysctl reads and SetSysctl writes a key such as
 	// "net.ipv4.ip_forward".
@@ -103,6 +163,14 @@ type System interface {
 	SetSysctl(key, value string) error
 	// ApplyFirewall makes the nftables rules match fw, atomically.
 	ApplyFirewall(fw Firewall) error
+	// ApplyGuard makes the guard table match g, atomically, and leaves a
+	// matching one untouched.
+	ApplyGuard(g Guard) error
+	// RemoveFirewall deletes the named tables of ours and our rules in
+	// chains we do not own.
+	RemoveFirewall(tables ...string) error
+	// DeleteLink deletes the named link; a missing one is no error.
+	DeleteLink(name string) error
 }
 
 // Dataplane implements mesh.Dataplane.
@@ -117,6 +185,7 @@ var _ mesh.Dataplane = (*Dataplane)(nil)
 func New(cfg Config) (*Dataplane, error) {
 	cfg.Bridge = cmp.Or(cfg.Bridge, DefaultBridge)
 	cfg.Table = cmp.Or(cfg.Table, DefaultTable)
+	cfg.GuardTable = cmp.Or(cfg.GuardTable, DefaultGuardTable)
 	cfg.RouteProtocol = cmp.Or(cfg.RouteProtocol, DefaultRouteProtocol)
 	if len(cfg.ClusterCIDRs) == 0 {
 		cfg.ClusterCIDRs = DefaultClusterCIDRs
@@ -126,6 +195,9 @@ func New(cfg Config) (*Dataplane, error) {
 	}
 	if cfg.WGInterface == cfg.Bridge {
 		return nil, fmt.Errorf("dataplane: bridge and wireguard interface are both %q", cfg.Bridge)
+	}
+	if cfg.Table == cfg.GuardTable {
+		return nil, fmt.Errorf("dataplane: table and guard table are both %q", cfg.Table)
 	}
 	for _, p := range cfg.ClusterCIDRs {
 		if !p.IsValid() || p.Masked() != p {
@@ -156,12 +228,80 @@ func Gateway(pod netip.Prefix) (netip.Prefix, error) {
 	return netip.PrefixFrom(pod.Addr().Next(), pod.Bits()), nil
 }
 
+// Prepare makes the node fail-closed before anything else happens: it adds
+// the catch-all unreachable route of every cluster range that is missing
+// and installs the guard table. It needs no mesh state and leaves
+// everything else alone (the routes and rules a previous run left keep
+// carrying traffic until the first Apply), so the agent calls it first
+// thing at start. The agent never removes either on exit.
+func (d *Dataplane) Prepare(ctx context.Context) error {
+	var errs []error
+	have, err := d.cfg.System.Routes(d.cfg.RouteProtocol)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list routes: %w", err))
+	}
+	present := map[routeKey]Route{}
+	for _, r := range have {
+		present[r.key()] = r
+	}
+	for _, r := range d.failClosedRoutes() {
+		cur, ok := present[r.key()]
+		if ok && cur.same(r) {
+			continue
+		}
+		if err == nil && ok {
+			// Ours, with an old metric: fix it.
+			if rerr := d.cfg.System.DelRoute(cur); rerr != nil {
+				errs = append(errs, fmt.Errorf("delete route unreachable %s: %w", cur.Dst, rerr))
+				continue
+			}
+		}
+		if aerr := d.cfg.System.AddRoute(r); aerr != nil {
+			errs = append(errs, fmt.Errorf("add route unreachable %s: %w", r.Dst, aerr))
+			continue
+		}
+		d.log.Info("added fail-closed route", "dst", r.Dst, "type", r.Type, "metric", r.Metric)
+	}
+	if err := ctx.Err(); err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	if err := d.cfg.System.ApplyGuard(d.guard()); err != nil {
+		errs = append(errs, fmt.Errorf("fail-closed guard: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// failClosedRoutes are the catch-all routes: every cluster range is
+// unreachable unless a more specific route (a peer's pod range through
+// WireGuard, the local bridge) says otherwise.
+func (d *Dataplane) failClosedRoutes() []Route {
+	var out []Route
+	for _, c := range d.cfg.ClusterCIDRs {
+		out = append(out, Route{Dst: c.Masked(), Type: RouteUnreachable, Protocol: d.cfg.RouteProtocol, Metric: FailClosedMetric})
+	}
+	return out
+}
+
+func (d *Dataplane) guard() Guard {
+	return Guard{
+		Table:        d.cfg.GuardTable,
+		WGInterface:  d.cfg.WGInterface,
+		Bridge:       d.cfg.Bridge,
+		ClusterCIDRs: slices.Clone(d.cfg.ClusterCIDRs),
+	}
+}
+
 // Apply converges the host to s. It carries on past a failed step so one
 // problem (say a foreign route in the way) does not hold back the rest, and
 // returns all failures joined.
 func (d *Dataplane) Apply(ctx context.Context, s mesh.DataplaneState) error {
 	cfg, sys := d.cfg, d.cfg.System
 	var errs []error
+
+	// The guard first: whatever else fails, the node stays fail-closed.
+	if err := sys.ApplyGuard(d.guard()); err != nil {
+		errs = append(errs, fmt.Errorf("fail-closed guard: %w", err))
+	}
 
 	gateways, err := gatewaysFor(s.LocalPodCIDRs)
 	if err != nil {
@@ -280,9 +420,10 @@ func (d *Dataplane) syncSysctls(s mesh.DataplaneState) error {
 }
 
 // routesFor builds the desired routes: one per remote prefix through the
-// WireGuard interface, sourced from the gateway of the same family.
+// WireGuard interface, sourced from the gateway of the same family, and the
+// fail-closed catch-alls.
 func (d *Dataplane) routesFor(remote, gateways []netip.Prefix) []Route {
-	var out []Route
+	out := d.failClosedRoutes()
 	for _, p := range remote {
 		r := Route{Dst: p.Masked(), Dev: d.cfg.WGInterface, Protocol: d.cfg.RouteProtocol}
 		for _, gw := range gateways {
@@ -305,24 +446,37 @@ func (d *Dataplane) syncRoutes(remote, gateways []netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("list routes: %w", err)
 	}
-	byDst := map[netip.Prefix]Route{}
+	byKey := map[routeKey]Route{}
 	for _, r := range have {
-		byDst[r.Dst] = r
+		byKey[r.key()] = r
 	}
 	want := d.routesFor(remote, gateways)
-	wanted := map[netip.Prefix]bool{}
+	wanted := map[routeKey]bool{}
 	var errs []error
 	for _, r := range want {
-		wanted[r.Dst] = true
-		cur, ok := byDst[r.Dst]
+		wanted[r.key()] = true
+		cur, ok := byKey[r.key()]
 		switch {
 		case !ok:
 			if err := sys.AddRoute(r); err != nil {
-				errs = append(errs, fmt.Errorf("add route %s dev %s: %w", r.Dst, r.Dev, err))
+				errs = append(errs, fmt.Errorf("add route %s %s dev %s: %w", r.Type, r.Dst, r.Dev, err))
 				continue
 			}
-			d.log.Info("added route", "dst", r.Dst, "dev", r.Dev, "src", r.Src)
-		case cur != r:
+			d.log.Info("added route", "dst", r.Dst, "type", r.Type, "dev", r.Dev, "src", r.Src)
+		case !cur.same(r) && r.Type == RouteUnreachable:
+			// The metric is part of the kernel's route key: a replace
+			// would add a second route, so delete the old one first.
+			// Between the two another catch-all or the guard holds.
+			if err := sys.DelRoute(cur); err != nil {
+				errs = append(errs, fmt.Errorf("delete route %s %s: %w", cur.Type, cur.Dst, err))
+				continue
+			}
+			if err := sys.AddRoute(r); err != nil {
+				errs = append(errs, fmt.Errorf("add route %s %s: %w", r.Type, r.Dst, err))
+				continue
+			}
+			d.log.Info("updated route", "dst", r.Dst, "type", r.Type, "metric", r.Metric)
+		case !cur.same(r):
 			if err := sys.ReplaceRoute(r); err != nil {
 				errs = append(errs, fmt.Errorf("replace route %s dev %s: %w", r.Dst, r.Dev, err))
 				continue
@@ -331,14 +485,43 @@ func (d *Dataplane) syncRoutes(remote, gateways []netip.Prefix) error {
 		}
 	}
 	for _, r := range have {
-		if wanted[r.Dst] {
+		if wanted[r.key()] {
 			continue
 		}
 		if err := sys.DelRoute(r); err != nil {
 			errs = append(errs, fmt.Errorf("delete route %s dev %s: %w", r.Dst, r.Dev, err))
 			continue
 		}
-		d.log.Info("removed route", "dst", r.Dst, "dev", r.Dev)
+		d.log.Info("removed route", "dst", r.Dst, "type", r.Type, "dev", r.Dev)
+	}
+	return errors.Join(errs...)
+}
+
+// Uninstall removes what the dataplane put on the node: our routes
+// (including the fail-closed catch-alls), our nftables tables and our rules
+// in iptables' FORWARD chains, and the bridge (detaching any pods still on
+// it). It is for taking wgmesh off a node for good; the agent never calls
+// it on its own. Missing pieces are fine; every step is tried.
+func (d *Dataplane) Uninstall(ctx context.Context) error {
+	sys := d.cfg.System
+	var errs []error
+	have, err := sys.Routes(d.cfg.RouteProtocol)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list routes: %w", err))
+	}
+	for _, r := range have {
+		if err := sys.DelRoute(r); err != nil {
+			errs = append(errs, fmt.Errorf("delete route %s %s: %w", r.Type, r.Dst, err))
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	if err := sys.RemoveFirewall(d.cfg.Table, d.cfg.GuardTable); err != nil {
+		errs = append(errs, fmt.Errorf("remove firewall: %w", err))
+	}
+	if err := sys.DeleteLink(d.cfg.Bridge); err != nil {
+		errs = append(errs, fmt.Errorf("delete bridge %s: %w", d.cfg.Bridge, err))
 	}
 	return errors.Join(errs...)
 }

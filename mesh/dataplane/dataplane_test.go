@@ -30,6 +30,7 @@ type fakeSystem struct {
 	routes   []Route // all protocols
 	sysctls  map[string]string
 	firewall *Firewall
+	guard    *Guard
 	writes   []string
 	failAdd  map[netip.Prefix]error // AddRoute errors by destination
 }
@@ -113,10 +114,16 @@ func (f *fakeSystem) AddRoute(r Route) error {
 	if err := f.failAdd[r.Dst]; err != nil {
 		return err
 	}
+	// The kernel's key: destination and metric (unicast: 0).
 	for _, x := range f.routes {
-		if x.Dst == r.Dst {
+		if x.Dst == r.Dst && x.Metric == r.Metric {
 			return ErrRouteConflict
 		}
+	}
+	if r.Type == RouteUnreachable {
+		f.routes = append(f.routes, r)
+		f.write("route add unreachable %s metric %d", r.Dst, r.Metric)
+		return nil
 	}
 	if _, ok := f.links[r.Dev]; !ok {
 		return ErrNoLink
@@ -127,14 +134,22 @@ func (f *fakeSystem) AddRoute(r Route) error {
 }
 
 func (f *fakeSystem) ReplaceRoute(r Route) error {
-	f.routes = slices.DeleteFunc(f.routes, func(x Route) bool { return x.Dst == r.Dst && x.Protocol == r.Protocol })
+	f.routes = slices.DeleteFunc(f.routes, func(x Route) bool {
+		return x.Dst == r.Dst && x.Protocol == r.Protocol && x.Type == r.Type
+	})
 	f.routes = append(f.routes, r)
 	f.write("route replace %s dev %s src %s", r.Dst, r.Dev, r.Src)
 	return nil
 }
 
 func (f *fakeSystem) DelRoute(r Route) error {
-	f.routes = slices.DeleteFunc(f.routes, func(x Route) bool { return x.Dst == r.Dst && x.Protocol == r.Protocol })
+	f.routes = slices.DeleteFunc(f.routes, func(x Route) bool {
+		return x.Dst == r.Dst && x.Protocol == r.Protocol && x.Type == r.Type && (r.Metric == 0 || x.Metric == r.Metric)
+	})
+	if r.Type == RouteUnreachable {
+		f.write("route del unreachable %s", r.Dst)
+		return nil
+	}
 	f.write("route del %s", r.Dst)
 	return nil
 }
@@ -161,6 +176,51 @@ func (f *fakeSystem) ApplyFirewall(fw Firewall) error {
 	f.write("firewall %v", fw.LocalPodCIDRs)
 	return nil
 }
+
+func (f *fakeSystem) ApplyGuard(g Guard) error {
+	if f.guard != nil && cmp.Equal(*f.guard, g, cmpopts.EquateComparable(netip.Prefix{})) {
+		return nil
+	}
+	f.guard = &g
+	f.write("guard %v", g.ClusterCIDRs)
+	return nil
+}
+
+func (f *fakeSystem) RemoveFirewall(tables ...string) error {
+	for _, t := range tables {
+		if f.firewall != nil && f.firewall.Table == t {
+			f.firewall = nil
+			f.write("remove table %s", t)
+		}
+		if f.guard != nil && f.guard.Table == t {
+			f.guard = nil
+			f.write("remove table %s", t)
+		}
+	}
+	return nil
+}
+
+func (f *fakeSystem) DeleteLink(name string) error {
+	if _, ok := f.links[name]; ok {
+		delete(f.links, name)
+		f.write("delete link %s", name)
+	}
+	return nil
+}
+
+// ours lists our unicast routes (the fail-closed ones are checked apart).
+func (f *fakeSystem) ours() []Route {
+	var out []Route
+	for _, r := range f.routes {
+		if r.Protocol == DefaultRouteProtocol && r.Type == RouteUnicast {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// catchAll is the fail-closed route of the default cluster range.
+var catchAll = Route{Dst: netip.MustParsePrefix("10.244.0.0/16"), Type: RouteUnreachable, Protocol: DefaultRouteProtocol, Metric: FailClosedMetric}
 
 func pfx(s ...string) []netip.Prefix {
 	var out []netip.Prefix
@@ -202,6 +262,7 @@ func TestApplyFromScratchThenIdempotent(t *testing.T) {
 	}
 	gw := netip.MustParseAddr("10.244.1.1")
 	wantRoutes := []Route{
+		catchAll,
 		{Dst: netip.MustParsePrefix("10.244.2.0/24"), Dev: "wgmesh0", Src: gw, Protocol: DefaultRouteProtocol},
 		{Dst: netip.MustParsePrefix("10.244.3.0/24"), Dev: "wgmesh0", Src: gw, Protocol: DefaultRouteProtocol},
 	}
@@ -217,6 +278,10 @@ func TestApplyFromScratchThenIdempotent(t *testing.T) {
 	if sys.firewall == nil || sys.firewall.Table != DefaultTable || sys.firewall.Bridge != DefaultBridge ||
 		!slices.Equal(sys.firewall.ClusterCIDRs, DefaultClusterCIDRs) {
 		t.Errorf("firewall = %+v", sys.firewall)
+	}
+	wantGuard := Guard{Table: DefaultGuardTable, WGInterface: "wgmesh0", Bridge: DefaultBridge, ClusterCIDRs: DefaultClusterCIDRs}
+	if diff := cmp.Diff(&wantGuard, sys.guard, cmpopts.EquateComparable(netip.Prefix{})); diff != "" {
+		t.Errorf("guard (-want +got):\n%s", diff)
 	}
 
 	sys.writes = nil
@@ -269,7 +334,7 @@ func TestApplyRouteConflictLeavesForeignRouteAndAppliesTheRest(t *testing.T) {
 	if !slices.Contains(sys.routes, foreign) {
 		t.Error("foreign route was touched")
 	}
-	got, _ := sys.Routes(DefaultRouteProtocol)
+	got := sys.ours()
 	if len(got) != 1 || got[0].Dst != netip.MustParsePrefix("10.244.3.0/24") {
 		t.Errorf("our routes = %v, want only 10.244.3.0/24", got)
 	}
@@ -286,7 +351,7 @@ func TestApplyPodCIDRChangeMovesGatewayAndRouteSources(t *testing.T) {
 	if err := dp.Apply(ctx, mesh.DataplaneState{RemotePodCIDRs: pfx("10.244.2.0/24")}); err != nil {
 		t.Fatal(err)
 	}
-	if r, _ := sys.Routes(DefaultRouteProtocol); len(r) != 1 || r[0].Src.IsValid() {
+	if r := sys.ours(); len(r) != 1 || r[0].Src.IsValid() {
 		t.Fatalf("routes = %v, want one without source", r)
 	}
 	if len(sys.links[DefaultBridge].addrs) != 0 {
@@ -295,7 +360,7 @@ func TestApplyPodCIDRChangeMovesGatewayAndRouteSources(t *testing.T) {
 	if err := dp.Apply(ctx, mesh.DataplaneState{LocalPodCIDRs: pfx("10.244.1.0/24"), RemotePodCIDRs: pfx("10.244.2.0/24")}); err != nil {
 		t.Fatal(err)
 	}
-	if r, _ := sys.Routes(DefaultRouteProtocol); r[0].Src != netip.MustParseAddr("10.244.1.1") {
+	if r := sys.ours(); r[0].Src != netip.MustParseAddr("10.244.1.1") {
 		t.Errorf("route source = %v, want 10.244.1.1", r[0].Src)
 	}
 	if err := dp.Apply(ctx, mesh.DataplaneState{LocalPodCIDRs: pfx("10.244.7.0/24"), RemotePodCIDRs: pfx("10.244.2.0/24")}); err != nil {
@@ -304,7 +369,7 @@ func TestApplyPodCIDRChangeMovesGatewayAndRouteSources(t *testing.T) {
 	if diff := cmp.Diff(pfx("10.244.7.1/24"), sys.links[DefaultBridge].addrs, cmpopts.EquateComparable(netip.Prefix{})); diff != "" {
 		t.Errorf("bridge addrs after change (-want +got):\n%s", diff)
 	}
-	if r, _ := sys.Routes(DefaultRouteProtocol); r[0].Src != netip.MustParseAddr("10.244.7.1") {
+	if r := sys.ours(); r[0].Src != netip.MustParseAddr("10.244.7.1") {
 		t.Errorf("route source = %v, want 10.244.7.1", r[0].Src)
 	}
 }
@@ -324,7 +389,7 @@ func TestApplyDualStack(t *testing.T) {
 		t.Error("ipv6 forwarding not enabled for IPv6 pod ranges")
 	}
 	srcs := map[string]string{}
-	for _, r := range sys.routes {
+	for _, r := range sys.ours() {
 		srcs[r.Dst.String()] = r.Src.String()
 	}
 	want := map[string]string{"10.244.2.0/24": "10.244.1.1", "fd00:10:244:2::/64": "fd00:10:244:1::1"}
@@ -347,7 +412,7 @@ func TestApplyReportsButDoesNotTouchForeignLinkWithBridgeName(t *testing.T) {
 	if l := sys.links[DefaultBridge]; l.up || len(l.addrs) != 0 {
 		t.Errorf("foreign link was changed: %+v", l)
 	}
-	if r, _ := sys.Routes(DefaultRouteProtocol); len(r) != 1 {
+	if r := sys.ours(); len(r) != 1 {
 		t.Errorf("routes not applied: %v", r)
 	}
 }

@@ -38,12 +38,12 @@ func (s *linuxSystem) ApplyFirewall(fw Firewall) error {
 	want := rulesFor(fw)
 	pending := false
 
-	same, err := ownTableMatches(c, fw.Table, want)
+	same, err := ownTableMatches(c, fw.Table, mainChains, want)
 	if err != nil {
 		return err
 	}
 	if !same {
-		queueOwnTable(c, fw.Table, want)
+		queueOwnTable(c, fw.Table, mainChains, want)
 		pending = true
 	}
 	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
@@ -62,20 +62,82 @@ func (s *linuxSystem) ApplyFirewall(fw Firewall) error {
 	return nil
 }
 
-// ownChains are our table's base chains, in order.
-var ownChains = []struct {
+// ApplyGuard replaces the guard table "inet <Table>" as a whole, in one
+// atomic batch, unless it already holds exactly the wanted rules: a
+// converged guard is never touched, so it is never missing for an instant.
+func (s *linuxSystem) ApplyGuard(g Guard) error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	want := map[string][]Rule{ChainGuard: guardRules(g)}
+	same, err := ownTableMatches(c, g.Table, guardChains, want)
+	if err != nil || same {
+		return err
+	}
+	queueOwnTable(c, g.Table, guardChains, want)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables batch: %w", err)
+	}
+	return nil
+}
+
+// RemoveFirewall deletes our tables and our rules in iptables' FORWARD
+// chains, in one batch. Missing ones are fine.
+func (s *linuxSystem) RemoveFirewall(tables ...string) error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	existing, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("list nftables tables: %w", err)
+	}
+	pending := false
+	for _, t := range existing {
+		if slices.Contains(tables, t.Name) {
+			c.DelTable(t)
+			pending = true
+		}
+	}
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		queued, err := queueCompat(c, fam, nil)
+		if err != nil {
+			return err
+		}
+		pending = pending || queued
+	}
+	if !pending {
+		return nil
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables batch: %w", err)
+	}
+	return nil
+}
+
+// chainSpec is one base chain of a table we own.
+type chainSpec struct {
 	name     string
 	typ      nftables.ChainType
 	hook     *nftables.ChainHook
 	priority *nftables.ChainPriority
-}{
+}
+
+// mainChains are our main table's base chains, in order.
+var mainChains = []chainSpec{
 	{ChainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter},
 	{ChainPostrouting, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource},
 }
 
-// ownTableMatches compares our table's chains and rule comments (which
+// guardChains is the guard table's chain.
+var guardChains = []chainSpec{
+	{ChainGuard, nftables.ChainTypeFilter, nftables.ChainHookPostrouting, nftables.ChainPriorityRef(GuardPriority)},
+}
+
+// ownTableMatches compares the table's chains and rule comments (which
 // fingerprint every rule) with want.
-func ownTableMatches(c *nftables.Conn, table string, want map[string][]Rule) (bool, error) {
+func ownTableMatches(c *nftables.Conn, table string, specs []chainSpec, want map[string][]Rule) (bool, error) {
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return false, fmt.Errorf("list nftables chains: %w", err)
@@ -95,10 +157,10 @@ func ownTableMatches(c *nftables.Conn, table string, want map[string][]Rule) (bo
 			have[ch.Name] = append(have[ch.Name], cm)
 		}
 	}
-	if len(have) != len(ownChains) {
+	if len(have) != len(specs) {
 		return false, nil
 	}
-	for _, oc := range ownChains {
+	for _, oc := range specs {
 		got, ok := have[oc.name]
 		if !ok || !slices.Equal(got, comments(want[oc.name])) {
 			return false, nil
@@ -115,13 +177,13 @@ func comments(rs []Rule) []string {
 	return out
 }
 
-func queueOwnTable(c *nftables.Conn, name string, want map[string][]Rule) {
+func queueOwnTable(c *nftables.Conn, name string, specs []chainSpec, want map[string][]Rule) {
 	t := &nftables.Table{Name: name, Family: nftables.TableFamilyINet}
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
 	accept := nftables.ChainPolicyAccept
-	for _, oc := range ownChains {
+	for _, oc := range specs {
 		ch := c.AddChain(&nftables.Chain{
 			Name: oc.name, Table: t, Type: oc.typ, Hooknum: oc.hook, Priority: oc.priority, Policy: &accept,
 		})
@@ -191,18 +253,19 @@ func comment(r Rule) []byte {
 // need an explicit protocol check first.
 func exprsFor(r Rule, inet bool) []expr.Any {
 	var e []expr.Any
-	if r.Src.IsValid() {
-		is4 := r.Src.Addr().Is4()
-		if inet {
-			proto := byte(unix.NFPROTO_IPV6)
-			if is4 {
-				proto = unix.NFPROTO_IPV4
-			}
-			e = append(e,
-				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-			)
+	fam := r.Src
+	if !fam.IsValid() {
+		fam = r.Dst
+	}
+	if fam.IsValid() && inet {
+		proto := byte(unix.NFPROTO_IPV6)
+		if fam.Addr().Is4() {
+			proto = unix.NFPROTO_IPV4
 		}
+		e = append(e,
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		)
 	}
 	if r.IIF != "" {
 		e = append(e, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, r.IIF)...)
@@ -213,6 +276,16 @@ func exprsFor(r Rule, inet bool) []expr.Any {
 	for _, n := range r.NotOIF {
 		e = append(e, ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, n)...)
 	}
+	if r.TCPSyn {
+		// As nft encodes `meta l4proto tcp tcp flags & (syn|rst) == syn`.
+		e = append(e,
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+			&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpSYN | tcpRST}, Xor: []byte{0}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{tcpSYN}},
+		)
+	}
 	if r.Src.IsValid() {
 		e = append(e, prefixMatch(r.Src, true, expr.CmpOpEq)...)
 		for _, p := range r.NotDst {
@@ -220,6 +293,9 @@ func exprsFor(r Rule, inet bool) []expr.Any {
 				e = append(e, prefixMatch(p, false, expr.CmpOpNeq)...)
 			}
 		}
+	}
+	if r.Dst.IsValid() {
+		e = append(e, prefixMatch(r.Dst, false, expr.CmpOpEq)...)
 	}
 	if r.Established {
 		if inet {
@@ -248,11 +324,29 @@ func exprsFor(r Rule, inet bool) []expr.Any {
 	switch r.Verdict {
 	case VerdictAccept:
 		e = append(e, &expr.Verdict{Kind: expr.VerdictAccept})
+	case VerdictDrop:
+		e = append(e, &expr.Verdict{Kind: expr.VerdictDrop})
 	case VerdictMasquerade:
 		e = append(e, &expr.Masq{})
+	case VerdictClampMSS:
+		// `tcp option maxseg size set rt mtu`: the route's MSS (its MTU
+		// minus the IP and TCP headers) in host order, turned to network
+		// order, written into the MSS option if it is lower.
+		e = append(e,
+			&expr.Rt{Register: 1, Key: expr.RtTCPMSS},
+			&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 2, Size: 2},
+			&expr.Exthdr{SourceRegister: 1, Type: tcpOptMaxSeg, Offset: 2, Len: 2, Op: expr.ExthdrOpTcpopt},
+		)
 	}
 	return e
 }
+
+// TCP header bits and option kind used by the MSS clamp.
+const (
+	tcpSYN       = 0x02
+	tcpRST       = 0x04
+	tcpOptMaxSeg = 2
+)
 
 // x_tables conntrack state bits: XT_CONNTRACK_STATE_BIT(ctinfo) is
 // 1 << (ctinfo + 1), with IP_CT_ESTABLISHED = 0 and IP_CT_RELATED = 1.

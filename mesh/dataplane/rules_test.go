@@ -67,8 +67,12 @@ func TestRulesFor(t *testing.T) {
 			fw := base
 			fw.LocalPodCIDRs = tt.local
 			got := rulesFor(fw)
+			clamp := []Rule{
+				{Chain: ChainForward, OIF: "wg", TCPSyn: true, Verdict: VerdictClampMSS, Note: "clamp tcp mss to the route mtu into the mesh"},
+				{Chain: ChainForward, IIF: "wg", TCPSyn: true, Verdict: VerdictClampMSS, Note: "clamp tcp mss to the route mtu out of the mesh"},
+			}
 			want := map[string][]Rule{
-				ChainForward:       accepts(ChainForward),
+				ChainForward:       append(clamp, accepts(ChainForward)...),
 				ChainCompatForward: accepts(ChainCompatForward),
 				ChainPostrouting:   tt.nat,
 			}
@@ -82,13 +86,16 @@ func TestRulesFor(t *testing.T) {
 func TestRuleCommentFingerprintsEveryField(t *testing.T) {
 	r := Rule{Chain: ChainPostrouting, NotOIF: []string{"br"}, Src: netip.MustParsePrefix("10.244.1.0/24"),
 		NotDst: pfx("10.244.0.0/16"), Verdict: VerdictMasquerade, Note: "n"}
-	variants := []Rule{r, r, r, r, r, r, r}
+	variants := []Rule{r, r, r, r, r, r, r, r, r, r}
 	variants[1].NotDst = pfx("10.0.0.0/8")
 	variants[2].NotOIF = []string{"br", "wg"}
 	variants[3].Src = netip.MustParsePrefix("10.244.2.0/24")
 	variants[4].Chain = ChainForward
 	variants[5].Verdict = VerdictAccept
 	variants[6].Established = true
+	variants[7].Dst = netip.MustParsePrefix("10.244.0.0/16")
+	variants[8].TCPSyn = true
+	variants[9].IIF = "wg"
 	seen := map[string]int{}
 	for i, v := range variants {
 		c := v.Comment()
@@ -99,6 +106,12 @@ func TestRuleCommentFingerprintsEveryField(t *testing.T) {
 			t.Errorf("variants %d and %d share comment %q", j, i, c)
 		}
 		seen[c] = i
+	}
+	// Rules that do not use the fields added later keep the comment
+	// they had before those fields existed (no table churn on upgrade).
+	old := Rule{Chain: ChainForward, IIF: "br", OIF: "wg", Verdict: VerdictAccept, Note: "pods to the mesh"}
+	if got, want := old.Comment(), "wgmesh: pods to the mesh #50c6a997"; got != want {
+		t.Errorf("comment of an unchanged rule = %q, want %q", got, want)
 	}
 	long := r
 	long.Note = strings.Repeat("x", 300)
@@ -132,5 +145,19 @@ func TestChooseMTU(t *testing.T) {
 				t.Errorf("ChooseMTU = %d, want %d", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestGuardRules(t *testing.T) {
+	g := Guard{Table: "wgmesh-guard", WGInterface: "wg", Bridge: "br", ClusterCIDRs: pfx("10.244.0.0/16", "fd00:10:244::/56")}
+	allowed := []string{"wg", "br", "lo"}
+	want := []Rule{
+		{Chain: ChainGuard, NotOIF: allowed, Dst: netip.MustParsePrefix("10.244.0.0/16"), Verdict: VerdictDrop, Note: "fail closed: 10.244.0.0/16 only through the mesh"},
+		{Chain: ChainGuard, NotOIF: allowed, Src: netip.MustParsePrefix("10.244.0.0/16"), Verdict: VerdictDrop, Note: "fail closed: 10.244.0.0/16 sources only through the mesh"},
+		{Chain: ChainGuard, NotOIF: allowed, Dst: netip.MustParsePrefix("fd00:10:244::/56"), Verdict: VerdictDrop, Note: "fail closed: fd00:10:244::/56 only through the mesh"},
+		{Chain: ChainGuard, NotOIF: allowed, Src: netip.MustParsePrefix("fd00:10:244::/56"), Verdict: VerdictDrop, Note: "fail closed: fd00:10:244::/56 sources only through the mesh"},
+	}
+	if diff := cmp.Diff(want, guardRules(g), cmpopts.EquateComparable(netip.Prefix{})); diff != "" {
+		t.Errorf("guardRules (-want +got):\n%s", diff)
 	}
 }

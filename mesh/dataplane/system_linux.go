@@ -165,14 +165,26 @@ func (s *linuxSystem) Routes(protocol int) ([]Route, error) {
 		if !ok {
 			continue
 		}
-		name, ok := names[r.LinkIndex]
-		if !ok {
-			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-				name = l.Attrs().Name
-			}
-			names[r.LinkIndex] = name
+		var typ RouteType
+		switch r.Type {
+		case unix.RTN_UNICAST:
+			typ = RouteUnicast
+		case unix.RTN_UNREACHABLE:
+			typ = RouteUnreachable
+		default:
+			continue // not a kind we make
 		}
-		rt := Route{Dst: dst, Dev: name, Protocol: int(r.Protocol)}
+		rt := Route{Dst: dst, Type: typ, Protocol: int(r.Protocol), Metric: r.Priority}
+		if typ == RouteUnicast {
+			name, ok := names[r.LinkIndex]
+			if !ok {
+				if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+					name = l.Attrs().Name
+				}
+				names[r.LinkIndex] = name
+			}
+			rt.Dev = name
+		}
 		if a, ok := netip.AddrFromSlice(r.Src); ok && r.Src != nil {
 			rt.Src = a.Unmap()
 		}
@@ -182,6 +194,17 @@ func (s *linuxSystem) Routes(protocol int) ([]Route, error) {
 }
 
 func (s *linuxSystem) netlinkRoute(r Route) (*netlink.Route, error) {
+	if r.Type == RouteUnreachable {
+		// No device: IPv4 shows it as `unreachable <dst>`, IPv6 puts it
+		// on lo by itself.
+		return &netlink.Route{
+			Dst:      ipNet(r.Dst, true),
+			Type:     unix.RTN_UNREACHABLE,
+			Priority: r.Metric,
+			Protocol: netlink.RouteProtocol(r.Protocol),
+			Table:    unix.RT_TABLE_MAIN,
+		}, nil
+	}
 	link, err := linkByName(r.Dev)
 	if err != nil {
 		return nil, err
@@ -226,17 +249,38 @@ func (s *linuxSystem) DelRoute(r Route) error {
 	// matches our route whatever device it points at now, and never a
 	// route of another protocol. Scope "nowhere" is the kernel's wildcard;
 	// the zero value (universe) would not match our link-scope route.
+	//
+	// The type and metric single out one of our routes where a unicast
+	// and an unreachable one share a destination (IPv6 ignores the type;
+	// the metrics differ). Metric 0, as in a route we built rather than
+	// listed, is the kernel's wildcard.
 	nr := &netlink.Route{
 		Dst:      ipNet(r.Dst, true),
 		Protocol: netlink.RouteProtocol(r.Protocol),
 		Table:    unix.RT_TABLE_MAIN,
 		Scope:    netlink.SCOPE_NOWHERE,
+		Type:     unix.RTN_UNICAST,
+		Priority: r.Metric,
+	}
+	if r.Type == RouteUnreachable {
+		nr.Type = unix.RTN_UNREACHABLE
 	}
 	err := netlink.RouteDel(nr)
 	if errors.Is(err, unix.ESRCH) {
 		return nil
 	}
 	return err
+}
+
+func (s *linuxSystem) DeleteLink(name string) error {
+	link, err := linkByName(name)
+	if errors.Is(err, ErrNoLink) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return netlink.LinkDel(link)
 }
 
 func (s *linuxSystem) sysctlPath(key string) (string, error) {

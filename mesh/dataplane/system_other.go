@@ -27,6 +27,9 @@ func (unsupported) DelRoute(Route) error                 { return errUnsupported
 func (unsupported) Sysctl(string) (string, error)        { return "", errUnsupported }
 func (unsupported) SetSysctl(string, string) error       { return errUnsupported }
 func (unsupported) ApplyFirewall(Firewall) error         { return errUnsupported }
+func (unsupported) ApplyGuard(Guard) error               { return errUnsupported }
+func (unsupported) RemoveFirewall(...string) error       { return errUnsupported }
+func (unsupported) DeleteLink(string) error              { return errUnsupported }
 
 // AutoMTU is not supported off Linux.
 func AutoMTU(...string) (int, error) { return 0, errUnsupported }
