@@ -224,6 +224,7 @@ the device or the desired state cannot be read). Usable as a probe.
 		},
 	}
 	root.AddCommand(showCmd, showconfCmd, graphCmd, checkCmd)
+	root.AddCommand(newRotateKeyCommand(stdout, func() *viper.Viper { return v })) // rotate.go
 	return root
 }
 
