@@ -5,6 +5,7 @@
 package wgdev
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -29,6 +31,9 @@ var (
 // maxIfNameLen is IFNAMSIZ-1: Linux interface names are at most 15 bytes.
 const maxIfNameLen = 15
 
+// DefaultBusyTimeout is Config.BusyTimeout's default.
+const DefaultBusyTimeout = 10 * time.Second
+
 // Config describes the device. The zero values of the test seams mean the
 // real kernel TUN, UDP sockets and UAPI socket.
 type Config struct {
@@ -40,10 +45,27 @@ type Config struct {
 	PrivateKey wgtypes.Key
 	// ListenPort is the UDP port; 0 lets the kernel pick one.
 	ListenPort int
-	Logger     *slog.Logger
+	// NoOffload opens the TUN without IFF_VNET_HDR: no TSO/GSO/GRO between
+	// the kernel and wireguard-go, one packet per read and write. That is
+	// the path kernels without TUN offloads take anyway; the switch exists
+	// to measure and test it (integration/bench) and as an escape hatch.
+	NoOffload bool
+	// Peers are configured together with the private key, before the
+	// device is up, e.g. the peers a previous run had (restored from the
+	// agent's state file): after a restart the data path then works
+	// before the node list is even read. Open starts a handshake with
+	// every one that has an endpoint, so the peers switch to the new
+	// session at once instead of after their rekey timeout. Add-only:
+	// see ErrInitialPeer.
+	Peers []wgtypes.PeerConfig
+	// BusyTimeout is how long Open keeps retrying a TUN another process
+	// still holds (a previous agent shutting down); zero means
+	// DefaultBusyTimeout.
+	BusyTimeout time.Duration
+	Logger      *slog.Logger
 
 	// Test seams, set only by this package's tests.
-	tun     tun.Device                              // nil: tun.CreateTUN(Name, MTU)
+	tun     tun.Device                              // nil: the persistent kernel TUN Name
 	bind    conn.Bind                               // nil: conn.NewDefaultBind()
 	listen  func(name string) (net.Listener, error) // nil: UAPI socket in /var/run/wireguard
 	linkUp  func(name string) error                 // nil: netlink link set up
@@ -56,11 +78,12 @@ type Device struct {
 	cfg Config
 	log *slog.Logger
 
-	mu     sync.Mutex
-	opened bool
-	name   string
-	dev    *device.Device
-	uapi   net.Listener
+	mu         sync.Mutex
+	opened     bool
+	reattached bool
+	name       string
+	dev        *device.Device
+	uapi       net.Listener
 
 	closeOnce sync.Once
 	done      chan struct{} // closed once the device has stopped
@@ -105,9 +128,16 @@ func (d *Device) Name() string {
 	return d.name
 }
 
-// Open creates the TUN, starts wireguard-go on it with the private key and
-// listen port, brings the link up and serves the UAPI socket. On error
-// everything made so far is undone.
+// Open creates the TUN, or re-attaches to the persistent one a previous
+// run left (keeping its addresses and routes), starts wireguard-go on it
+// with the private key, listen port and initial peers, brings the link up
+// and serves the UAPI socket. On error everything made so far is undone,
+// except a TUN that existed before.
+//
+// Close leaves the TUN in place: it is persistent, so that routes through
+// it, and with them the node's fail-closed behaviour, survive the agent
+// (packets routed into a TUN nobody reads are dropped). DeleteLink removes
+// it for good.
 func (d *Device) Open() (err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -116,15 +146,29 @@ func (d *Device) Open() (err error) {
 	}
 	d.opened = true
 
+	peerConf, err := uapiPeers(d.cfg.Peers)
+	if err != nil {
+		return err
+	}
 	tdev := d.cfg.tun
 	if tdev == nil {
-		// wireguard-go's CreateTUN asks for IFF_VNET_HDR and enables
-		// TSO/USO offloads (TUNSETOFFLOAD) itself when the kernel
-		// supports them; we pass the TUN through untouched so GSO/GRO
-		// stay on. Do not wrap it or open it differently.
-		tdev, err = tun.CreateTUN(d.cfg.Name, d.cfg.MTU)
+		// Opened as wireguard-go's CreateTUN does (IFF_VNET_HDR, and
+		// it enables TSO/USO itself), plus TUNSETPERSIST; we pass the
+		// TUN through untouched so GSO/GRO stay on.
+		tdev, d.reattached, err = openPersistentTUN(d.cfg.Name, d.cfg.MTU, d.cfg.NoOffload, cmp.Or(d.cfg.BusyTimeout, DefaultBusyTimeout))
 		if err != nil {
 			return fmt.Errorf("create tun %s: %w", d.cfg.Name, err)
+		}
+		if !d.reattached {
+			defer func() {
+				if err != nil {
+					// Ours from this Open only: leave no
+					// persistent interface behind.
+					if derr := DeleteLink(d.cfg.Name); derr != nil {
+						d.log.Warn("could not remove the tun after a failed open", "err", derr)
+					}
+				}
+			}()
 		}
 	}
 	if n, nerr := tdev.Name(); nerr == nil {
@@ -146,7 +190,7 @@ func (d *Device) Open() (err error) {
 	// log line or an error.
 	uapiConf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n",
 		hex.EncodeToString(d.cfg.PrivateKey[:]), d.cfg.ListenPort)
-	if err := dev.IpcSet(uapiConf); err != nil {
+	if err := dev.IpcSet(uapiConf + peerConf); err != nil {
 		return fmt.Errorf("configure device: %w", err)
 	}
 
@@ -163,6 +207,7 @@ func (d *Device) Open() (err error) {
 	if err := dev.Up(); err != nil {
 		return fmt.Errorf("bring device up: %w", err)
 	}
+	d.initiateHandshakes(dev)
 
 	listen := d.cfg.listen
 	if listen == nil {
@@ -186,8 +231,33 @@ func (d *Device) Open() (err error) {
 		d.cfg.afterUp(dev)
 	}
 	d.log.Info("wireguard device up", "mtu", d.cfg.MTU, "listen_port", d.cfg.ListenPort,
-		"public_key", d.cfg.PrivateKey.PublicKey().String())
+		"public_key", d.cfg.PrivateKey.PublicKey().String(), "reattached", d.reattached,
+		"initial_peers", len(d.cfg.Peers))
 	return nil
+}
+
+// initiateHandshakes starts a handshake with every initial peer that has an
+// endpoint. After a restart the peers still hold sessions with our previous
+// incarnation; a peer that only receives from us would otherwise keep
+// sending on a session we no longer have until its own timers give up.
+func (d *Device) initiateHandshakes(dev *device.Device) {
+	for _, p := range d.cfg.Peers {
+		if p.Endpoint == nil {
+			continue
+		}
+		if peer := dev.LookupPeer(device.NoisePublicKey(p.PublicKey)); peer != nil {
+			if err := peer.SendHandshakeInitiation(false); err != nil {
+				d.log.Debug("handshake initiation failed", "peer", p.PublicKey.String(), "err", err)
+			}
+		}
+	}
+}
+
+// Reattached reports whether Open found the TUN left by a previous run.
+func (d *Device) Reattached() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reattached
 }
 
 // listenUAPI creates /var/run/wireguard/<name>.sock, the path `wg` and wgctrl
@@ -241,7 +311,8 @@ func (d *Device) teardown() {
 }
 
 // Close stops serving the UAPI socket (removing it) and closes the device and
-// its TUN. It is safe to call more than once and before Open.
+// its TUN; the persistent interface itself stays (see Open). It is safe to
+// call more than once and before Open.
 func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
 		d.teardown()
