@@ -19,6 +19,11 @@ type Self struct {
 	// PodCIDRs are the local pod prefixes; may be empty while the node has
 	// none assigned yet.
 	PodCIDRs []netip.Prefix
+	// Keepalive is this node's own wgmesh.io/persistent-keepalive, nil if
+	// unset. It is the default toward peers without an annotation of
+	// their own, so that a node behind a NAT, annotated once, keeps its
+	// NAT mapping open toward every peer (and every peer toward it).
+	Keepalive *time.Duration
 }
 
 // Input is everything Compute needs. It holds no I/O handles: DNS names are
@@ -27,7 +32,8 @@ type Input struct {
 	Self Self
 	// Nodes is the full node list; the entry named Self.Name is skipped.
 	Nodes []RawNode
-	// DefaultKeepalive applies to nodes without a keepalive annotation.
+	// DefaultKeepalive applies to peers when neither the peer's Node nor
+	// this node's (Self.Keepalive) has a keepalive annotation.
 	DefaultKeepalive time.Duration
 	// Resolved maps an endpoint DNS name (as ParseEndpoint normalises it)
 	// to its address. IP literal endpoints need no entry.
@@ -127,8 +133,11 @@ func Compute(in Input) Desired {
 
 	for _, n := range accepted {
 		ka := in.DefaultKeepalive
-		if n.Keepalive != nil {
+		switch {
+		case n.Keepalive != nil:
 			ka = *n.Keepalive
+		case in.Self.Keepalive != nil:
+			ka = *in.Self.Keepalive
 		}
 		p := Peer{Node: n.Name, PublicKey: n.PublicKey, AllowedIPs: n.PodCIDRs, Keepalive: ka}
 		if ap, ok := n.Endpoint.AddrPort(); ok {

@@ -48,8 +48,8 @@ type Config struct {
 	// EndpointOverride ("host:port") is published instead of
 	// InternalIP:ListenPort, e.g. a NAT's public address. Optional.
 	EndpointOverride string
-	// DefaultKeepalive applies to peers whose Node has no keepalive
-	// annotation; 0 disables keepalives.
+	// DefaultKeepalive applies to peers when neither their Node nor our
+	// own has a keepalive annotation; 0 disables keepalives.
 	DefaultKeepalive time.Duration
 	// MTU of the WireGuard interface, passed to the dataplane.
 	MTU int
@@ -160,6 +160,7 @@ type Reconciler struct {
 	// as AnnotationKeyRotated.
 	rotated    string
 	rotateWarn string // last logged problem with a rotation request
+	kaWarn     string // last logged problem with our own keepalive annotation
 	// knownKeys maps each configured peer's node to its key; see
 	// Input.KnownKeys.
 	knownKeys map[string]wgtypes.Key
@@ -349,6 +350,17 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 			selfIssue = fmt.Sprintf("own pod CIDRs unusable (%v); configuring peers anyway", err)
 		}
 		self.PodCIDRs = cidrs
+		if ka, ok := selfRaw.Annotations[AnnotationKeepalive]; ok {
+			d, err := ParseKeepalive(ka)
+			if err != nil {
+				r.warnKeepalive(fmt.Sprintf("own annotation %s ignored: %v", AnnotationKeepalive, err))
+			} else {
+				self.Keepalive = &d
+				r.warnKeepalive("")
+			}
+		} else {
+			r.warnKeepalive("")
+		}
 	}
 	if selfIssue != r.selfIssue {
 		if selfIssue != "" {
@@ -545,6 +557,16 @@ func (r *Reconciler) rotateIfRequested(self *RawNode) error {
 	r.log.Info("rotated private key; publishing the new public key", "node", r.cfg.NodeName,
 		"old_public_key", old.String(), "public_key", r.pub.String(), "request", req)
 	return nil
+}
+
+// warnKeepalive logs a problem with our own keepalive annotation once per
+// change ("" clears it).
+func (r *Reconciler) warnKeepalive(issue string) {
+	if issue != "" && issue != r.kaWarn {
+		r.log.Warn(issue, "node", r.cfg.NodeName)
+		r.cfg.Source.Warn(r.cfg.NodeName, string(ReasonBadKeepalive), issue)
+	}
+	r.kaWarn = issue
 }
 
 // recordKeys remembers which key each desired peer's node has on the
