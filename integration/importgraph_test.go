@@ -55,6 +55,7 @@ var allowedInPure = []string{"golang.zx2c4.com/wireguard/wgctrl/wgtypes"}
 // purePackages must satisfy forbiddenInPure.
 func isPure(p string) bool {
 	return p == module+"/mesh" || p == module+"/mesh/meshtest" ||
+		p == module+"/mesh/policy" || p == module+"/mesh/policy/policytest" ||
 		p == module+"/ipam" || strings.HasPrefix(p, module+"/ipam/")
 }
 
