@@ -80,7 +80,7 @@ func registerFlags(fs *pflag.FlagSet) {
 	fs.String(keyMTU, mtuAuto, `WireGuard and pod MTU: "auto" (default-route interface MTU - 80) or a number`)
 	fs.String(keyEndpoint, "", "published endpoint override host:port (default: InternalIP:listen-port)")
 	fs.Duration(keyPersistentKeepalive, 0, "default persistent keepalive toward peers (0 = off); per node: annotation "+mesh.AnnotationKeepalive)
-	fs.String(keyClusterCIDRs, "10.244.0.0/16", "comma-separated cluster pod ranges: pod traffic to them is never masqueraded")
+	fs.String(keyClusterCIDRs, "10.244.0.0/16", "comma-separated cluster pod ranges: never masqueraded, and fail-closed (only ever routed through the mesh; unreachable otherwise)")
 	fs.String(keyStateDir, "/var/lib/wgmesh", "directory for persistent state")
 	fs.String(keyRunDir, "/var/run/wgmesh", "directory for runtime state")
 	fs.String(keyCNIConfDir, "/etc/cni/net.d", "directory the CNI conflist is written to")

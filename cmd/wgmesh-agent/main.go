@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -53,9 +54,18 @@ Every setting is a flag, an environment variable WGMESH_<KEY> (dashes as
 underscores, e.g. WGMESH_LISTEN_PORT) or a key in the optional --config file;
 flags win over the environment, which wins over the file.
 
+Fail-closed: first thing at start the agent installs an unreachable route
+per cluster-cidrs range and the nftables table inet wgmesh-guard, which drops
+traffic from or to those ranges leaving by any interface but the WireGuard
+interface, the pod bridge and lo. Neither is ever removed by the agent.
+
 On SIGTERM/SIGINT the agent closes the WireGuard device (removing its UAPI
-socket) and exits. Routes, the pod bridge and the nftables rules stay in
-place, so a restarted agent picks them up without disturbing local pods.`,
+socket) and exits. The WireGuard interface is a persistent TUN: it stays,
+with its routes, as do the pod bridge and the nftables rules, so pod traffic
+to other nodes is dropped (never sent in the clear) while no agent runs, and
+a restarted or upgraded agent re-attaches to it, restores the peers from its
+state file in run-dir and handshakes at once: established connections
+survive. "wgmesh-agent uninstall" removes all of it from a node for good.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -74,6 +84,8 @@ place, so a restarted agent picks them up without disturbing local pods.`,
 		},
 	}
 	registerFlags(cmd.Flags())
+	cmd.AddCommand(newUninstallCommand())
+	cmd.CompletionOptions.DisableDefaultCmd = true
 	return cmd
 }
 
@@ -105,6 +117,21 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 	log := newLogger(cfg, logOut).With("node", cfg.NodeName)
 
+	// Fail closed before anything else: from here on no packet to or
+	// from a cluster range leaves in the clear, whatever happens next.
+	dp, err := dataplane.New(dataplane.Config{
+		WGInterface:  cfg.Interface,
+		Bridge:       cfg.CNIBridge,
+		ClusterCIDRs: cfg.ClusterCIDRs,
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := dp.Prepare(ctx); err != nil {
+		return fmt.Errorf("fail-closed setup: %w", err)
+	}
+
 	key, created, err := wgdev.LoadOrCreateKey(cfg.KeyFile)
 	if err != nil {
 		return err
@@ -130,18 +157,10 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dp, err := dataplane.New(dataplane.Config{
-		WGInterface:  cfg.Interface,
-		Bridge:       cfg.CNIBridge,
-		ClusterCIDRs: cfg.ClusterCIDRs,
-		Logger:       log,
-	})
-	if err != nil {
-		return err
-	}
 	planes := dataplane.Multi{dp, cniWriter(cfg, log)}
 
-	dev, err := wgdev.New(wgdev.Config{Name: cfg.Interface, MTU: mtu, PrivateKey: key, ListenPort: cfg.ListenPort, Logger: log})
+	dev, err := wgdev.New(wgdev.Config{Name: cfg.Interface, MTU: mtu, PrivateKey: key, ListenPort: cfg.ListenPort, Logger: log,
+		Peers: restorePeers(cfg, log)})
 	if err != nil {
 		return err
 	}
@@ -223,7 +242,7 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 		"public_key", pub.String(), "mtu", mtu)
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down: closing the wireguard device; routes, bridge and firewall rules stay")
+		log.Info("shutting down: closing the wireguard device; the interface, routes, bridge and firewall rules stay")
 		return nil
 	case <-dev.Done():
 		return fmt.Errorf("wireguard device failed: %w", dev.Err())
@@ -258,4 +277,22 @@ func cniWriter(cfg Config, log *slog.Logger) mesh.Dataplane {
 		}
 		return nil
 	})
+}
+
+// restorePeers returns the peers the previous run of the agent had, from its
+// state file, so that a restarted agent carries traffic before it has read
+// the node list. Any problem just means starting without them.
+func restorePeers(cfg Config, log *slog.Logger) []wgtypes.PeerConfig {
+	path := agentstate.Path(cfg.RunDir)
+	peers, err := agentstate.RestorePeers(path, cfg.NodeName, cfg.Interface)
+	switch {
+	case err == nil:
+		log.Info("restoring the previous run's peers", "state_file", path, "peers", len(peers))
+		return peers
+	case errors.Is(err, agentstate.ErrNoState):
+		return nil
+	default:
+		log.Warn("not restoring peers from the state file", "err", err)
+		return nil
+	}
 }
