@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/cni/pkg/invoke"
 	current "github.com/containernetworking/cni/pkg/types/100"
 )
 
@@ -184,7 +183,7 @@ func RunCNI(ctx context.Context, reqJSON string, w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("load %s: %w", files[0], err)
 	}
-	cni := libcni.NewCNIConfigWithCacheDir([]string{req.BinDir}, req.CacheDir, &invoke.DefaultExec{})
+	cni := libcni.NewCNIConfigWithCacheDir([]string{req.BinDir}, req.CacheDir, nil)
 	rt := &libcni.RuntimeConf{
 		ContainerID: req.ContainerID,
 		NetNS:       req.Netns,

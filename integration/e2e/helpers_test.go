@@ -1,0 +1,296 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wgmesh/wgmesh/integration/lab"
+)
+
+// newLab brings up a lab of its own for t and removes it when t ends. On
+// failure the agents' and apiserver's last log lines are attached to t.
+func newLab(t *testing.T, nodes, pods int) *lab.Lab {
+	t.Helper()
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	name := "e" + hex.EncodeToString(b[:])
+	stateDir := filepath.Join("/run/wgmesh-e2e", name)
+	l := lab.New(lab.Config{
+		Name:     name,
+		StateDir: stateDir,
+		BinDir:   binDir,
+		Log:      slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpLogs(t, l)
+		}
+		if err := l.Down(context.Background()); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		assertCleanedUp(t, name, stateDir)
+	})
+	start := time.Now()
+	if err := l.Up(ctx, lab.UpOptions{Nodes: nodes, Pods: pods}); err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	t.Logf("lab %s up (%d nodes x %d pods) in %s", name, nodes, pods, time.Since(start).Round(time.Millisecond))
+	return l
+}
+
+// assertCleanedUp checks that Down left no namespace or state behind.
+func assertCleanedUp(t *testing.T, name, stateDir string) {
+	t.Helper()
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "wgl-"+name+"-") {
+			t.Errorf("lab down left network namespace %s", e.Name())
+		}
+	}
+	if _, err := os.Stat(stateDir); err == nil {
+		t.Errorf("lab down left state dir %s", stateDir)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func dumpLogs(t *testing.T, l *lab.Lab) {
+	if err := l.Load(); err != nil {
+		return
+	}
+	dir := filepath.Join(l.Config().StateDir, "logs")
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		if len(lines) > 40 {
+			lines = lines[len(lines)-40:]
+		}
+		t.Logf("---- last lines of %s ----\n%s", e.Name(), strings.Join(lines, "\n"))
+	}
+}
+
+// podsByNode groups the lab's pods.
+func podsByNode(l *lab.Lab) map[string][]lab.PodRef {
+	out := map[string][]lab.PodRef{}
+	for _, p := range l.Pods() {
+		out[p.Node] = append(out[p.Node], p)
+	}
+	return out
+}
+
+func firstPod(t *testing.T, l *lab.Lab, node string) lab.PodRef {
+	t.Helper()
+	pods := podsByNode(l)[node]
+	if len(pods) == 0 {
+		t.Fatalf("node %s has no pods", node)
+	}
+	return pods[0]
+}
+
+// requireMatrix fails t unless every pod reaches every pod.
+func requireMatrix(t *testing.T, ctx context.Context, l *lab.Lab) {
+	t.Helper()
+	m := l.PingMatrix(ctx, 5)
+	if f := m.Failures(); len(f) > 0 {
+		var b strings.Builder
+		m.Print(&b)
+		t.Fatalf("%d of %d pod pairs unreachable:\n%s", len(f), len(m.Pods)*len(m.Pods), b.String())
+	}
+}
+
+// capture is a running tcpdump.
+type capture struct {
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	lines  []string
+	done   chan struct{}
+	stderr strings.Builder
+}
+
+// startCapture starts argv (a tcpdump with -l) and returns once tcpdump
+// reports it is listening, so no packet sent afterwards is missed.
+func startCapture(t *testing.T, argv []string) *capture {
+	t.Helper()
+	c := &capture{cmd: exec.Command(argv[0], argv[1:]...), done: make(chan struct{})}
+	stdout, err := c.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := c.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatalf("start %v: %v", argv, err)
+	}
+	t.Cleanup(func() { c.stop() })
+	listening := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			line := sc.Text()
+			c.mu.Lock()
+			c.stderr.WriteString(line + "\n")
+			c.mu.Unlock()
+			if strings.Contains(line, "listening on") {
+				once.Do(func() { close(listening) })
+			}
+		}
+	}()
+	go func() {
+		defer close(c.done)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			c.mu.Lock()
+			c.lines = append(c.lines, sc.Text())
+			c.mu.Unlock()
+		}
+	}()
+	select {
+	case <-listening:
+	case <-time.After(15 * time.Second):
+		c.stop()
+		t.Fatalf("tcpdump did not start listening: %s", c.stderr.String())
+	}
+	return c
+}
+
+// stop ends the capture (SIGINT flushes tcpdump's buffers) and returns its
+// output lines.
+func (c *capture) stop() []string {
+	if c.cmd.ProcessState == nil && c.cmd.Process != nil {
+		_ = c.cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-c.done:
+		case <-time.After(5 * time.Second):
+			_ = c.cmd.Process.Kill()
+			<-c.done
+		}
+		_ = c.cmd.Wait()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.lines...)
+}
+
+// wgPeer is one peer from `wg show IFACE dump`.
+type wgPeer struct {
+	PublicKey  string
+	Endpoint   string
+	AllowedIPs []string
+	Handshake  int64
+}
+
+// wgPeers runs the stock wg tool in the node against the agent's UAPI socket.
+func wgPeers(ctx context.Context, l *lab.Lab, node string) ([]wgPeer, error) {
+	out, err := l.Exec(ctx, node, "wg", "show", "wgmesh0", "dump")
+	if err != nil {
+		return nil, err
+	}
+	var peers []wgPeer
+	for i, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if i == 0 {
+			continue // the interface itself
+		}
+		f := strings.Split(line, "\t")
+		if len(f) < 8 {
+			return nil, fmt.Errorf("unexpected wg dump line %q", line)
+		}
+		var hs int64
+		fmt.Sscan(f[4], &hs)
+		var allowed []string
+		if f[3] != "(none)" {
+			allowed = strings.Split(f[3], ",")
+		}
+		peers = append(peers, wgPeer{PublicKey: f[0], Endpoint: f[2], AllowedIPs: allowed, Handshake: hs})
+	}
+	return peers, nil
+}
+
+// lineCmd is a background command whose combined output is collected.
+type lineCmd struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  strings.Builder
+	done chan struct{}
+}
+
+// startLineCmd starts argv and returns once a line containing ready appears.
+func startLineCmd(t *testing.T, argv []string, ready string) *lineCmd {
+	t.Helper()
+	c := &lineCmd{cmd: exec.Command(argv[0], argv[1:]...), done: make(chan struct{})}
+	pr, pw := io.Pipe()
+	c.cmd.Stdout, c.cmd.Stderr = pw, pw
+	if err := c.cmd.Start(); err != nil {
+		t.Fatalf("start %v: %v", argv, err)
+	}
+	go func() { _ = c.cmd.Wait(); pw.Close() }()
+	seen := make(chan struct{})
+	go func() {
+		defer close(c.done)
+		once := sync.Once{}
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			c.mu.Lock()
+			c.out.WriteString(sc.Text() + "\n")
+			c.mu.Unlock()
+			if strings.Contains(sc.Text(), ready) {
+				once.Do(func() { close(seen) })
+			}
+		}
+	}()
+	t.Cleanup(func() { c.wait(0) })
+	select {
+	case <-seen:
+	case <-c.done:
+		t.Fatalf("%v exited before %q:\n%s", argv, ready, c.output())
+	case <-time.After(15 * time.Second):
+		c.wait(0)
+		t.Fatalf("%v: no %q within 15s:\n%s", argv, ready, c.output())
+	}
+	return c
+}
+
+func (c *lineCmd) output() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.out.String()
+}
+
+// wait gives the command d to exit by itself, then kills it; returns output.
+func (c *lineCmd) wait(d time.Duration) string {
+	select {
+	case <-c.done:
+	case <-time.After(d):
+		if c.cmd.Process != nil {
+			_ = c.cmd.Process.Kill()
+		}
+		<-c.done
+	}
+	return c.output()
+}
