@@ -276,7 +276,7 @@ func testPingMatrix(t *testing.T, ctx context.Context, l *lab.Lab) {
 func testWire(t *testing.T, ctx context.Context, l *lab.Lab) {
 	ns, br := l.Underlay()
 	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
-	capt := startCapture(t, []string{"ip", "netns", "exec", ns, "tcpdump", "-i", br, "-n", "-p", "-U", "-s", "0", "-w", pcap})
+	capt := startCapture(t, []string{"ip", "netns", "exec", ns, "tcpdump", "-i", br, "-n", "-U", "-s", "0", "-w", pcap})
 
 	const pattern = "deadbeef0badf00dcafebabe8badf00d"
 	patternBytes, _ := hex.DecodeString(pattern)
@@ -360,11 +360,11 @@ func testWire(t *testing.T, ctx context.Context, l *lab.Lab) {
 	}
 }
 
-// iperfOnce runs a one-shot iperf3 server in srv and a 1-second client in
-// cli towards addr:port and returns the server's log.
+// iperfOnce runs a one-shot iperf3 server on port 5201 in srv and a
+// 1-second client in cli towards addr:port and returns the server's log.
 func iperfOnce(t *testing.T, ctx context.Context, l *lab.Lab, srv, cli lab.PodRef, addr string, port int) string {
 	t.Helper()
-	argv, err := l.PodCommand(srv.Node, srv.Pod, "iperf3", "-s", "-1", "-p", fmt.Sprint(port), "--forceflush")
+	argv, err := l.PodCommand(srv.Node, srv.Pod, "iperf3", "-s", "-1", "-p", "5201", "--forceflush")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +394,7 @@ func testServices(t *testing.T, ctx context.Context, l *lab.Lab) {
 		ip daddr %[2]s tcp dport 80 dnat to %[4]s:5201
 	}
 	chain out {
-		type nat hook output priority dstnat; policy accept;
+		type nat hook output priority -100; policy accept;
 		ip daddr %[1]s tcp dport 80 dnat to %[3]s:5201
 	}
 	chain post {

@@ -78,7 +78,9 @@ func setupUnderlay(ctx context.Context, name string) error {
 	for _, argv := range [][]string{
 		{"ip", "-n", name, "link", "add", underlayBridge, "type", "bridge"},
 		{"ip", "-n", name, "addr", "add", fmt.Sprintf("%s/%d", UnderlayGateway, underlayPrefix), "dev", underlayBridge},
-		{"ip", "-n", name, "link", "set", underlayBridge, "up"},
+		// Promiscuous, so a capture on the bridge sees the frames it
+		// forwards between nodes, not only those addressed to itself.
+		{"ip", "-n", name, "link", "set", underlayBridge, "promisc", "on", "up"},
 	} {
 		if err := run(ctx, argv...); err != nil {
 			return err
