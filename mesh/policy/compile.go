@@ -192,8 +192,18 @@ func (c *compiler) run() Ruleset {
 
 	policies := slices.Clone(c.in.Policies)
 	slices.SortFunc(policies, func(a, b Policy) int { return strings.Compare(a.Key(), b.Key()) })
+	// namedIngress marks policies whose ingress rules name ports: their
+	// rules differ per target pod.
+	namedIngress := map[string]bool{}
 	for i := range policies {
 		pol := &policies[i]
+		for _, r := range pol.IngressRules {
+			for _, p := range r.Ports {
+				if p.Name != "" {
+					namedIngress[pol.Key()] = true
+				}
+			}
+		}
 		err := pol.Validate()
 		ingress, egress := pol.Ingress, pol.Egress
 		if err != nil && !ingress && !egress {
@@ -278,8 +288,27 @@ func (c *compiler) run() Ruleset {
 			}
 		}
 	}
+	// Pods isolated by the same policies get the same rules (unless named
+	// ingress ports resolve differently per pod): share one *Allow, so
+	// finishing and rendering happen once per distinct set of policies.
+	memo := map[string]*Allow{}
+	finish := func(a *allowState, dir string) *Allow {
+		if a == nil {
+			return nil
+		}
+		if dir == "i" && slices.ContainsFunc(a.policies, func(k string) bool { return namedIngress[k] }) {
+			return a.finish()
+		}
+		key := dir + strings.Join(a.policies, "\x00")
+		if out, ok := memo[key]; ok {
+			return out
+		}
+		out := a.finish()
+		memo[key] = out
+		return out
+	}
 	for _, t := range targets {
-		out := Target{Pod: t.pod.Key(), Ingress: t.ingress.finish(), Egress: t.egress.finish()}
+		out := Target{Pod: t.pod.Key(), Ingress: finish(t.ingress, "i"), Egress: finish(t.egress, "e")}
 		for _, ip := range t.pod.IPs {
 			if len(owners[ip]) == 1 {
 				out.IPs = append(out.IPs, ip)
