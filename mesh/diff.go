@@ -54,7 +54,9 @@ func Diff(desired Desired, dev *wgtypes.Device, opts DiffOptions) wgtypes.Config
 				AllowedIPs:                  ipNetsFromPrefixes(p.AllowedIPs),
 			}
 			ep := p.Endpoint
-			if prev, known := opts.KnownKeys[p.Node]; known && prev != p.PublicKey {
+			prev, known := opts.KnownKeys[p.Node]
+			rekeyed := known && prev != p.PublicKey
+			if rekeyed {
 				if old, ok := have[prev]; ok {
 					if roamed, ok := roamedEndpoint(p.Endpoint, old, opts.LastApplied[prev]); ok {
 						ep = roamed
@@ -64,7 +66,24 @@ func Diff(desired Desired, dev *wgtypes.Device, opts DiffOptions) wgtypes.Config
 			if ep.IsValid() {
 				pc.Endpoint = net.UDPAddrFromAddrPort(ep)
 			}
-			cfg.Peers = append(cfg.Peers, pc)
+			if !rekeyed || p.Keepalive != 0 {
+				// A keepalive turned on for a new peer makes
+				// WireGuard send one at once: with a keepalive a
+				// rotated peer is greeted immediately anyway.
+				cfg.Peers = append(cfg.Peers, pc)
+				continue
+			}
+			// The node rotated its key and this peer has no keepalive.
+			// The rotating node's own handshakes with its new key were
+			// dropped until now and WireGuard retries them only every
+			// 5 s (RekeyTimeout): a one-way flow from it would stall
+			// that long. So greet it from here: create the peer with a
+			// keepalive, which sends one (and a handshake) at once,
+			// then turn the keepalive off again in the same write.
+			pc.PersistentKeepaliveInterval = durationPtr(rotationGreeting)
+			cfg.Peers = append(cfg.Peers, pc, wgtypes.PeerConfig{
+				PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: durationPtr(0),
+			})
 			continue
 		}
 
@@ -102,6 +121,10 @@ func Diff(desired Desired, dev *wgtypes.Device, opts DiffOptions) wgtypes.Config
 	}
 	return cfg
 }
+
+// rotationGreeting is the keepalive briefly set on the new peer of a node
+// that rotated its key; any non-zero value triggers the greeting.
+const rotationGreeting = 25 * time.Second
 
 // endpointNeedsWrite decides whether the published endpoint must be written
 // over what the device has.

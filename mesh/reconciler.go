@@ -690,12 +690,12 @@ func (r *Reconciler) logChanges(d Desired, cfg wgtypes.Config) {
 	for _, pc := range cfg.Peers {
 		switch {
 		case pc.Remove:
-			r.log.Info("removed peer", "key", pc.PublicKey)
+			r.log.Info("removed peer", "key", pc.PublicKey.String())
 		case pc.UpdateOnly:
-			r.log.Info("updated peer", "peer_node", names[pc.PublicKey], "key", pc.PublicKey,
+			r.log.Info("updated peer", "peer_node", names[pc.PublicKey], "key", pc.PublicKey.String(),
 				"endpoint", pc.Endpoint, "allowed_ips_replaced", pc.ReplaceAllowedIPs)
 		default:
-			r.log.Info("added peer", "peer_node", names[pc.PublicKey], "key", pc.PublicKey, "endpoint", pc.Endpoint)
+			r.log.Info("added peer", "peer_node", names[pc.PublicKey], "key", pc.PublicKey.String(), "endpoint", pc.Endpoint)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package mesh_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -457,4 +458,51 @@ func TestRotatedKeyIsNotAPeer(t *testing.T) {
 
 func newTestLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// TestReconcilePeerKeyChangedGreets: without a keepalive, the new peer of a
+// node that rotated its key is created with a keepalive that is turned off
+// again in the same write, so that this side sends a handshake at once (the
+// rotating node's own retries come only every 5 s). A node that merely
+// joins gets no such greeting.
+func TestReconcilePeerKeyChangedGreets(t *testing.T) {
+	f := newFixture(t, func(c *mesh.Config) { c.DefaultKeepalive = 0 }, selfNode(), node(1))
+	f.reconcile(t)
+	f.dev.ResetConfigs()
+	n1 := node(1)
+	n1.Annotations[mesh.AnnotationPublicKey] = key(51).String()
+	f.src.Upsert(n1)
+	f.src.Upsert(node(2)) // joins in the same pass
+	f.reconcile(t)
+
+	cfgs := f.dev.Configs()
+	if len(cfgs) != 1 {
+		t.Fatalf("%d device writes, want 1", len(cfgs))
+	}
+	var got []string
+	for _, pc := range cfgs[0].Peers {
+		ka := "-"
+		if pc.PersistentKeepaliveInterval != nil {
+			ka = pc.PersistentKeepaliveInterval.String()
+		}
+		got = append(got, fmt.Sprintf("%d update=%v remove=%v ka=%s ips=%d", pc.PublicKey[0], pc.UpdateOnly, pc.Remove, ka, len(pc.AllowedIPs)))
+	}
+	want := []string{
+		"51 update=false remove=false ka=25s ips=1",
+		"51 update=true remove=false ka=0s ips=0",
+		"2 update=false remove=false ka=0s ips=1",
+		"1 update=false remove=true ka=- ips=0",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("peer changes (-want +got):\n%s", diff)
+	}
+	// Converged: keepalive off as desired, no further writes.
+	if p := f.peers(t)[51]; p != "198.51.100.11:51820 0s 10.244.1.0/24" {
+		t.Errorf("peer 51 = %q", p)
+	}
+	f.dev.ResetConfigs()
+	f.reconcile(t)
+	if c := f.dev.Configs(); len(c) != 0 {
+		t.Errorf("not converged: %+v", c)
+	}
 }
