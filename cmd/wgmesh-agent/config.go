@@ -37,6 +37,7 @@ const (
 	keyLogFormat           = "log-format"
 	keyLogLevel            = "log-level"
 	keyMetricsAddress      = "metrics-address"
+	keyNetworkPolicy       = "network-policy"
 )
 
 // envPrefix prefixes every environment variable.
@@ -67,6 +68,9 @@ type Config struct {
 	// MetricsAddress serves /metrics, /healthz and /readyz; empty
 	// disables the listener.
 	MetricsAddress string
+	// NetworkPolicy enforces Kubernetes NetworkPolicies for this node's
+	// pods (mesh/policy); off removes the policy tables.
+	NetworkPolicy bool
 }
 
 // registerFlags declares every key with its default and help.
@@ -89,6 +93,7 @@ func registerFlags(fs *pflag.FlagSet) {
 	fs.String(keyLogFormat, "text", "log format: text or json")
 	fs.String(keyLogLevel, "info", "log level: debug, info, warn or error")
 	fs.String(keyMetricsAddress, ":9585", `listen address for /metrics, /healthz and /readyz; empty = off`)
+	fs.Bool(keyNetworkPolicy, true, "enforce Kubernetes NetworkPolicies for this node's pods (false removes wgmesh's policy tables)")
 }
 
 // newViper binds flags, WGMESH_* environment variables and, if --config
@@ -192,6 +197,9 @@ func loadConfig(v *viper.Viper) (Config, error) {
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(keyLogLevel))); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", keyLogLevel, err))
 	}
+	if c.NetworkPolicy, err = boolValue(v, keyNetworkPolicy); err != nil {
+		errs = append(errs, err)
+	}
 	return c, errors.Join(errs...)
 }
 
@@ -214,6 +222,19 @@ func intValue(v *viper.Viper, key string) (int, error) {
 		}
 		return n, nil
 	}
+}
+
+// boolValue reads a boolean key strictly: viper's GetBool turns "yes" into
+// false.
+func boolValue(v *viper.Viper, key string) (bool, error) {
+	if b, ok := v.Get(key).(bool); ok {
+		return b, nil
+	}
+	b, err := strconv.ParseBool(strings.TrimSpace(fmt.Sprint(v.Get(key))))
+	if err != nil {
+		return false, fmt.Errorf("%s %q is not true or false", key, fmt.Sprint(v.Get(key)))
+	}
+	return b, nil
 }
 
 // durationValue reads a duration key strictly ("30s"; a bare 0 is allowed).

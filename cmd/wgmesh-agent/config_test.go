@@ -58,6 +58,7 @@ func TestConfigDefaults(t *testing.T) {
 		LogLevel:     slog.LevelInfo,
 		// The DaemonSet's probes and scrape annotation use this port.
 		MetricsAddress: ":9585",
+		NetworkPolicy:  true,
 	}
 	if diff := cmp.Diff(want, got, cmpopts.EquateComparable(netip.Prefix{})); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)

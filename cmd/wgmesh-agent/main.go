@@ -237,6 +237,9 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 	})
 	recErr := make(chan error, 1)
 	wgs.Go(func() { recErr <- rec.Run(ctx) })
+	if err := startNetworkPolicy(ctx, cfg, client, log, &wgs); err != nil {
+		return fmt.Errorf("network policy: %w", err)
+	}
 
 	log.Info("agent running", "interface", cfg.Interface, "listen_port", cfg.ListenPort,
 		"public_key", pub.String(), "mtu", mtu)

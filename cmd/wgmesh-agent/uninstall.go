@@ -36,7 +36,8 @@ func newUninstallCommand() *cobra.Command {
 		Short: "remove wgmesh's data path from this node for good",
 		Long: `uninstall removes what the agent leaves on a node when it stops: the
 persistent WireGuard TUN, wgmesh's routes (including the fail-closed
-unreachable routes), the nftables tables inet wgmesh and inet wgmesh-guard,
+unreachable routes), the nftables tables inet wgmesh and inet wgmesh-guard (and the
+NetworkPolicy tables inet/bridge wgmesh-policy),
 wgmesh's rules in iptables' FORWARD chains, the pod bridge (pods still on it
 lose their network), the CNI conflist and the agent state file.
 
@@ -114,6 +115,7 @@ func uninstall(ctx context.Context, cfg Config, out io.Writer) error {
 	} else {
 		step("routes, nftables tables, FORWARD rules and bridge "+cfg.CNIBridge, dp.Uninstall(ctx))
 	}
+	step("network policy tables", removePolicyTables(cfg))
 	step("CNI conflist in "+cfg.CNIConfDir, cni.RemoveConflist(cfg.CNIConfDir))
 	statePath := agentstate.Path(cfg.RunDir)
 	if err := os.Remove(statePath); err != nil && !errors.Is(err, os.ErrNotExist) {
