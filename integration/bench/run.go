@@ -1,0 +1,428 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+)
+
+// Settings choose what a benchmark run measures and how long.
+type Settings struct {
+	Mode string `json:"mode"` // "smoke" or "full"
+	// Runs of every data-path figure (the report shows the median).
+	Runs int `json:"runs"`
+	// Duration of each iperf3 run.
+	Duration time.Duration `json:"duration"`
+	// Variants of the standard pass (underlay MTU 1500).
+	Variants []Variant `json:"variants"`
+	// Fallback adds a wgmesh pair whose TUN has no IFF_VNET_HDR.
+	Fallback bool `json:"fallback"`
+	// JumboVariants run again over an MTU 9000 underlay (none: skipped).
+	JumboVariants []Variant `json:"jumbo_variants"`
+	// RR round trips per run (after RRWarmup), pings per run.
+	RRCount, RRWarmup int
+	PingCount         int
+	PingInterval      time.Duration
+	// Scale: cluster sizes, process runs per size, rounds per run.
+	ScaleNodes  []int `json:"scale_nodes"`
+	ScaleRuns   int   `json:"scale_runs"`
+	ScaleRounds int   `json:"scale_rounds"`
+	// Convergence: cluster sizes after the join, runs per size.
+	ConvergeNodes []int `json:"converge_nodes"`
+	ConvergeRuns  int   `json:"converge_runs"`
+	CNI           CNIConfig
+	// ProfileDir, if set, receives pprof CPU profiles of the scale runs.
+	ProfileDir string `json:"-"`
+}
+
+// SmokeSettings exercise every figure with tiny durations: the run inside
+// `go test ./...` that keeps the harness from rotting.
+func SmokeSettings() Settings {
+	return Settings{
+		Mode: "smoke", Runs: 1, Duration: time.Second,
+		Variants: AllVariants, Fallback: true, JumboVariants: []Variant{WGMesh},
+		RRCount: 200, RRWarmup: 20, PingCount: 10, PingInterval: 10 * time.Millisecond,
+		ScaleNodes: []int{300}, ScaleRuns: 1, ScaleRounds: 3,
+		ConvergeNodes: []int{3}, ConvergeRuns: 1,
+		CNI: CNIConfig{Pods: 4, Rounds: 1, Parallel: 8, ParallelPods: 8},
+	}
+}
+
+// FullSettings are `make bench`'s: every figure the median of 5 runs.
+func FullSettings() Settings {
+	return Settings{
+		Mode: "full", Runs: 5, Duration: 10 * time.Second,
+		Variants: AllVariants, Fallback: true, JumboVariants: AllVariants,
+		RRCount: 20000, RRWarmup: 1000, PingCount: 200, PingInterval: 10 * time.Millisecond,
+		ScaleNodes: []int{1000, 5000}, ScaleRuns: 5, ScaleRounds: 9,
+		ConvergeNodes: []int{3, 8}, ConvergeRuns: 5,
+		CNI: CNIConfig{Pods: 40, Rounds: 5, Parallel: 8, ParallelPods: 64},
+	}
+}
+
+// BulkConfig is one iperf3 shape.
+type BulkConfig struct {
+	Streams int  `json:"streams"`
+	Reverse bool `json:"reverse"`
+}
+
+// Key names the shape in the report: "1×fwd", "4×rev".
+func (b BulkConfig) Key() string {
+	d := "fwd"
+	if b.Reverse {
+		d = "rev"
+	}
+	return fmt.Sprintf("%d×%s", b.Streams, d)
+}
+
+// BulkConfigs: single and 4 streams, both directions.
+var BulkConfigs = []BulkConfig{{1, false}, {4, false}, {1, true}, {4, true}}
+
+// BulkSeries is one shape's runs.
+type BulkSeries struct {
+	Gbps        Series `json:"gbps"`
+	Retransmits Series `json:"retransmits"`
+	// Core-seconds per Gbit transferred: both daemons / whole machine.
+	DaemonCPUPerGbit Series       `json:"daemon_core_s_per_gbit"`
+	SystemCPUPerGbit Series       `json:"system_core_s_per_gbit"`
+	UnderlayPacket   Series       `json:"underlay_bytes_per_packet"`
+	Samples          []BulkSample `json:"samples"`
+}
+
+// VariantResult is everything measured on one Pair.
+type VariantResult struct {
+	Label   string  `json:"label"`
+	Variant Variant `json:"variant"`
+	// Impl says what ran: which binary, configured how.
+	Impl        string `json:"impl"`
+	NoOffload   bool   `json:"no_offload"`
+	UnderlayMTU int    `json:"underlay_mtu"`
+	PodMTU      int    `json:"pod_mtu"`
+	// TunnelMTU is the tunnel interface's MTU as the kernel shows it.
+	TunnelMTU int                    `json:"tunnel_mtu"`
+	Bulk      map[string]*BulkSeries `json:"bulk"`
+	RRP50     Series                 `json:"rr_p50_us"`
+	RRP99     Series                 `json:"rr_p99_us"`
+	PingP50   Series                 `json:"ping_p50_us"`
+	PingP99   Series                 `json:"ping_p99_us"`
+	// Daemon memory in MiB, the larger of the two nodes: after setup
+	// (idle), after all bulk runs, and the peak (VmHWM).
+	RSSIdleMB  float64 `json:"rss_idle_mb"`
+	RSSAfterMB float64 `json:"rss_after_bulk_mb"`
+	RSSPeakMB  float64 `json:"rss_peak_mb"`
+	Offloads   Offloads
+	// Underlay capture during a 1-stream forward run (tcpdump, IP length
+	// of WireGuard UDP packets as seen on node-a's eth0).
+	CaptureMeanBytes float64 `json:"capture_mean_bytes"`
+	CaptureMaxBytes  float64 `json:"capture_max_bytes"`
+	CapturePackets   int     `json:"capture_packets"`
+}
+
+// Pass is the data-path figures over one underlay MTU.
+type Pass struct {
+	Name        string           `json:"name"`
+	UnderlayMTU int              `json:"underlay_mtu"`
+	Variants    []*VariantResult `json:"variants"`
+}
+
+// Host describes the machine and tools.
+type Host struct {
+	Kernel      string   `json:"kernel"`
+	CPUs        int      `json:"cpus"`
+	GoVersion   string   `json:"go"`
+	Upstream    string   `json:"upstream_wireguard_go"`
+	Debian      string   `json:"debian_wireguard_go"`
+	Iperf3      string   `json:"iperf3"`
+	LoadBefore  string   `json:"loadavg_before"`
+	LoadAfter   string   `json:"loadavg_after"`
+	CPUModel    string   `json:"cpu_model"`
+	Notes       []string `json:"notes,omitempty"`
+	WGMeshBuild string   `json:"wgmesh_commit"`
+}
+
+// Report is one benchmark run.
+type Report struct {
+	Command     string              `json:"command"`
+	Started     time.Time           `json:"started"`
+	Finished    time.Time           `json:"finished"`
+	Settings    Settings            `json:"settings"`
+	Host        Host                `json:"host"`
+	Passes      []Pass              `json:"passes"`
+	Scale       []ScaleSeries       `json:"scale"`
+	Convergence []ConvergenceResult `json:"convergence"`
+	CNI         *CNIResult          `json:"cni"`
+}
+
+// ScaleSeries is the scale figures of one cluster size over several
+// process runs.
+type ScaleSeries struct {
+	Nodes   int           `json:"nodes"`
+	Real    bool          `json:"real_device"`
+	Runs    []ScaleResult `json:"runs"`
+	Profile string        `json:"profile,omitempty"`
+}
+
+// RunAll runs every figure the settings ask for.
+func RunAll(t *testing.T, tools Tools, s Settings, command string) *Report {
+	rep := &Report{Command: command, Started: time.Now(), Settings: s, Host: hostInfo(tools)}
+	if len(s.Variants) > 0 || s.Fallback {
+		t.Run("datapath", func(t *testing.T) {
+			rep.Passes = append(rep.Passes, RunPass(t, tools, s, "standard", 1500, s.Variants, s.Fallback))
+		})
+	}
+	if len(s.JumboVariants) > 0 {
+		t.Run("jumbo", func(t *testing.T) {
+			rep.Passes = append(rep.Passes, RunPass(t, tools, s, "jumbo", 9000, s.JumboVariants, false))
+		})
+	}
+	t.Run("scale", func(t *testing.T) {
+		for _, n := range s.ScaleNodes {
+			rep.Scale = append(rep.Scale, RunScale(t, tools, s, n))
+		}
+	})
+	t.Run("convergence", func(t *testing.T) {
+		for _, n := range s.ConvergeNodes {
+			if tools.LabDir != "" {
+				rep.Convergence = append(rep.Convergence, ConvergeLab(t, tools, n, s.ConvergeRuns))
+			} else {
+				rep.Convergence = append(rep.Convergence, ConvergeFile(t, tools, n, s.ConvergeRuns))
+			}
+		}
+	})
+	if s.CNI.Rounds > 0 {
+		t.Run("cni", func(t *testing.T) {
+			rep.CNI = BenchCNI(t, tools, s.CNI)
+		})
+	}
+	rep.Finished = time.Now()
+	rep.Host.LoadAfter = loadavg()
+	return rep
+}
+
+// RunPass sets up every variant over an underlay of the given MTU, keeps
+// them all up, and measures them interleaved (run r of every variant
+// before run r+1 of any), so that load drifting on the machine hits all
+// variants alike.
+func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, variants []Variant, fallback bool) Pass {
+	t.Helper()
+	pass := Pass{Name: name, UnderlayMTU: mtu}
+	type entry struct {
+		pair *Pair
+		res  *VariantResult
+	}
+	var es []entry
+	add := func(v Variant, noOffload bool) {
+		label := string(v)
+		if noOffload {
+			label += "-nooffload"
+		}
+		p := Setup(t, tools, v, SetupOptions{UnderlayMTU: mtu, NoOffload: noOffload})
+		StartServers(t, tools.Self, p)
+		r := &VariantResult{Label: label, Variant: v, Impl: implOf(tools, v, noOffload), NoOffload: noOffload, UnderlayMTU: mtu, PodMTU: p.PodMTU, Bulk: map[string]*BulkSeries{}}
+		if p.Nodes[0].Iface != "" {
+			out, err := Run(p.Nodes[0].NS, "cat", "/sys/class/net/"+p.Nodes[0].Iface+"/mtu")
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Sscan(out, &r.TunnelMTU)
+		}
+		es = append(es, entry{p, r})
+		t.Logf("[%s/%s] up: pod MTU %d, tunnel MTU %d", name, label, r.PodMTU, r.TunnelMTU)
+	}
+	for _, v := range variants {
+		add(v, false)
+	}
+	if fallback {
+		add(WGMesh, true)
+	}
+	time.Sleep(time.Second)
+	for _, e := range es {
+		e.res.RSSIdleMB, _ = pairMem(t, e.pair)
+	}
+	for r := range s.Runs {
+		for _, e := range es {
+			rr, err := RequestResponse(tools.Self, e.pair, s.RRWarmup, s.RRCount)
+			if err != nil {
+				t.Fatalf("[%s] rr: %v", e.res.Label, err)
+			}
+			e.res.RRP50.Add(rr.P50)
+			e.res.RRP99.Add(rr.P99)
+			pg, err := Ping(e.pair, s.PingCount, s.PingInterval)
+			if err != nil {
+				t.Fatalf("[%s] ping: %v", e.res.Label, err)
+			}
+			e.res.PingP50.Add(pg.P50)
+			e.res.PingP99.Add(pg.P99)
+			t.Logf("[%s/%s] run %d: rr p50 %.0fµs p99 %.0fµs, ping p50 %.0fµs", name, e.res.Label, r, rr.P50, rr.P99, pg.P50)
+		}
+	}
+	for r := range s.Runs {
+		for _, bc := range BulkConfigs {
+			for _, e := range es {
+				smp, err := Bulk(e.pair, bc.Streams, bc.Reverse, s.Duration)
+				if err != nil {
+					t.Fatalf("[%s] iperf3 %s: %v", e.res.Label, bc.Key(), err)
+				}
+				bs := e.res.Bulk[bc.Key()]
+				if bs == nil {
+					bs = &BulkSeries{}
+					e.res.Bulk[bc.Key()] = bs
+				}
+				gbit := smp.Bytes * 8 / 1e9
+				bs.Samples = append(bs.Samples, smp)
+				bs.Gbps.Add(smp.Gbps)
+				bs.Retransmits.Add(float64(smp.Retransmits))
+				bs.DaemonCPUPerGbit.Add(smp.DaemonCPU / gbit)
+				bs.SystemCPUPerGbit.Add(smp.SystemCPU / gbit)
+				bs.UnderlayPacket.Add(smp.UnderlayBytesPerPacket)
+				t.Logf("[%s/%s] run %d %s: %.2f Gbit/s, %d retr, daemons %.2f core-s/Gbit, system %.2f, %.0f B/underlay pkt",
+					name, e.res.Label, r, bc.Key(), smp.Gbps, smp.Retransmits, smp.DaemonCPU/gbit, smp.SystemCPU/gbit, smp.UnderlayBytesPerPacket)
+			}
+		}
+	}
+	for _, e := range es {
+		e.res.RSSAfterMB, e.res.RSSPeakMB = pairMem(t, e.pair)
+		if e.pair.Variant == Plain {
+			continue
+		}
+		off, err := TunnelOffloads(e.pair)
+		if err != nil {
+			t.Fatalf("[%s] ethtool: %v", e.res.Label, err)
+		}
+		e.res.Offloads = off
+		mean, mx, n, err := UnderlayCapture(e.pair, time.Second)
+		if err != nil {
+			t.Fatalf("[%s] capture: %v", e.res.Label, err)
+		}
+		e.res.CaptureMeanBytes, e.res.CaptureMaxBytes, e.res.CapturePackets = mean, mx, n
+	}
+	for _, e := range es {
+		pass.Variants = append(pass.Variants, e.res)
+	}
+	return pass
+}
+
+// pairMem returns the larger RSS and peak RSS of the pair's daemons.
+func pairMem(t testing.TB, p *Pair) (rss, peak float64) {
+	t.Helper()
+	for _, n := range p.Nodes {
+		if n.Pid == 0 {
+			continue
+		}
+		r, h, err := ProcMemMB(n.Pid)
+		if err != nil {
+			t.Fatalf("memory of %s daemon: %v", n.Name, err)
+		}
+		rss, peak = max(rss, r), max(peak, h)
+	}
+	return rss, peak
+}
+
+// RunScale runs the scale role s.ScaleRuns times in fresh namespaces.
+func RunScale(t *testing.T, tools Tools, s Settings, nodes int) ScaleSeries {
+	t.Helper()
+	ser := ScaleSeries{Nodes: nodes, Real: true}
+	for r := range s.ScaleRuns {
+		t.Run(fmt.Sprintf("nodes-%d-run-%d", nodes, r), func(t *testing.T) {
+			prefix := netnstest.Prefix(t)
+			ns := netnstest.NewNS(t, prefix+"-scale")
+			cfg := ScaleConfig{Nodes: nodes, Rounds: s.ScaleRounds, Real: true, Interface: prefix + "s"}
+			if s.ProfileDir != "" && r == 0 {
+				cfg.CPUProfile = filepath.Join(s.ProfileDir, fmt.Sprintf("scale-%d.pprof", nodes))
+				ser.Profile = cfg.CPUProfile
+			}
+			env, err := roleEnv("scale", cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd := ns.Command(t.Context(), tools.Self)
+			cmd.Env = append(os.Environ(), env...)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("scale role (%d nodes): %v\n%s", nodes, err, stderr.String())
+			}
+			var res ScaleResult
+			if err := json.Unmarshal(out, &res); err != nil {
+				t.Fatalf("scale output %q: %v", out, err)
+			}
+			t.Logf("scale %d nodes: full %.0fms wall %.0fms cpu; no-op %.2fms (%d writes); change pass %.2fms, applied after %.2fms (peers touched %d); %.1f KiB/peer device, %.1f KiB/peer total",
+				nodes, res.FullWallMS, res.FullCPUMS, res.NoopWallMS, res.NoopWrites, res.ChangeWallMS, res.ChangeApplyMS, res.ChangePeers, res.KBPerPeerDevice, res.KBPerPeerTotal)
+			ser.Runs = append(ser.Runs, res)
+		})
+	}
+	return ser
+}
+
+func hostInfo(tools Tools) Host {
+	h := Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadBefore: loadavg()}
+	if out, err := exec.Command("uname", "-r").Output(); err == nil {
+		h.Kernel = strings.TrimSpace(string(out))
+	}
+	if out, err := exec.Command("go", "version", "-m", tools.UpstreamWG).Output(); err == nil {
+		for _, l := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && f[0] == "mod" {
+				h.Upstream = f[1] + " " + f[2]
+			}
+		}
+	}
+	if out, err := exec.Command("dpkg-query", "-W", "-f", "${Version}", "wireguard-go").Output(); err == nil {
+		h.Debian = "wireguard-go " + string(out) + " (Debian)"
+	}
+	if out, err := exec.Command("iperf3", "--version").Output(); err == nil {
+		h.Iperf3, _, _ = strings.Cut(string(out), "\n")
+	}
+	if raw, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(raw), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				h.CPUModel = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		h.WGMeshBuild = strings.TrimSpace(string(out))
+		if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+			h.WGMeshBuild += " (with uncommitted changes)"
+		}
+	}
+	return h
+}
+
+func loadavg() string {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(raw))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func implOf(tools Tools, v Variant, noOffload bool) string {
+	switch {
+	case v == Plain:
+		return "routed over the underlay, no tunnel"
+	case v == Upstream:
+		return "wireguard-go " + filepath.Base(tools.UpstreamWG) + " (module version from go.mod), wg set"
+	case v == Debian:
+		return tools.DebianWG + " (Debian package), wg set"
+	case tools.LabDir != "" && !noOffload:
+		return "wgmesh-agent binary on a real kube-apiserver, pods by the wgmesh CNI plugin (integration/lab)"
+	case noOffload:
+		return "node role (the agent's wgdev+dataplane+reconciler wiring, file node source), TUN without IFF_VNET_HDR"
+	default:
+		return "node role (the agent's wgdev+dataplane+reconciler wiring, file node source), pods by the wgmesh CNI plugin"
+	}
+}
