@@ -73,6 +73,9 @@ var wantRBAC = []string{
 	"/nodes/get", "/nodes/list", "/nodes/watch", "/nodes/patch",
 	"/events/create", "/events/patch",
 	"events.k8s.io/events/create", "events.k8s.io/events/patch",
+	// NetworkPolicy engine.
+	"/pods/list", "/pods/watch", "/namespaces/list", "/namespaces/watch",
+	"networking.k8s.io/networkpolicies/list", "networking.k8s.io/networkpolicies/watch",
 }
 
 func scheme(t testing.TB) *runtime.Scheme {

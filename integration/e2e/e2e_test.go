@@ -77,6 +77,15 @@ func testClusterRole(t *testing.T, ctx context.Context, l *lab.Lab) {
 		{Resource: "events", Verb: "patch", Namespace: "default"},
 		{Group: "events.k8s.io", Resource: "events", Verb: "create", Namespace: "default"},
 		{Group: "events.k8s.io", Resource: "events", Verb: "patch", Namespace: "default"},
+		// NetworkPolicy engine: informers over all pods, namespaces
+		// and policies; events on policies in their namespaces.
+		{Resource: "pods", Verb: "list"},
+		{Resource: "pods", Verb: "watch"},
+		{Resource: "namespaces", Verb: "list"},
+		{Resource: "namespaces", Verb: "watch"},
+		{Group: "networking.k8s.io", Resource: "networkpolicies", Verb: "list"},
+		{Group: "networking.k8s.io", Resource: "networkpolicies", Verb: "watch"},
+		{Resource: "events", Verb: "create", Namespace: "kube-system"},
 	}
 	// A sample of what it must not do.
 	forbidden := []authorizationv1.ResourceAttributes{
@@ -86,7 +95,9 @@ func testClusterRole(t *testing.T, ctx context.Context, l *lab.Lab) {
 		{Resource: "nodes", Subresource: "status", Verb: "patch"},
 		{Resource: "secrets", Verb: "get", Namespace: "kube-system"},
 		{Resource: "secrets", Verb: "list", Namespace: lab.AgentNamespace},
-		{Resource: "pods", Verb: "list"},
+		{Resource: "pods", Verb: "create", Namespace: "default"},
+		{Resource: "pods", Subresource: "exec", Verb: "create", Namespace: "default"},
+		{Group: "networking.k8s.io", Resource: "networkpolicies", Verb: "update", Namespace: "default"},
 		{Resource: "configmaps", Verb: "get", Namespace: lab.AgentNamespace},
 		{Resource: "events", Verb: "delete", Namespace: "default"},
 		{Resource: "serviceaccounts", Subresource: "token", Verb: "create", Namespace: lab.AgentNamespace},
