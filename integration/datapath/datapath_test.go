@@ -1,10 +1,8 @@
 package datapath
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -15,7 +13,6 @@ import (
 	"time"
 
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
-	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
 	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
@@ -34,6 +31,9 @@ type testNode struct {
 	gw      netip.Addr   // 10.244.i.1
 	podIP   netip.Addr   // 10.244.i.2
 	keyFile string
+	runDir  string // the agent's run-dir (state file)
+	ulMTU   int    // underlay MTU, 0 = 1500
+	ulPort  string // its port on the underlay bridge
 	agent   *netnstest.Proc
 }
 
@@ -41,103 +41,29 @@ type testNode struct {
 // iptables FORWARD policy DROP on both, and checks that the bridge gateways
 // and pods reach each other only through WireGuard.
 func TestTwoNodeDatapath(t *testing.T) {
-	netnstest.RequireRoot(t)
-	netnstest.RequireTools(t, "ip", "wg", "ping", "nft", "iptables", "ip6tables", "tcpdump", "nsenter", "ethtool")
-	self, err := os.Executable()
-	if err != nil {
+	c := newCluster(t, nodeSpec{}, nodeSpec{})
+	nodes := c.nodes
+	dir := c.dir
+	// An existing key, as left by a previous run, exercises loading.
+	if _, _, err := wgdev.LoadOrCreateKey(nodes[0].keyFile); err != nil {
 		t.Fatal(err)
 	}
-	prefix := netnstest.Prefix(t)
-	dir := t.TempDir()
-
-	// Underlay: one namespace with a bridge, 198.51.100.1 on it.
-	ul := netnstest.NewNS(t, prefix+"-ul")
-	ul.MustRun(t, "ip", "link", "add", "br0", "type", "bridge")
-	ul.MustRun(t, "ip", "addr", "add", "198.51.100.1/24", "dev", "br0")
-	ul.MustRun(t, "ip", "link", "set", "br0", "up")
-
-	nodes := []*testNode{
-		{name: "node-a", under: netip.MustParseAddr("198.51.100.11"), podCIDR: netip.MustParsePrefix("10.244.1.0/24")},
-		{name: "node-b", under: netip.MustParseAddr("198.51.100.12"), podCIDR: netip.MustParsePrefix("10.244.2.0/24")},
-	}
-	var spec []mesh.RawNode
-	for i, n := range nodes {
-		suffix := string(rune('a' + i))
-		n.ns = netnstest.NewNS(t, prefix+"-n"+suffix)
-		n.pod = netnstest.NewNS(t, prefix+"-p"+suffix)
-		n.gw = n.podCIDR.Addr().Next()
-		n.podIP = n.gw.Next()
-		netnstest.Veth(t, ul, "v"+suffix, netip.Prefix{}, n.ns, "eth0", netip.PrefixFrom(n.under, 24))
-		ul.MustRun(t, "ip", "link", "set", "v"+suffix, "master", "br0")
-		n.ns.MustRun(t, "ip", "route", "add", "default", "via", "198.51.100.1")
-		// The hostile default the agent must cope with.
-		n.ns.MustRun(t, "iptables", "-P", "FORWARD", "DROP")
-		n.ns.MustRun(t, "ip6tables", "-P", "FORWARD", "DROP")
-		// An existing key, as left by a previous run, exercises loading.
-		n.keyFile = filepath.Join(dir, n.name, "private.key")
-		if suffix == "a" {
-			if _, _, err := wgdev.LoadOrCreateKey(n.keyFile); err != nil {
-				t.Fatal(err)
-			}
-		}
-		spec = append(spec, mesh.RawNode{Name: n.name, PodCIDRs: []string{n.podCIDR.String()}, InternalIPs: []string{n.under.String()}})
-	}
-	specPath := filepath.Join(dir, "nodes.json")
-	annDir := filepath.Join(dir, "annotations")
-	if err := os.MkdirAll(annDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	raw, err := json.Marshal(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(specPath, raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	c.writeSpec()
 
 	// Capture the underlay for the whole exchange.
 	pcap := filepath.Join(dir, "underlay.pcap")
-	capture := startCapture(t, ul, "br0", pcap)
+	capture := startCapture(t, c.ul, "br0", pcap)
 
 	start := time.Now()
 	for _, n := range nodes {
-		env, err := childEnv("node", nodeConfig{
-			Name: n.name, Interface: wgIface, ListenPort: listenPort, KeyFile: n.keyFile,
-			Spec: specPath, AnnDir: annDir, ClusterCIDRs: dataplane.DefaultClusterCIDRs,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.agent = n.ns.Start(t, n.name+" agent", env, self)
+		c.startAgent(n)
 	}
 
 	// Each device gets the other as its peer, with a handshake once
 	// traffic flows.
 	for i, n := range nodes {
-		other := nodes[1-i]
-		netnstest.Eventually(t, 20*time.Second, n.name+" peers with "+other.name, func() error {
-			if n.agent.Exited() {
-				t.Fatalf("%s agent exited early:\n%s", n.name, n.agent.Output())
-			}
-			dump, err := wgShow(n, "dump")
-			if err != nil {
-				return err
-			}
-			want := fmt.Sprintf("%s:%d\t%s", other.under, listenPort, other.podCIDR)
-			if !strings.Contains(dump, want) {
-				return fmt.Errorf("no peer line with %q in:\n%s", want, dump)
-			}
-			return nil
-		})
-		// Pods attach once the agent made the bridge.
-		netnstest.Eventually(t, 10*time.Second, n.name+" bridge", func() error {
-			_, err := n.ns.Run("ip", "link", "show", dataplane.DefaultBridge)
-			return err
-		})
-		netnstest.Veth(t, n.pod, "eth0", netip.PrefixFrom(n.podIP, 24), n.ns, "vpod", netip.Prefix{})
-		n.ns.MustRun(t, "ip", "link", "set", "vpod", "master", dataplane.DefaultBridge)
-		n.pod.MustRun(t, "ip", "link", "set", "eth0", "mtu", "1420")
-		n.pod.MustRun(t, "ip", "route", "add", "default", "via", n.gw.String())
+		c.waitPeered(n, nodes[1-i])
+		c.attachPod(n, 1420)
 	}
 	t.Logf("both nodes peered %.1fs after start", time.Since(start).Seconds())
 
@@ -183,7 +109,7 @@ func TestTwoNodeDatapath(t *testing.T) {
 		t.Errorf("no WireGuard UDP on the underlay; capture:\n%s", strings.Join(ulLines, "\n"))
 	}
 	if !containsLine(ulLines, fmt.Sprintf("IP %s > 198.51.100.1: ICMP echo request", a.under)) {
-		t.Errorf("pod ping to 198.51.100.1 was not masqueraded to %s", a.under)
+		t.Errorf("pod ping to 198.51.100.1 was not masqueraded to %s; capture:\n%s", a.under, strings.Join(ulLines, "\n"))
 	}
 	t.Logf("underlay capture: %d packets, %d WireGuard UDP, 0 with a pod address", len(ulLines), udp)
 
@@ -243,7 +169,8 @@ func TestTwoNodeDatapath(t *testing.T) {
 		}
 	}
 
-	// SIGTERM: clean shutdown, device and socket gone.
+	// SIGTERM: clean shutdown, UAPI socket gone; the persistent TUN,
+	// its routes and the fail-closed guard stay for the next agent.
 	for _, n := range nodes {
 		if err := n.agent.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
 			t.Errorf("%s agent: %v\n%s", n.name, err, n.agent.Output())
@@ -252,11 +179,33 @@ func TestTwoNodeDatapath(t *testing.T) {
 		if !strings.Contains(n.agent.Output(), shutdownMessage) {
 			t.Errorf("%s agent did not report a clean shutdown:\n%s", n.name, n.agent.Output())
 		}
-		if _, err := n.ns.Run("ip", "link", "show", wgIface); err == nil {
-			t.Errorf("%s: %s still exists after shutdown", n.name, wgIface)
+		link, err := n.ns.Run("ip", "link", "show", wgIface)
+		if err != nil {
+			t.Errorf("%s: persistent %s gone after shutdown: %v", n.name, wgIface, err)
+		} else if !strings.Contains(link, "NO-CARRIER") {
+			t.Errorf("%s: %s has a carrier with no agent attached:\n%s", n.name, wgIface, link)
+		}
+		routes := n.ns.MustRun(t, "ip", "route", "show", "proto", strconv.Itoa(dataplane.DefaultRouteProtocol))
+		for _, want := range []string{"unreachable 10.244.0.0/16", nodes[1-indexOf(nodes, n)].podCIDR.String() + " dev " + wgIface} {
+			if !strings.Contains(routes, want) {
+				t.Errorf("%s: route %q gone after shutdown:\n%s", n.name, want, routes)
+			}
+		}
+		if _, err := n.ns.Run("nft", "list", "table", "inet", dataplane.DefaultGuardTable); err != nil {
+			t.Errorf("%s: guard table gone after shutdown: %v", n.name, err)
 		}
 	}
+
 	t.Logf("total %.1fs", time.Since(start).Seconds())
+}
+
+func indexOf(nodes []*testNode, n *testNode) int {
+	for i, x := range nodes {
+		if x == n {
+			return i
+		}
+	}
+	return -1
 }
 
 // wgShow runs the stock wg tool inside the node agent's network and mount
@@ -284,7 +233,9 @@ func startCapture(t *testing.T, ns *netnstest.NS, iface, file string) *netnstest
 	t.Helper()
 	// -Z root: tcpdump would otherwise drop to a user that cannot write
 	// into the test's temp dir.
-	p := ns.Start(t, "tcpdump "+iface, nil, "tcpdump", "-n", "-i", iface, "-U", "-Z", "root", "-s", "256", "-w", file)
+	// --immediate-mode: hand each packet over at once, not per filled
+	// ring block, so a short capture stopped by SIGINT loses nothing.
+	p := ns.Start(t, "tcpdump "+iface, nil, "tcpdump", "-n", "-i", iface, "--immediate-mode", "-U", "-Z", "root", "-s", "256", "-w", file)
 	netnstest.Eventually(t, 10*time.Second, "tcpdump on "+iface+" listening", func() error {
 		if p.Exited() {
 			t.Fatalf("tcpdump exited: %s", p.Output())

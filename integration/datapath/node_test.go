@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agentstate"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
 	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
@@ -29,14 +30,24 @@ type nodeConfig struct {
 	Spec         string
 	AnnDir       string
 	ClusterCIDRs []netip.Prefix
+	// RunDir holds the agent state file the next run restores its peers
+	// from (the agent's run-dir).
+	RunDir string
+	// MTU 0 means auto-detection, as in the agent.
+	MTU int
 }
 
-// shutdownMessage is printed by a node that shut down cleanly.
-const shutdownMessage = "clean shutdown: device closed, uapi socket removed"
+// Progress lines the node role prints for the tests to wait on.
+const (
+	shutdownMessage       = "clean shutdown: device closed, uapi socket removed"
+	preparedMessage       = "fail-closed guard and routes in place"
+	firstReconcileMessage = "first reconcile done"
+)
 
-// runNodeRole wires the agent's data path the way cmd/wgmesh-agent does,
-// with the file node source in place of the apiserver, and runs it until
-// SIGTERM.
+// runNodeRole wires the agent's data path the way cmd/wgmesh-agent does
+// (fail-closed Prepare first, peers restored from the state file onto the
+// persistent TUN, state file written after every pass), with the file node
+// source in place of the apiserver, and runs it until SIGTERM.
 func runNodeRole(raw []byte) error {
 	var cfg nodeConfig
 	if err := json.Unmarshal(raw, &cfg); err != nil {
@@ -49,17 +60,36 @@ func runNodeRole(raw []byte) error {
 		return fmt.Errorf("mount tmpfs on /run: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", cfg.Name)
+	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+	defer stop()
+
+	dp, err := dataplane.New(dataplane.Config{WGInterface: cfg.Interface, ClusterCIDRs: cfg.ClusterCIDRs, Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := dp.Prepare(ctx); err != nil {
+		return fmt.Errorf("fail-closed setup: %w", err)
+	}
+	fmt.Fprintln(os.Stderr, preparedMessage)
 
 	key, created, err := wgdev.LoadOrCreateKey(cfg.KeyFile)
 	if err != nil {
 		return err
 	}
 	log.Info("private key ready", "created", created, "public_key", key.PublicKey())
-	mtu, err := dataplane.AutoMTU(cfg.Interface, dataplane.DefaultBridge)
-	if err != nil {
-		return err
+	mtu := cfg.MTU
+	if mtu == 0 {
+		if mtu, err = dataplane.AutoMTU(cfg.Interface, dataplane.DefaultBridge); err != nil {
+			return err
+		}
 	}
-	dev, err := wgdev.New(wgdev.Config{Name: cfg.Interface, MTU: mtu, PrivateKey: key, ListenPort: cfg.ListenPort, Logger: log})
+	statePath := agentstate.Path(cfg.RunDir)
+	peers, err := agentstate.RestorePeers(statePath, cfg.Name, cfg.Interface)
+	if err != nil && !errors.Is(err, agentstate.ErrNoState) {
+		log.Warn("not restoring peers", "err", err)
+	}
+	log.Info("starting device", "mtu", mtu, "restored_peers", len(peers))
+	dev, err := wgdev.New(wgdev.Config{Name: cfg.Interface, MTU: mtu, PrivateKey: key, ListenPort: cfg.ListenPort, Logger: log, Peers: peers})
 	if err != nil {
 		return err
 	}
@@ -72,10 +102,8 @@ func runNodeRole(raw []byte) error {
 		return err
 	}
 	defer client.Close()
-	dp, err := dataplane.New(dataplane.Config{WGInterface: cfg.Interface, ClusterCIDRs: cfg.ClusterCIDRs, Logger: log})
-	if err != nil {
-		return err
-	}
+	state := agentstate.NewWriter(agentstate.WriterConfig{Path: statePath, Logger: log,
+		Info: agentstate.Info{Node: cfg.Name, Interface: cfg.Interface, PublicKey: key.PublicKey(), ListenPort: cfg.ListenPort}})
 	src := newFileSource(cfg.Spec, cfg.AnnDir, cfg.Name, log)
 	rec := mesh.New(mesh.Config{
 		NodeName:   cfg.Name,
@@ -87,10 +115,14 @@ func runNodeRole(raw []byte) error {
 		Dataplane:  dp,
 		Logger:     log,
 		Resync:     2 * time.Second,
+		OnReconcile: func(s mesh.Status) {
+			state.Observe(s)
+			if s.Reconciles == 1 {
+				fmt.Fprintln(os.Stderr, firstReconcileMessage)
+			}
+		},
 	})
 
-	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
-	defer stop()
 	go src.run(ctx)
 	recErr := make(chan error, 1)
 	go func() { recErr <- rec.Run(ctx) }()
