@@ -10,8 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -120,11 +118,11 @@ func labPair(t testing.TB, tools Tools, opt SetupOptions) *Pair {
 		n.GW = n.PodCIDR.Addr().Next()
 		p.Nodes[i] = n
 	}
-	out, err := Run(p.Nodes[0].Pod, "cat", "/sys/class/net/eth0/mtu")
+	mtu, err := LinkMTU(p.Nodes[0].Pod, "eth0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.PodMTU, _ = strconv.Atoi(strings.TrimSpace(out))
+	p.PodMTU = mtu
 	return p
 }
 

@@ -228,11 +228,11 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 		StartServers(t, tools.Self, p)
 		r := &VariantResult{Label: label, Variant: v, Impl: implOf(tools, v, noOffload), NoOffload: noOffload, UnderlayMTU: mtu, PodMTU: p.PodMTU, Bulk: map[string]*BulkSeries{}}
 		if p.Nodes[0].Iface != "" {
-			out, err := Run(p.Nodes[0].NS, "cat", "/sys/class/net/"+p.Nodes[0].Iface+"/mtu")
+			mtu, err := LinkMTU(p.Nodes[0].NS, p.Nodes[0].Iface)
 			if err != nil {
 				t.Fatal(err)
 			}
-			fmt.Sscan(out, &r.TunnelMTU)
+			r.TunnelMTU = mtu
 		}
 		es = append(es, entry{p, r})
 		t.Logf("[%s/%s] up: pod MTU %d, tunnel MTU %d", name, label, r.PodMTU, r.TunnelMTU)

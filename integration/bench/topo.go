@@ -343,8 +343,7 @@ func setupWGMesh(t testing.TB, tools Tools, p *Pair, dir string, opt SetupOption
 			return err
 		})
 		n.PodIP = AttachCNI(t, tools.CNIDir, n, "bench-"+p.Prefix+"-"+n.Name)
-		out := n.PodNS.MustRun(t, "cat", "/sys/class/net/eth0/mtu")
-		mtu, err := strconv.Atoi(strings.TrimSpace(out))
+		mtu, err := LinkMTU(n.Pod, "eth0")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -500,4 +499,20 @@ func Run(r Runner, argv ...string) (string, error) {
 func RunQuiet(r Runner, argv ...string) error {
 	_, err := Run(r, argv...)
 	return err
+}
+
+// LinkMTU reads an interface's MTU with iproute2 (not /sys, which shows
+// the devices of whichever namespace mounted it).
+func LinkMTU(r Runner, dev string) (int, error) {
+	out, err := Run(r, "ip", "-j", "link", "show", "dev", dev)
+	if err != nil {
+		return 0, err
+	}
+	var links []struct {
+		MTU int `json:"mtu"`
+	}
+	if err := json.Unmarshal([]byte(out), &links); err != nil || len(links) != 1 {
+		return 0, fmt.Errorf("ip -j link show %s: %q: %v", dev, out, err)
+	}
+	return links[0].MTU, nil
 }
