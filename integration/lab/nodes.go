@@ -265,6 +265,13 @@ func (l *Lab) RemoveNode(ctx context.Context, node string) error {
 		if err := c.CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete node %s: %w", n.Name, err)
 		}
+		// The pods go with the node (the pod garbage collector's job in
+		// a real cluster).
+		for _, p := range n.Pods {
+			if err := l.unpublishPod(ctx, n, p); err != nil {
+				return err
+			}
+		}
 		if err := l.destroyNode(ctx, n); err != nil {
 			return err
 		}

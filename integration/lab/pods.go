@@ -20,8 +20,15 @@ const PodNamespace = "default"
 
 // AddPod creates a pod on the node: a network namespace (inside the node's
 // mount namespace, like a runtime's /run/netns/cni-*) attached by the node's
-// CNI configuration through libcni, run inside the node's namespaces.
+// CNI configuration through libcni, run inside the node's namespaces. Its
+// Pod object (namespace "default", no labels) is published as a kubelet
+// would.
 func (l *Lab) AddPod(ctx context.Context, node string) (*Pod, error) {
+	return l.AddPodWith(ctx, node, PodOptions{})
+}
+
+// AddPodWith is AddPod with the Pod object's namespace, labels and ports.
+func (l *Lab) AddPodWith(ctx context.Context, node string, opt PodOptions) (*Pod, error) {
 	var pod *Pod
 	err := l.withState(func(st *State, save func() error) error {
 		n, ok := st.Nodes[node]
@@ -34,6 +41,7 @@ func (l *Lab) AddPod(ctx context.Context, node string) (*Pod, error) {
 			Name:        name,
 			Netns:       "pod-" + name,
 			ContainerID: fmt.Sprintf("wgmeshlab-%s-%s-%s", st.Name, n.Name, name),
+			Namespace:   opt.Namespace,
 		}
 		n.Pods[name] = p
 		if err := save(); err != nil {
@@ -60,8 +68,11 @@ func (l *Lab) AddPod(ctx context.Context, node string) (*Pod, error) {
 		if err != nil {
 			return fmt.Errorf("attach pod %s/%s: %w", n.Name, name, err)
 		}
-		attached = true
 		p.IP = res.IP
+		if err := l.publishPod(ctx, n, p, opt); err != nil {
+			return fmt.Errorf("publish pod %s/%s: %w", n.Name, name, err)
+		}
+		attached = true
 		pod = p
 		l.cfg.Log.Info("pod attached", "node", n.Name, "pod", name, "ip", p.IP)
 		return nil
@@ -79,6 +90,9 @@ func (l *Lab) RemovePod(ctx context.Context, node, pod string) error {
 		p, ok := n.Pods[pod]
 		if !ok {
 			return fmt.Errorf("pod %s/%s: %w", node, pod, ErrNoPod)
+		}
+		if err := l.unpublishPod(ctx, n, p); err != nil {
+			return err
 		}
 		if _, err := l.cniCall(ctx, n, p, "del"); err != nil {
 			return fmt.Errorf("detach pod %s/%s: %w", node, pod, err)
@@ -105,8 +119,8 @@ func (l *Lab) cniCall(ctx context.Context, n *Node, p *Pod, action string) (*CNI
 		ContainerID: p.ContainerID,
 		Netns:       netnsPath(p.Netns),
 		IfName:      "eth0",
-		PodName:     n.Name + "-" + p.Name,
-		PodNS:       PodNamespace,
+		PodName:     p.KubeName(n.Name),
+		PodNS:       p.KubeNamespace(),
 	}
 	argv := []string{"nsenter", "--net=" + netnsPath(n.Netns), "--mount=" + n.MountNS, "--",
 		l.cfg.LabBinary, "cni", "--request", req.encode()}

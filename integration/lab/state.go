@@ -76,6 +76,8 @@ type Pod struct {
 	Netns       string `json:"netns"` // name under /run/netns inside the node's mount namespace
 	ContainerID string `json:"containerID"`
 	IP          string `json:"ip,omitempty"`
+	// Namespace of the pod's Pod object ("" = PodNamespace).
+	Namespace string `json:"namespace,omitempty"`
 }
 
 // NodeNames returns the node names sorted by index.
