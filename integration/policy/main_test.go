@@ -148,11 +148,13 @@ func applyHelper(r io.Reader) int {
 		fmt.Println(err)
 		return 1
 	}
+	start := time.Now()
 	if req.Remove {
 		err = dp.Remove()
 	} else {
 		err = dp.Apply(context.Background(), req.Ruleset)
 	}
+	fmt.Printf("apply took %d us\n", time.Since(start).Microseconds())
 	if err != nil {
 		fmt.Println("apply:", err)
 		if errors.Is(err, context.Canceled) {

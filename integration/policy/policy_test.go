@@ -382,32 +382,60 @@ func TestPolicyBridgeFallback(t *testing.T) {
 	tp.expect(probe{"a", "tcp", b, 8080, true}, probe{"c", "tcp", b, 8080, false}, probe{"b", "tcp", c, 8080, true})
 }
 
-// TestPolicyScale programs the benchmark's worst case (1000 pods, all on
-// this node, 200 policies) into a namespace: the kernel must take the batch
-// and a re-apply of the same ruleset must be a no-op.
+// TestPolicyScale programs the benchmark's clusters (1000 pods, 200
+// policies; 100 or all 1000 pods on this node) into a namespace: the kernel
+// must take the batch well within the 1 s budget for a change, and a
+// re-apply of the same ruleset must be a no-op.
 func TestPolicyScale(t *testing.T) {
 	netnstest.RequireRoot(t)
 	exe, _ := os.Executable()
-	ns := netnstest.NewNS(t, netnstest.Prefix(t)+"-scale")
-	ns.MustRun(t, "ip", "link", "add", bridge, "type", "bridge")
-	rs := policy.Compile(policytest.Cluster(policytest.Shape{Pods: 1000, Policies: 200, Nodes: 1, Namespaces: 20}))
-	b, _ := json.Marshal(applyRequest{Ruleset: rs})
-	for i, what := range []string{"first apply", "unchanged re-apply"} {
-		cmd := ns.Command(context.Background(), exe)
-		cmd.Env = append(os.Environ(), "POLICY_HELPER=apply")
-		cmd.Stdin = bytes.NewReader(b)
-		start := time.Now()
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", what, err, out)
-		}
-		t.Logf("%s of %d targets took %s (process start included)", what, len(rs.Targets), time.Since(start).Round(time.Millisecond))
-		if i == 1 && bytes.Contains(out, []byte("table replaced")) {
-			t.Errorf("unchanged ruleset was re-applied:\n%s", out)
-		}
-	}
-	out := ns.MustRun(t, "nft", "list", "table", "inet", "wgmesh-policy")
-	if n := strings.Count(out, "chain "); n < len(rs.Targets) {
-		t.Errorf("%d chains for %d targets", n, len(rs.Targets))
+	for _, s := range []struct {
+		name  string
+		shape policytest.Shape
+		// bound for one Apply: the 1 s budget for a realistic node
+		// (100 local pods); the all-local worst case (a full table
+		// replace with 1000 pods' maps) is only kept from regressing,
+		// its time is reported.
+		bound time.Duration
+	}{
+		{"spread", policytest.Shape{Pods: 1000, Policies: 200, Nodes: 10, Namespaces: 20}, time.Second},
+		{"all-local", policytest.Shape{Pods: 1000, Policies: 200, Nodes: 1, Namespaces: 20}, 3 * time.Second},
+	} {
+		t.Run(s.name, func(t *testing.T) {
+			ns := netnstest.NewNS(t, netnstest.Prefix(t)+"-scale")
+			ns.MustRun(t, "ip", "link", "add", bridge, "type", "bridge")
+			rs := policy.Compile(policytest.Cluster(s.shape))
+			b, _ := json.Marshal(applyRequest{Ruleset: rs})
+			for i, what := range []string{"first apply", "unchanged re-apply"} {
+				cmd := ns.Command(context.Background(), exe)
+				cmd.Env = append(os.Environ(), "POLICY_HELPER=apply")
+				cmd.Stdin = bytes.NewReader(b)
+				out, err := cmd.CombinedOutput()
+				if err != nil {
+					t.Fatalf("%s: %v\n%s", what, err, out)
+				}
+				var us int64
+				for _, line := range strings.Split(string(out), "\n") {
+					fmt.Sscanf(line, "apply took %d us", &us)
+					if strings.Contains(line, "table replaced") {
+						t.Log(line)
+					}
+				}
+				took := time.Duration(us) * time.Microsecond
+				t.Logf("%s of %d targets: Apply took %s", what, len(rs.Targets), took)
+				if took <= 0 || took > s.bound {
+					t.Errorf("%s: Apply took %s (output %q), want under %s", what, took, out, s.bound)
+				}
+				if i == 1 && bytes.Contains(out, []byte("table replaced")) {
+					t.Errorf("unchanged ruleset was re-applied:\n%s", out)
+				}
+			}
+			out := ns.MustRun(t, "nft", "list", "table", "inet", "wgmesh-policy")
+			for _, tg := range rs.Targets {
+				if !strings.Contains(out, tg.IPs[0].String()+" : jump") {
+					t.Fatalf("target %s (%s) missing from the maps", tg.Pod, tg.IPs[0])
+				}
+			}
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
@@ -75,14 +76,17 @@ func (d *Dataplane) Apply(ctx context.Context, rs policy.Ruleset) error {
 		}
 		d.fallback = &fallback
 	}
+	start := time.Now()
 	p := render(rs, renderOptions{table: d.cfg.Table, bridge: d.cfg.Bridge, fallback: fallback})
+	rendered := time.Now()
 	if h, err := d.sys.installedHash(d.cfg.Table); err == nil && h == p.hash {
 		return nil
 	}
 	if err := d.sys.apply(p, d.cfg.Table); err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	d.log.Debug("network policy table replaced", "table", d.cfg.Table, "hash", p.hash)
+	d.log.Debug("network policy table replaced", "table", d.cfg.Table, "hash", p.hash,
+		"render", rendered.Sub(start), "kernel", time.Since(rendered))
 	return nil
 }
 
