@@ -54,6 +54,14 @@ func (c Config) Defaults() Config {
 	if c.StateDir == "" {
 		c.StateDir = filepath.Join("/run/wgmesh-lab", c.Name)
 	}
+	// Absolute paths: they end up in argv of processes started in other
+	// working directories (nsenter --mount changes the view of cwd).
+	if abs, err := filepath.Abs(c.BinDir); err == nil {
+		c.BinDir = abs
+	}
+	if abs, err := filepath.Abs(c.StateDir); err == nil {
+		c.StateDir = abs
+	}
 	if c.LabBinary == "" {
 		c.LabBinary = filepath.Join(c.BinDir, "wgmesh-lab")
 	}

@@ -33,6 +33,9 @@ type NodeOptions struct {
 	NoWait bool
 	// NoAgent creates the node without starting its agent.
 	NoAgent bool
+	// AgentArgs are extra flags for this node's agent, kept for
+	// start-agent.
+	AgentArgs []string
 }
 
 // AddNode creates a node: namespaces, Node object (podCIDR 10.244.i.0/24,
@@ -65,6 +68,7 @@ func (l *Lab) AddNode(ctx context.Context, opt NodeOptions) (*Node, error) {
 			UnderlayIP: fmt.Sprintf("198.51.100.%d", 10+idx),
 			PodCIDR:    fmt.Sprintf("10.244.%d.0/24", idx),
 			MTU:        opt.MTU,
+			AgentArgs:  opt.AgentArgs,
 			Pods:       map[string]*Pod{},
 			NextPod:    1,
 		}
@@ -160,7 +164,8 @@ func (l *Lab) agentArgv(n *Node) []string {
 		"--node-name=" + n.Name,
 		"--kubeconfig=" + filepath.Join(n.Dir, "kubeconfig"),
 	}
-	return append(argv, l.cfg.AgentArgs...)
+	argv = append(argv, l.cfg.AgentArgs...)
+	return append(argv, n.AgentArgs...)
 }
 
 func (l *Lab) startAgent(n *Node) error {

@@ -52,9 +52,11 @@ type Node struct {
 	// NAT, when set, puts the node behind its own masquerading namespace.
 	NAT *NAT `json:"nat,omitempty"`
 	// MTU of the node's underlay interface (0 = default 1500).
-	MTU   int             `json:"mtu,omitempty"`
-	Agent *Proc           `json:"agent,omitempty"`
-	Pods  map[string]*Pod `json:"pods"`
+	MTU int `json:"mtu,omitempty"`
+	// AgentArgs are this node's extra agent flags (after Config.AgentArgs).
+	AgentArgs []string        `json:"agentArgs,omitempty"`
+	Agent     *Proc           `json:"agent,omitempty"`
+	Pods      map[string]*Pod `json:"pods"`
 	// NextPod numbers the node's pods (p1, p2, ...).
 	NextPod int `json:"nextPod"`
 }
