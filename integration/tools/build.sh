@@ -21,6 +21,17 @@ have_all() {
 	for b in "${bins[@]}"; do [[ -x "$cache/$b" ]] || return 1; done
 }
 
+mkdir -p "$cache_root"
+if ! have_all; then
+	# Several test packages may ask for the tools at once: one builds, the
+	# others wait here and then find the cache filled.
+	exec 9>"$cache_root/.lock"
+	if ! flock -n 9; then
+		echo "tools: another build of the control-plane tools is running; waiting for it..."
+		flock 9
+	fi
+fi
+
 if have_all; then
 	echo "tools: cached in $cache (key $key)"
 else
