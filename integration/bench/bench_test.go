@@ -2,9 +2,11 @@ package bench
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +19,8 @@ var (
 	outFlag     = flag.String("bench.out", "", "directory for report.md and report.json (default: a temp dir)")
 	profileFlag = flag.String("bench.profile", "", "directory for pprof CPU profiles of the scale runs")
 	onlyFlag    = flag.String("bench.only", "", "comma-separated subset of datapath,jumbo,scale,convergence,cni (default all)")
+	runsFlag    = flag.Int("bench.runs", 0, "override the runs of every figure (0: the mode's)")
+	scaleFlag   = flag.String("bench.scale-nodes", "", "override the scale cluster sizes, e.g. 1000,5000")
 	labFlag     = flag.String("bench.lab", "auto", `run the wgmesh variant and convergence on integration/lab (real agent, real kube-apiserver): "on", "off", or "auto" (on in full mode)`)
 )
 
@@ -89,6 +93,22 @@ func TestBench(t *testing.T) {
 		t.Fatalf("-bench.mode %q: want smoke or full", *modeFlag)
 	}
 	s.ProfileDir = *profileFlag
+	extra := ""
+	if *runsFlag > 0 {
+		s.Runs, s.ScaleRuns, s.ConvergeRuns, s.CNI.Rounds = *runsFlag, *runsFlag, *runsFlag, *runsFlag
+		extra += fmt.Sprintf(" -bench.runs=%d", *runsFlag)
+	}
+	if *scaleFlag != "" {
+		s.ScaleNodes = nil
+		for _, f := range strings.Split(*scaleFlag, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				t.Fatalf("-bench.scale-nodes: %v", err)
+			}
+			s.ScaleNodes = append(s.ScaleNodes, n)
+		}
+		extra += " -bench.scale-nodes=" + *scaleFlag
+	}
 	if *onlyFlag != "" {
 		s = only(t, s, *onlyFlag)
 	}
@@ -107,6 +127,7 @@ func TestBench(t *testing.T) {
 	if *labFlag != "auto" {
 		cmd += " -bench.lab=" + *labFlag
 	}
+	cmd += extra
 	rep := RunAll(t, tools, s, cmd)
 	if t.Failed() {
 		return

@@ -189,13 +189,19 @@ type BulkSample struct {
 	UnderlayBytesPerPacket float64 `json:"underlay_bytes_per_packet"`
 }
 
-// Bulk runs one iperf3 test from pod-a to pod-b (reverse: b to a).
-func Bulk(p *Pair, streams int, reverse bool, dur time.Duration) (BulkSample, error) {
+// Bulk runs one iperf3 test from pod-a to pod-b (reverse: b to a) for dur,
+// or, if bytes > 0, until that many bytes are sent.
+func Bulk(p *Pair, streams int, reverse bool, dur time.Duration, bytes int64) (BulkSample, error) {
 	secs := max(1, int(dur/time.Second))
-	argv := []string{"iperf3", "-c", p.Nodes[1].PodIP.String(), "-p", strconv.Itoa(iperfPort), "-J",
-		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams)}
-	if secs >= 4 {
-		argv = append(argv, "-O", "1") // skip slow start
+	argv := []string{"iperf3", "-c", p.Nodes[1].PodIP.String(), "-p", strconv.Itoa(iperfPort), "-J", "-P", strconv.Itoa(streams)}
+	switch {
+	case bytes > 0:
+		argv = append(argv, "-n", strconv.FormatInt(bytes, 10))
+		dur = time.Minute
+	case secs >= 4:
+		argv = append(argv, "-t", strconv.Itoa(secs), "-O", "1") // skip slow start
+	default:
+		argv = append(argv, "-t", strconv.Itoa(secs))
 	}
 	if reverse {
 		argv = append(argv, "-R")
@@ -357,7 +363,7 @@ func UnderlayCapture(p *Pair, dur time.Duration) (mean, maxLen float64, packets 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if _, err := Bulk(p, 1, false, dur); err != nil {
+	if _, err := Bulk(p, 1, false, dur, 0); err != nil {
 		return 0, 0, 0, err
 	}
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)

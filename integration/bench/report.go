@@ -184,8 +184,12 @@ func (r *Report) Markdown() string {
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("# wgmesh benchmark (%s run)\n\n", r.Settings.Mode)
 	w("Command: `%s`  \n", r.Command)
+	runLen := r.Settings.Duration.String()
+	if r.Settings.Bytes > 0 {
+		runLen = fmt.Sprintf("%d MiB", r.Settings.Bytes>>20)
+	}
 	w("Run %s → %s (%s); every figure is the median of %d run(s), iperf3 runs of %s.  \n",
-		r.Started.UTC().Format(time.RFC3339), r.Finished.UTC().Format(time.RFC3339), r.Finished.Sub(r.Started).Round(time.Second), r.Settings.Runs, r.Settings.Duration)
+		r.Started.UTC().Format(time.RFC3339), r.Finished.UTC().Format(time.RFC3339), r.Finished.Sub(r.Started).Round(time.Second), r.Settings.Runs, runLen)
 	h := r.Host
 	w("Host: %d CPUs (%s), kernel %s, %s, load average before %s / after %s; wgmesh %s.  \n", h.CPUs, h.CPUModel, h.Kernel, h.GoVersion, h.LoadBefore, h.LoadAfter, h.WGMeshBuild)
 	w("Baselines: upstream = `%s` built with `go build golang.zx2c4.com/wireguard`; debian = %s; both configured with `wg`. %s.\n\n", h.Upstream, h.Debian, h.Iperf3)

@@ -19,8 +19,9 @@ type Settings struct {
 	Mode string `json:"mode"` // "smoke" or "full"
 	// Runs of every data-path figure (the report shows the median).
 	Runs int `json:"runs"`
-	// Duration of each iperf3 run.
+	// Duration of each iperf3 run, or Bytes (if set) sent per run.
 	Duration time.Duration `json:"duration"`
+	Bytes    int64         `json:"bytes,omitempty"`
 	// Variants of the standard pass (underlay MTU 1500).
 	Variants []Variant `json:"variants"`
 	// Fallback adds a wgmesh pair whose TUN has no IFF_VNET_HDR.
@@ -47,10 +48,10 @@ type Settings struct {
 // `go test ./...` that keeps the harness from rotting.
 func SmokeSettings() Settings {
 	return Settings{
-		Mode: "smoke", Runs: 1, Duration: time.Second,
+		Mode: "smoke", Runs: 1, Duration: time.Second, Bytes: 16 << 20,
 		Variants: AllVariants, Fallback: true, JumboVariants: []Variant{WGMesh},
 		RRCount: 200, RRWarmup: 20, PingCount: 10, PingInterval: 10 * time.Millisecond,
-		ScaleNodes: []int{300}, ScaleRuns: 1, ScaleRounds: 3,
+		ScaleNodes: []int{100}, ScaleRuns: 1, ScaleRounds: 3,
 		ConvergeNodes: []int{3}, ConvergeRuns: 1,
 		CNI: CNIConfig{Pods: 4, Rounds: 1, Parallel: 8, ParallelPods: 8},
 	}
@@ -267,7 +268,7 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 	for r := range s.Runs {
 		for _, bc := range BulkConfigs {
 			for _, e := range es {
-				smp, err := Bulk(e.pair, bc.Streams, bc.Reverse, s.Duration)
+				smp, err := Bulk(e.pair, bc.Streams, bc.Reverse, s.Duration, s.Bytes)
 				if err != nil {
 					t.Fatalf("[%s] iperf3 %s: %v", e.res.Label, bc.Key(), err)
 				}

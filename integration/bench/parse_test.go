@@ -1,0 +1,216 @@
+package bench
+
+import (
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseIperf(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    IperfResult
+		wantErr string
+	}{
+		{
+			name: "tcp",
+			in:   `{"end":{"sum_sent":{"retransmits":3,"bits_per_second":2.6e9},"sum_received":{"seconds":9.0,"bytes":2.9e9,"bits_per_second":2.5e9}}}`,
+			want: IperfResult{Gbps: 2.5, Retransmits: 3, Seconds: 9, Bytes: 2.9e9},
+		},
+		{name: "error", in: `{"error":"unable to connect to server"}`, wantErr: "unable to connect"},
+		{name: "udp has no retransmits", in: `{"end":{"sum_sent":{},"sum_received":{"seconds":1,"bytes":1,"bits_per_second":8}}}`, wantErr: "retransmit"},
+		{name: "nothing measured", in: `{"end":{"sum_sent":{"retransmits":0},"sum_received":{"seconds":0,"bytes":0,"bits_per_second":0}}}`, wantErr: "measured nothing"},
+		{name: "not json", in: `iperf3: error`, wantErr: "json"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseIperf([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("(-want +got)\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestParsePing(t *testing.T) {
+	out := `PING 10.244.2.2 (10.244.2.2) 56(84) bytes of data.
+64 bytes from 10.244.2.2: icmp_seq=1 ttl=62 time=0.512 ms
+64 bytes from 10.244.2.2: icmp_seq=2 ttl=62 time=1.25 ms
+
+--- 10.244.2.2 ping statistics ---
+3 packets transmitted, 2 received, 33.3333% packet loss, time 2003ms
+`
+	rtts, sent, err := ParsePing(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]time.Duration{512 * time.Microsecond, 1250 * time.Microsecond}, rtts); diff != "" || sent != 3 {
+		t.Errorf("sent %d, rtts (-want +got)\n%s", sent, diff)
+	}
+	if _, _, err := ParsePing("ping: connect: Network is unreachable"); err == nil {
+		t.Error("no error for output without a summary")
+	}
+}
+
+func TestParseEthtoolFeatures(t *testing.T) {
+	out := `Features for wgmesh0:
+rx-checksumming: off [fixed]
+tx-checksumming: on
+	tx-checksum-ip-generic: on
+tcp-segmentation-offload: on
+	tx-tcp-segmentation: on
+tx-udp-segmentation: off [requested on]
+generic-receive-offload: on
+`
+	got := ParseEthtoolFeatures(out)
+	want := map[string]bool{"rx-checksumming": false, "tx-checksumming": true, "tx-checksum-ip-generic": true,
+		"tcp-segmentation-offload": true, "tx-tcp-segmentation": true, "tx-udp-segmentation": false, "generic-receive-offload": true}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got)\n%s", diff)
+	}
+}
+
+func TestParseProc(t *testing.T) {
+	// A command name with spaces and a parenthesis must not shift fields.
+	st, err := ParseProcStat("1234 (wire guard) go) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 12 0 100 0 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st != (ProcStat{UserTicks: 250, SystemTicks: 75}) {
+		t.Errorf("got %+v", st)
+	}
+	if _, err := ParseProcStat("garbage"); err == nil {
+		t.Error("no error for garbage")
+	}
+	kb, err := ParseStatusKB("Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n", "VmRSS")
+	if err != nil || kb != 1024 {
+		t.Errorf("VmRSS = %d, %v", kb, err)
+	}
+	if _, err := ParseStatusKB("Name:\tx\n", "VmRSS"); err == nil {
+		t.Error("no error for a missing key")
+	}
+	c, err := ParseSystemCPU("cpu  100 5 50 1000 20 3 7 0 0 0\ncpu0 1 2 3\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c != (SystemCPU{Busy: 165, Total: 1185}) {
+		t.Errorf("got %+v", c)
+	}
+	ls, err := ParseIPLinkStats([]byte(`[{"ifname":"eth0","stats64":{"rx":{"bytes":10,"packets":1},"tx":{"bytes":3000,"packets":2}}}]`))
+	if err != nil || ls != (LinkStats{TxBytes: 3000, TxPackets: 2, RxBytes: 10, RxPackets: 1}) {
+		t.Errorf("got %+v, %v", ls, err)
+	}
+}
+
+func TestStats(t *testing.T) {
+	if m := Median([]float64{5, 1, 3}); m != 3 {
+		t.Errorf("median odd = %v", m)
+	}
+	if m := Median([]float64{4, 1, 3, 2}); m != 2.5 {
+		t.Errorf("median even = %v", m)
+	}
+	if !math.IsNaN(Median(nil)) {
+		t.Error("median of nothing is not NaN")
+	}
+	var d []time.Duration
+	for i := 1; i <= 100; i++ {
+		d = append(d, time.Duration(i))
+	}
+	for q, want := range map[float64]time.Duration{0.5: 50, 0.99: 99, 1: 100, 0: 1} {
+		if got := Percentile(d, q); got != want {
+			t.Errorf("p%v = %v, want %v", q, got, want)
+		}
+	}
+}
+
+func TestEchoRequestChecksum(t *testing.T) {
+	b := echoRequest(0x1234, 7)
+	// The one's complement sum over a packet with a correct checksum is
+	// 0xffff.
+	var sum uint32
+	for i := 0; i < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	if sum != 0xffff || b[0] != 8 || b[4] != 0x12 || b[7] != 7 {
+		t.Errorf("bad echo request % x (sum %#x)", b, sum)
+	}
+	ts, ok := ProbeReply("probing\n" + probeReply + " 1700000000123456789\n")
+	if !ok || ts.UnixNano() != 1700000000123456789 {
+		t.Errorf("ProbeReply = %v, %v", ts, ok)
+	}
+	if _, ok := ProbeReply("probing\n"); ok {
+		t.Error("reply found in output without one")
+	}
+}
+
+// TestTargets checks that the verdicts follow the numbers, in both
+// directions.
+func TestTargets(t *testing.T) {
+	bulk := func(g float64, retr float64) map[string]*BulkSeries {
+		m := map[string]*BulkSeries{}
+		for _, bc := range BulkConfigs {
+			bs := &BulkSeries{}
+			bs.Gbps.Add(g)
+			bs.Retransmits.Add(retr)
+			bs.SystemCPUPerGbit.Add(0.5)
+			m[bc.Key()] = bs
+		}
+		return m
+	}
+	mk := func(label string, v Variant, g float64) *VariantResult {
+		r := &VariantResult{Label: label, Variant: v, UnderlayMTU: 1500, Bulk: bulk(g, 0), RSSIdleMB: 10, RSSPeakMB: 100,
+			Offloads: Offloads{TSO: true, USO: true}, CaptureMaxBytes: 60000}
+		r.RRP50.Add(100)
+		r.RRP99.Add(200)
+		return r
+	}
+	rep := &Report{Passes: []Pass{{Name: "standard", UnderlayMTU: 1500, Variants: []*VariantResult{
+		mk("plain", Plain, 20), mk("upstream", Upstream, 2.5), mk("debian", Debian, 0.8), mk("wgmesh", WGMesh, 2.6),
+	}}}}
+	verdicts := func() map[string]bool {
+		m := map[string]bool{}
+		for _, tg := range rep.Targets() {
+			if !tg.Missing {
+				m[tg.Name] = tg.Met
+			}
+		}
+		return m
+	}
+	v := verdicts()
+	for _, name := range []string{"wgmesh throughput ≥ 1.0× upstream, every shape", "wgmesh throughput ≥ 2.5× Debian, every shape",
+		"wgmesh: 0 retransmits", "wgmesh RSS ≤ 20 MB idle"} {
+		if !v[name] {
+			t.Errorf("%q not met: %v", name, v)
+		}
+	}
+	wm := rep.Passes[0].get("wgmesh")
+	wm.Bulk["4×rev"].Gbps = Series{}
+	wm.Bulk["4×rev"].Gbps.Add(2.4)
+	wm.Bulk["1×fwd"].Retransmits.Add(1)
+	wm.RSSIdleMB = 21
+	v = verdicts()
+	for _, name := range []string{"wgmesh throughput ≥ 1.0× upstream, every shape", "wgmesh: 0 retransmits", "wgmesh RSS ≤ 20 MB idle"} {
+		if v[name] {
+			t.Errorf("%q met with numbers that miss it", name)
+		}
+	}
+	if md := rep.Markdown(); !strings.Contains(md, "**missed**") || !strings.Contains(md, "| 1×fwd |") {
+		t.Errorf("markdown:\n%s", md)
+	}
+}
