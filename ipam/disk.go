@@ -227,6 +227,9 @@ func (s *DiskStore) Lookup(owner Owner) ([]netip.Addr, error) {
 		if err != nil {
 			continue // torn or empty line
 		}
+		if slices.Contains(out, a) {
+			continue // a hand-edited index may list an address twice
+		}
 		o, ok, err := s.readOwner(a)
 		if err != nil {
 			return nil, err

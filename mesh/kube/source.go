@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -28,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/kube/translate"
 )
 
 // DefaultComponent is the event source component and patch field manager.
@@ -149,28 +149,8 @@ func (s *Source) Nodes() ([]mesh.RawNode, error) {
 }
 
 // RawNode translates a Node object into the mesh's view, copying
-// everything so the cached object is never shared.
-func RawNode(n *v1.Node) mesh.RawNode {
-	r := mesh.RawNode{
-		Name:            n.Name,
-		Annotations:     maps.Clone(n.Annotations),
-		UID:             string(n.UID),
-		ResourceVersion: n.ResourceVersion,
-		Created:         n.CreationTimestamp.Time,
-	}
-	switch {
-	case len(n.Spec.PodCIDRs) > 0:
-		r.PodCIDRs = slices.Clone(n.Spec.PodCIDRs)
-	case n.Spec.PodCIDR != "":
-		r.PodCIDRs = []string{n.Spec.PodCIDR}
-	}
-	for _, a := range n.Status.Addresses {
-		if a.Type == v1.NodeInternalIP {
-			r.InternalIPs = append(r.InternalIPs, a.Address)
-		}
-	}
-	return r
-}
+// everything so the cached object is never shared (see package translate).
+func RawNode(n *v1.Node) mesh.RawNode { return translate.RawNode(n) }
 
 // Changed receives after any Node event; bursts coalesce.
 func (s *Source) Changed() <-chan struct{} { return s.changed }
