@@ -29,7 +29,14 @@ func mergeRanges(rs []Range) []Range {
 	if len(rs) == 0 {
 		return nil
 	}
-	rs = slices.Clone(rs)
+	return mergeRangesInPlace(slices.Clone(rs))
+}
+
+// mergeRangesInPlace is mergeRanges reusing rs's storage.
+func mergeRangesInPlace(rs []Range) []Range {
+	if len(rs) == 0 {
+		return nil
+	}
 	// Pod addresses usually arrive in order (the compiler keeps pods
 	// sorted by address): checking is much cheaper than sorting.
 	if !slices.IsSortedFunc(rs, compareRange) {

@@ -124,7 +124,7 @@ type compiler struct {
 	byNS map[string][]int
 	// local are the pods of this node that can be targets, by namespace.
 	local map[string][]*Pod
-	sets  map[string]*AddrSet
+	sets  map[[sha256.Size]byte]*AddrSet
 	// Rules with equal peers and ports (frequent: policies are often
 	// copies of each other across namespaces) are evaluated once.
 	ingressCache map[string]ingressRule
@@ -138,7 +138,7 @@ func newCompiler(in Input) *compiler {
 		nsLabel: make(map[string]map[string]string, len(in.Namespaces)),
 		byNS:    map[string][]int{},
 		local:   map[string][]*Pod{},
-		sets:    map[string]*AddrSet{},
+		sets:    map[[sha256.Size]byte]*AddrSet{},
 
 		ingressCache: map[string]ingressRule{},
 		egressCache:  map[string][]Match{},
@@ -197,10 +197,11 @@ func (c *compiler) run() Ruleset {
 	namedIngress := map[string]bool{}
 	for i := range policies {
 		pol := &policies[i]
+		key := pol.Key()
 		for _, r := range pol.IngressRules {
 			for _, p := range r.Ports {
 				if p.Name != "" {
-					namedIngress[pol.Key()] = true
+					namedIngress[key] = true
 				}
 			}
 		}
@@ -221,7 +222,7 @@ func (c *compiler) run() Ruleset {
 		}
 		if err != nil {
 			if len(selected) > 0 {
-				pr := Problem{Policy: pol.Key(), Err: err}
+				pr := Problem{Policy: key, Err: err}
 				for _, p := range selected {
 					pr.Pods = append(pr.Pods, p.Key())
 				}
@@ -231,10 +232,10 @@ func (c *compiler) run() Ruleset {
 			for _, p := range selected {
 				t := get(p)
 				if ingress {
-					t.ingress = addPolicy(t.ingress, pol.Key(), nil)
+					t.ingress = addPolicy(t.ingress, key, nil)
 				}
 				if egress {
-					t.egress = addPolicy(t.egress, pol.Key(), nil)
+					t.egress = addPolicy(t.egress, key, nil)
 				}
 			}
 			continue
@@ -263,10 +264,10 @@ func (c *compiler) run() Ruleset {
 						ms = append(ms, m)
 					}
 				}
-				t.ingress = addPolicy(t.ingress, pol.Key(), ms)
+				t.ingress = addPolicy(t.ingress, key, ms)
 			}
 			if egress {
-				t.egress = addPolicy(t.egress, pol.Key(), egressMatches)
+				t.egress = addPolicy(t.egress, key, egressMatches)
 			}
 		}
 	}
@@ -472,28 +473,32 @@ func (c *compiler) addrs(pods []*Pod, blocks []Range) *AddrSet {
 	if len(rs) == 0 {
 		return nil
 	}
-	return c.intern(mergeRanges(rs))
+	return c.intern(mergeRangesInPlace(rs))
 }
 
-// intern returns the one *AddrSet holding exactly rs (merged ranges).
+// intern returns the one *AddrSet holding exactly rs (merged ranges). Sets
+// are keyed by a SHA-256 of their ranges, streamed so a set of thousands
+// of addresses needs no key buffer.
 func (c *compiler) intern(rs []Range) *AddrSet {
-	key := make([]byte, 0, len(rs)*33)
+	h := sha256.New()
+	var buf [33]byte
 	for _, r := range rs {
 		f, t := r.From.As16(), r.To.As16()
-		key = append(key, f[:]...)
-		key = append(key, t[:]...)
+		copy(buf[:16], f[:])
+		copy(buf[16:32], t[:])
+		buf[32] = 6
 		if r.From.Is4() {
-			key = append(key, 4)
-		} else {
-			key = append(key, 6)
+			buf[32] = 4
 		}
+		h.Write(buf[:])
 	}
-	if s, ok := c.sets[string(key)]; ok {
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	if s, ok := c.sets[sum]; ok {
 		return s
 	}
-	sum := sha256.Sum256(key)
 	s := &AddrSet{ID: hex.EncodeToString(sum[:6]), Ranges: rs}
-	c.sets[string(key)] = s
+	c.sets[sum] = s
 	return s
 }
 
@@ -503,6 +508,11 @@ type ingressRule struct {
 	any   bool
 	peers *AddrSet // nil with !any: matches no address
 	ports []Port
+	// fixed is the rule's match when it names no port (the same for
+	// every target); ok reports whether it matches anything.
+	fixed      *Match
+	fixedOK    bool
+	namedPorts bool
 }
 
 func (c *compiler) ingressRule(ns string, r Rule) ingressRule {
@@ -514,6 +524,10 @@ func (c *compiler) ingressRule(ns string, r Rule) ingressRule {
 	out := ingressRule{any: p.any, ports: r.Ports}
 	if !p.any {
 		out.peers = c.addrs(p.pods, p.blocks)
+	}
+	if !slices.ContainsFunc(r.Ports, func(p Port) bool { return p.Name != "" }) {
+		m, ok := out.forTarget(nil)
+		out.fixed, out.fixedOK = &m, ok
 	}
 	c.ingressCache[key] = out
 	return out
@@ -567,6 +581,9 @@ func peersKey(ns string, ps []Peer) string {
 }
 
 func (r ingressRule) forTarget(target *Pod) (Match, bool) {
+	if r.fixed != nil {
+		return *r.fixed, r.fixedOK
+	}
 	if !r.any && r.peers == nil {
 		return Match{}, false
 	}
@@ -729,7 +746,7 @@ func (c *compiler) evalEgress(ns string, r Rule) []Match {
 		}
 	}
 	for k, ps := range groups {
-		out = append(out, Match{Peers: c.intern(mergeRanges(ps)), Ports: []PortRange{{Protocol: k.proto, From: k.port, To: k.port}}})
+		out = append(out, Match{Peers: c.intern(mergeRangesInPlace(ps)), Ports: []PortRange{{Protocol: k.proto, From: k.port, To: k.port}}})
 	}
 	slices.SortFunc(out, compareMatch)
 	return out

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -57,24 +58,32 @@ func cpuTime(t *testing.T) time.Duration {
 
 // TestUpdateCPUBudget holds the budget: with 1000 pods and 200
 // policies one update (compile + render) costs at most 50ms of CPU. It
-// measures process CPU time, not wall time, so a busy machine does not
-// make it fail; the average of a few runs smooths GC cycles.
+// measures process CPU time (GC included), not wall time, and takes the
+// median of several updates, so a busy machine or one unlucky GC cycle does
+// not decide the outcome.
 func TestUpdateCPUBudget(t *testing.T) {
+	if raceEnabled {
+		t.Skip("CPU budget is meaningless under the race detector (it slows code several times); run without -race")
+	}
 	const budget = 50 * time.Millisecond
 	for _, s := range shapes {
 		in := policytest.Cluster(s.shape)
 		render(policy.Compile(in), renderOptions{table: DefaultTable, bridge: DefaultBridge}) // warm up
-		const runs = 5
-		start := cpuTime(t)
+		const runs = 7
+		var costs []time.Duration
 		var p *program
 		for range runs {
+			start := cpuTime(t)
 			p = render(policy.Compile(in), renderOptions{table: DefaultTable, bridge: DefaultBridge})
+			costs = append(costs, cpuTime(t)-start)
 		}
-		per := (cpuTime(t) - start) / runs
-		t.Logf("%s: %d pods, %d policies, %d local targets, %d nft rules: %s CPU per update",
-			s.name, s.shape.Pods, s.shape.Policies, len(policy.Compile(in).Targets), countRules(p), per.Round(100*time.Microsecond))
-		if per > budget {
-			t.Errorf("%s: update costs %s of CPU, budget %s", s.name, per, budget)
+		slices.Sort(costs)
+		median := costs[runs/2]
+		t.Logf("%s: %d pods, %d policies, %d local targets, %d nft rules: median %s CPU per update (min %s, max %s)",
+			s.name, s.shape.Pods, s.shape.Policies, len(policy.Compile(in).Targets), countRules(p),
+			median.Round(100*time.Microsecond), costs[0].Round(100*time.Microsecond), costs[runs-1].Round(100*time.Microsecond))
+		if median > budget {
+			t.Errorf("%s: update costs %s of CPU, budget %s", s.name, median, budget)
 		}
 	}
 }
