@@ -251,7 +251,9 @@ func TestPolicyDataplane(t *testing.T) {
 
 	t.Run("port range and UDP from the remote node", func(t *testing.T) {
 		tp.apply(false, ingress("b-range", "b", policy.Rule{
-			Peers: block("10.244.2.0/24", remoteIP2+"/32"),
+			// The IPv6 block only makes the kernel take an IPv6
+			// interval set and rules (no IPv6 traffic is sent).
+			Peers: append(block("10.244.2.0/24", remoteIP2+"/32"), block("2001:db8::/32", "2001:db8::/48")...),
 			Ports: []policy.Port{{Protocol: policy.TCP, Port: 8000, EndPort: 8100}, {Protocol: policy.UDP, Port: 5353}},
 		}))
 		tp.expect(
