@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# fuzz.sh — run every fuzz target for a bounded time (default 12s each,
+# FUZZTIME=30s to change it). Seed corpora are in <pkg>/testdata/fuzz/<Target>
+# and also run as plain tests in `go test`. A crash fails the script; Go saves
+# the crashing input under testdata/fuzz/<Target>/ — fix the bug and commit
+# the input as a seed.
+#
+# Budget on 2 cores: ~1 min of instrumented builds on a cold cache plus
+# FUZZTIME per target (7 targets: ~2.2 min at 12s measured on a loaded 2-core machine).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+fuzztime="${FUZZTIME:-12s}"
+targets=(
+	"./mesh FuzzParseEndpoint"
+	"./mesh FuzzParseKeepalive"
+	"./mesh FuzzParseNode"
+	"./mesh FuzzComputeDiff"
+	"./mesh/kube/translate FuzzRawNode"
+	"./cni FuzzParseConf"
+	"./ipam FuzzDiskStoreRead"
+)
+
+start=$SECONDS
+failed=()
+for t in "${targets[@]}"; do
+	read -r pkg name <<<"$t"
+	echo "fuzz: $pkg $name for $fuzztime"
+	log="$(mktemp)"
+	if go test "$pkg" -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" >"$log" 2>&1; then
+		# The last progress line has the totals, e.g.
+		# "fuzz: elapsed: 12s, execs: 40000 (3300/sec), new interesting: 3 (total: 90)".
+		grep -E '^fuzz: elapsed' "$log" | tail -1 | sed "s/^/  $name: /"
+	else
+		cat "$log"
+		failed+=("$pkg $name")
+	fi
+	rm -f "$log"
+done
+echo "fuzz: ${#targets[@]} targets in $((SECONDS - start))s"
+if ((${#failed[@]})); then
+	printf 'fuzz: FAILED %s\n' "${failed[@]}" >&2
+	exit 1
+fi
