@@ -311,7 +311,13 @@ func (e *npEnv) reach(from, ip string, port int, timeout time.Duration) bool {
 
 func (e *npEnv) expect(t *testing.T, from, ip string, port int, want bool) {
 	t.Helper()
-	if got := e.reach(from, ip, port, 700*time.Millisecond); got != want {
+	got := e.reach(from, ip, port, 700*time.Millisecond)
+	if !got && want {
+		// A loaded machine can delay an allowed exchange past the
+		// timeout; a denied one never turns into an echo.
+		got = e.reach(from, ip, port, 700*time.Millisecond)
+	}
+	if got != want {
 		t.Errorf("%s -> %s:%d reachable=%v, want %v", from, ip, port, got, want)
 	}
 }
