@@ -192,6 +192,78 @@ func TestHardening(t *testing.T) {
 		}
 	})
 
+	t.Run("SmallUnderlayNode", func(t *testing.T) {
+		// A node whose underlay MTU is 1280 (no segmentation offloads on
+		// its underlay port, so the 1280 limit holds for every frame as
+		// on a real link; a veth would pass GSO packets whole).
+		n, err := l.AddNode(ctx, lab.NodeOptions{Pods: 1, MTU: 1280})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, _ := l.Underlay()
+		if out, err := exec.Command("ip", "netns", "exec", ns, "ethtool", "-K", n.Link, "gso", "off", "tso", "off", "tx-udp-segmentation", "off").CombinedOutput(); err != nil {
+			t.Fatalf("ethtool on %s: %v\n%s", n.Link, err, out)
+		}
+		p4 := firstPod(t, l, n.Name)
+		for _, c := range []struct {
+			what string
+			argv []string
+		}{
+			{"wgmesh0", []string{"cat", "/sys/class/net/wgmesh0/mtu"}},
+			{"pod bridge", []string{"cat", "/sys/class/net/" + dataplane.DefaultBridge + "/mtu"}},
+		} {
+			out, err := l.Exec(ctx, n.Name, c.argv...)
+			if err != nil || strings.TrimSpace(string(out)) != "1200" {
+				t.Errorf("%s on %s (underlay 1280): mtu %q, %v; want 1200", c.what, n.Name, strings.TrimSpace(string(out)), err)
+			}
+		}
+		conflist, err := os.ReadFile(filepath.Join(l.State().Nodes[n.Name].NodePath("/etc/cni/net.d"), lab.AgentConflist))
+		if err != nil || !strings.Contains(string(conflist), `"mtu": 1200`) {
+			t.Errorf("%s conflist lacks \"mtu\": 1200 (%v):\n%s", n.Name, err, conflist)
+		}
+		// netlink, not /sys: the node's mount namespace shows the node's
+		// network namespace in /sys.
+		out, err := l.PodExec(ctx, p4.Node, p4.Pod, "ip", "-o", "link", "show", "eth0")
+		if err != nil || !strings.Contains(string(out), " mtu 1200 ") {
+			t.Errorf("pod %s/%s eth0 (%v): %s; want mtu 1200 from the conflist", p4.Node, p4.Pod, err, out)
+		}
+		t.Logf("%s: underlay 1280 → wgmesh0, bridge, conflist and pod eth0 at 1200", n.Name)
+
+		// Bulk TCP both ways between pods on a 1500 node and on the 1280
+		// node; then again with the small node's pod at MTU 1420 (a pod
+		// made before its node's MTU dropped): only the MSS clamp on the
+		// wg path keeps its segments small enough.
+		run := func(label string, port int) {
+			for i, dir := range [][2]lab.PodRef{{p1, p4}, {p4, p1}} {
+				src, dst := dir[0], dir[1]
+				cfg := netnstest.StreamConfig{Addr: fmt.Sprintf("%s:%d", dst.IP, port+i), Bytes: 8 << 20, Chunk: 64 << 10, Seed: uint64(port + i), Timeout: 30 * time.Second}
+				start := time.Now()
+				sink := startRole(t, l, dst, "tcpsink", cfg, netnstest.SinkListening)
+				source := startRole(t, l, src, "tcpsource", cfg, "")
+				sent := roleResult(t, source, cfg.Timeout)
+				got := roleResult(t, sink, cfg.Timeout)
+				if sent.SHA256 != got.SHA256 || sent.Bytes != got.Bytes {
+					t.Fatalf("%s %s → %s: sent %d bytes %s, received %d bytes %s", label, src.Node, dst.Node, sent.Bytes, sent.SHA256, got.Bytes, got.SHA256)
+				}
+				el := time.Since(start)
+				t.Logf("%s: %s pod → %s pod: %d bytes intact in %s (%.0f Mbit/s)", label, src.Node, dst.Node, got.Bytes,
+					el.Round(time.Millisecond), float64(got.Bytes)*8/el.Seconds()/1e6)
+			}
+		}
+		run("pod mtu 1200", 5101)
+		if out, err := l.PodExec(ctx, p4.Node, p4.Pod, "ip", "link", "set", "eth0", "mtu", "1420"); err != nil {
+			t.Fatalf("set stale pod mtu: %v\n%s", err, out)
+		}
+		run("stale pod mtu 1420", 5111)
+		fwd, err := l.Exec(ctx, n.Name, "nft", "list", "chain", "inet", dataplane.DefaultTable, dataplane.ChainForward)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(fwd), "maxseg size set rt mtu") {
+			t.Errorf("%s has no MSS clamp rule:\n%s", n.Name, fwd)
+		}
+	})
+
 	t.Run("Uninstall", func(t *testing.T) {
 		agent := filepath.Join(binDir, "wgmesh-agent")
 		// n1's agent runs: refused, nothing touched.
