@@ -156,7 +156,7 @@ func only(t *testing.T, s Settings, list string) Settings {
 		}
 	}
 	if !want["datapath"] {
-		s.Variants, s.Fallback = nil, false
+		s.Variants, s.Extras = nil, nil
 	}
 	if !want["jumbo"] {
 		s.JumboVariants = nil

@@ -46,8 +46,9 @@ type CNIResult struct {
 	DuplicateIPs int `json:"duplicate_ips"`
 }
 
-// cniNode is a node namespace with the agent's conflist, for the CNI
-// benchmark: the plugin creates the bridge on first ADD.
+// cniNode is a node namespace with the agent's conflist and a stand-in for
+// its guard table, for the CNI benchmark: the plugin creates the bridge on
+// first ADD.
 type cniNode struct {
 	ns      *netnstest.NS
 	runner  *CNIRunner
@@ -71,6 +72,10 @@ func BenchCNI(t testing.TB, tools Tools, cfg CNIConfig) *CNIResult {
 	if _, err := cni.WriteConflist(confDir, cni.NodeConf{MTU: 1420, PodCIDRs: []netip.Prefix{n.podCIDR}, DataDir: filepath.Join(dir, "data")}); err != nil {
 		t.Fatal(err)
 	}
+	// The plugin refuses ADD until the agent's fail-closed guard table
+	// exists; no agent runs here, so an empty table of its name stands in
+	// (it goes with the namespace).
+	n.ns.MustRun(t, "nft", "add", "table", "inet", cni.GuardTable)
 	n.runner = NewCNIRunner(t, tools.CNIDir, confDir, n.ns)
 	total := max(cfg.Pods, cfg.ParallelPods)
 	for i := range total {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -90,6 +91,19 @@ func NewLab(t testing.TB, binDir string, nodes, mtu int) *lab.Lab {
 // on a real kube-apiserver, pods attached by the real CNI plugin.
 func labPair(t testing.TB, tools Tools, opt SetupOptions) *Pair {
 	t.Helper()
+	// The lab starts agents with its own environment.
+	for _, kv := range opt.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		old, had := os.LookupEnv(k)
+		os.Setenv(k, v)
+		defer func() {
+			if had {
+				os.Setenv(k, old)
+			} else {
+				os.Unsetenv(k)
+			}
+		}()
+	}
 	l := NewLab(t, tools.LabDir, 2, opt.UnderlayMTU)
 	p := &Pair{Variant: WGMesh, Prefix: l.Config().Name, UnderlayMTU: opt.UnderlayMTU}
 	st := l.State()

@@ -43,6 +43,8 @@ type NodeRoleConfig struct {
 	NoOffload bool
 	// Resync is the reconciler's resync period (default the agent's).
 	Resync time.Duration
+	// Env is extra environment for the process (not passed to the role).
+	Env []string `json:"-"`
 }
 
 // nodeShutdown is printed by a node role that shut down cleanly.
@@ -56,6 +58,7 @@ func StartNodeRole(t testing.TB, self string, n *Node, cfg NodeRoleConfig) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	env = append(env, cfg.Env...)
 	sock := filepath.Join("/var/run/wireguard", cfg.Interface+".sock")
 	t.Cleanup(func() {
 		if err := os.Remove(sock); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -24,8 +24,9 @@ type Settings struct {
 	Bytes    int64         `json:"bytes,omitempty"`
 	// Variants of the standard pass (underlay MTU 1500).
 	Variants []Variant `json:"variants"`
-	// Fallback adds a wgmesh pair whose TUN has no IFF_VNET_HDR.
-	Fallback bool `json:"fallback"`
+	// Extras are additional wgmesh pairs of the standard pass, e.g. the
+	// no-offload fallback.
+	Extras []Extra `json:"extras"`
 	// JumboVariants run again over an MTU 9000 underlay (none: skipped).
 	JumboVariants []Variant `json:"jumbo_variants"`
 	// RR round trips per run (after RRWarmup), pings per run.
@@ -49,7 +50,7 @@ type Settings struct {
 func SmokeSettings() Settings {
 	return Settings{
 		Mode: "smoke", Runs: 1, Duration: time.Second, Bytes: 16 << 20,
-		Variants: AllVariants, Fallback: true, JumboVariants: []Variant{WGMesh},
+		Variants: AllVariants, Extras: []Extra{NoOffloadExtra}, JumboVariants: []Variant{WGMesh},
 		RRCount: 200, RRWarmup: 20, PingCount: 10, PingInterval: 10 * time.Millisecond,
 		ScaleNodes: []int{100}, ScaleRuns: 1, ScaleRounds: 3,
 		ConvergeNodes: []int{3}, ConvergeRuns: 1,
@@ -61,13 +62,31 @@ func SmokeSettings() Settings {
 func FullSettings() Settings {
 	return Settings{
 		Mode: "full", Runs: 5, Duration: 10 * time.Second,
-		Variants: AllVariants, Fallback: true, JumboVariants: AllVariants,
+		Variants: AllVariants, Extras: []Extra{NoOffloadExtra, NoMemLimitExtra}, JumboVariants: AllVariants,
 		RRCount: 20000, RRWarmup: 1000, PingCount: 200, PingInterval: 10 * time.Millisecond,
 		ScaleNodes: []int{1000, 5000}, ScaleRuns: 5, ScaleRounds: 9,
 		ConvergeNodes: []int{3, 8}, ConvergeRuns: 5,
 		CNI: CNIConfig{Pods: 40, Rounds: 5, Parallel: 8, ParallelPods: 64},
 	}
 }
+
+// Extra is an additional wgmesh pair with other settings.
+type Extra struct {
+	Label string `json:"label"`
+	// NoOffload: TUN without IFF_VNET_HDR (node role: the agent has no
+	// switch for it).
+	NoOffload bool `json:"no_offload"`
+	// Env for the agent (or node role) processes, e.g. GOMEMLIMIT=off.
+	Env []string `json:"env"`
+}
+
+var (
+	// NoOffloadExtra is the fallback path for kernels without TUN offloads.
+	NoOffloadExtra = Extra{Label: "wgmesh-nooffload", NoOffload: true}
+	// NoMemLimitExtra runs the agent without its default soft memory
+	// limit, to show what the limit costs in throughput.
+	NoMemLimitExtra = Extra{Label: "wgmesh-nomemlimit", Env: []string{"GOMEMLIMIT=off"}}
+)
 
 // BulkConfig is one iperf3 shape.
 type BulkConfig struct {
@@ -174,14 +193,14 @@ type ScaleSeries struct {
 // RunAll runs every figure the settings ask for.
 func RunAll(t *testing.T, tools Tools, s Settings, command string) *Report {
 	rep := &Report{Command: command, Started: time.Now(), Settings: s, Host: hostInfo(tools)}
-	if len(s.Variants) > 0 || s.Fallback {
+	if len(s.Variants) > 0 || len(s.Extras) > 0 {
 		t.Run("datapath", func(t *testing.T) {
-			rep.Passes = append(rep.Passes, RunPass(t, tools, s, "standard", 1500, s.Variants, s.Fallback))
+			rep.Passes = append(rep.Passes, RunPass(t, tools, s, "standard", 1500, s.Variants, s.Extras))
 		})
 	}
 	if len(s.JumboVariants) > 0 {
 		t.Run("jumbo", func(t *testing.T) {
-			rep.Passes = append(rep.Passes, RunPass(t, tools, s, "jumbo", 9000, s.JumboVariants, false))
+			rep.Passes = append(rep.Passes, RunPass(t, tools, s, "jumbo", 9000, s.JumboVariants, nil))
 		})
 	}
 	t.Run("scale", func(t *testing.T) {
@@ -212,7 +231,7 @@ func RunAll(t *testing.T, tools Tools, s Settings, command string) *Report {
 // them all up, and measures them interleaved (run r of every variant
 // before run r+1 of any), so that load drifting on the machine hits all
 // variants alike.
-func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, variants []Variant, fallback bool) Pass {
+func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, variants []Variant, extras []Extra) Pass {
 	t.Helper()
 	pass := Pass{Name: name, UnderlayMTU: mtu}
 	type entry struct {
@@ -220,14 +239,14 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 		res  *VariantResult
 	}
 	var es []entry
-	add := func(v Variant, noOffload bool) {
+	add := func(v Variant, x Extra) {
 		label := string(v)
-		if noOffload {
-			label += "-nooffload"
+		if x.Label != "" {
+			label = x.Label
 		}
-		p := Setup(t, tools, v, SetupOptions{UnderlayMTU: mtu, NoOffload: noOffload})
+		p := Setup(t, tools, v, SetupOptions{UnderlayMTU: mtu, NoOffload: x.NoOffload, Env: x.Env})
 		StartServers(t, tools.Self, p)
-		r := &VariantResult{Label: label, Variant: v, Impl: implOf(tools, v, noOffload), NoOffload: noOffload, UnderlayMTU: mtu, PodMTU: p.PodMTU, Bulk: map[string]*BulkSeries{}}
+		r := &VariantResult{Label: label, Variant: v, Impl: implOf(tools, v, x), NoOffload: x.NoOffload, UnderlayMTU: mtu, PodMTU: p.PodMTU, Bulk: map[string]*BulkSeries{}}
 		if p.Nodes[0].Iface != "" {
 			mtu, err := LinkMTU(p.Nodes[0].NS, p.Nodes[0].Iface)
 			if err != nil {
@@ -239,10 +258,10 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 		t.Logf("[%s/%s] up: pod MTU %d, tunnel MTU %d", name, label, r.PodMTU, r.TunnelMTU)
 	}
 	for _, v := range variants {
-		add(v, false)
+		add(v, Extra{})
 	}
-	if fallback {
-		add(WGMesh, true)
+	for _, x := range extras {
+		add(WGMesh, x)
 	}
 	time.Sleep(time.Second)
 	for _, e := range es {
@@ -411,7 +430,15 @@ func loadavg() string {
 	return strings.Join(f[:3], " ")
 }
 
-func implOf(tools Tools, v Variant, noOffload bool) string {
+func implOf(tools Tools, v Variant, x Extra) string {
+	env := ""
+	if len(x.Env) > 0 {
+		env = ", environment " + strings.Join(x.Env, " ")
+	}
+	return implBase(tools, v, x.NoOffload) + env
+}
+
+func implBase(tools Tools, v Variant, noOffload bool) string {
 	switch {
 	case v == Plain:
 		return "routed over the underlay, no tunnel"

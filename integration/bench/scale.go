@@ -13,6 +13,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -252,25 +253,38 @@ func measureScale(cfg ScaleConfig) (ScaleResult, error) {
 		NodeName: objs[0].Name, PublicKey: selfKey.PublicKey(), ListenPort: listenPort, MTU: 1420,
 		Source: src, Device: cd, Dataplane: dp, Logger: log, Resync: time.Hour,
 	})
-	if cfg.CPUProfile != "" {
-		f, err := os.Create(cfg.CPUProfile)
+	// Profiles: one of the full reconcile, one of everything after it.
+	profile := func(suffix string) (stop func(), err error) {
+		if cfg.CPUProfile == "" {
+			return func() {}, nil
+		}
+		f, err := os.Create(strings.TrimSuffix(cfg.CPUProfile, ".pprof") + "-" + suffix + ".pprof")
 		if err != nil {
-			return res, err
+			return nil, err
 		}
-		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			return res, err
+			f.Close()
+			return nil, err
 		}
-		defer pprof.StopCPUProfile()
+		return func() { pprof.StopCPUProfile(); f.Close() }, nil
 	}
 
 	// Full reconcile: every peer and route is new.
 	drain(src.Changed())
+	stopProfile, err := profile("full")
+	if err != nil {
+		return res, err
+	}
 	w0, c0 := time.Now(), cpuNow()
 	if err := rec.Reconcile(ctx); err != nil {
 		return res, fmt.Errorf("full reconcile: %w", err)
 	}
 	res.FullWallMS, res.FullCPUMS = Millis(time.Since(w0)), Millis(cpuNow()-c0)
+	stopProfile()
+	if stopProfile, err = profile("steady"); err != nil {
+		return res, err
+	}
+	defer stopProfile()
 	if st := rec.Status(); len(st.Peers) != res.Peers {
 		return res, fmt.Errorf("full reconcile: %d peers desired, want %d (excluded: %v)", len(st.Peers), res.Peers, st.Excluded)
 	}

@@ -130,8 +130,9 @@ type SetupOptions struct {
 	// NoOffload starts wgmesh's TUN without IFF_VNET_HDR (the fallback
 	// path for kernels without TUN offloads). wgmesh variant only.
 	NoOffload bool
-	// Tag distinguishes several pairs of one variant in names and logs.
-	Tag string
+	// Env is extra environment for the wgmesh processes (agent or node
+	// role), e.g. GOMEMLIMIT=off.
+	Env []string
 }
 
 // Setup builds the topology of variant v and waits until pod-a reaches
@@ -320,7 +321,7 @@ func setupWGMesh(t testing.TB, tools Tools, p *Pair, dir string, opt SetupOption
 		StartNodeRole(t, tools.Self, n, NodeRoleConfig{
 			Name: n.Name, Interface: n.Iface, ListenPort: listenPort, KeyFile: n.KeyFile, Spec: spec,
 			CNIConfDir: n.ConfDir, CNIDataDir: filepath.Join(filepath.Dir(n.ConfDir), "cni-data"),
-			ClusterCIDRs: dataplane.DefaultClusterCIDRs, NoOffload: opt.NoOffload,
+			ClusterCIDRs: dataplane.DefaultClusterCIDRs, NoOffload: opt.NoOffload, Env: opt.Env,
 		})
 	}
 	for i, n := range p.Nodes {
