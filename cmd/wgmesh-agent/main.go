@@ -38,23 +38,47 @@ import (
 	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
 
-// defaultMemoryLimit is the Go runtime's soft memory limit unless the
-// GOMEMLIMIT environment variable says otherwise (GOMEMLIMIT=off removes
-// it). Under bulk load wireguard-go holds a 64 KiB buffer per packet in
-// flight and its pools keep what they once needed: without a limit the
-// agent's heap grows to 200-300 MiB and stays there; with it the GC hands
-// the pooled buffers back (integration/bench measures both).
-const defaultMemoryLimit = 100 << 20
+// The Go runtime's soft memory limit, unless the GOMEMLIMIT environment
+// variable sets one (GOMEMLIMIT=off removes it): defaultMemoryLimit plus
+// memoryPerPeer for every peer. Under bulk load wireguard-go holds a
+// 64 KiB buffer per packet in flight and its pools keep what they once
+// needed: without a limit the agent's heap grows to 200-300 MiB and stays
+// there; with it the GC hands the pooled buffers back. Each peer costs
+// about 25 KiB in wireguard-go and the reconciler plus its Node in the
+// informer cache (integration/bench scale figures), so the limit grows with
+// the mesh: a fixed one would make the GC run without pause in a large
+// cluster.
+const (
+	defaultMemoryLimit = 100 << 20
+	memoryPerPeer      = 48 << 10
+)
 
-// applyMemoryLimit sets defaultMemoryLimit unless GOMEMLIMIT is set.
-func applyMemoryLimit(lookupEnv func(string) (string, bool)) {
-	if _, set := lookupEnv("GOMEMLIMIT"); !set {
-		debug.SetMemoryLimit(defaultMemoryLimit)
-	}
+// memoryLimiter keeps the soft limit in step with the peer count.
+type memoryLimiter struct {
+	enabled bool
+	peers   int
 }
 
+// newMemoryLimiter sets the limit for no peers, unless GOMEMLIMIT is set.
+func newMemoryLimiter(lookupEnv func(string) (string, bool)) *memoryLimiter {
+	_, set := lookupEnv("GOMEMLIMIT")
+	m := &memoryLimiter{enabled: !set, peers: -1}
+	m.observe(0)
+	return m
+}
+
+func (m *memoryLimiter) observe(peers int) {
+	if !m.enabled || peers == m.peers {
+		return
+	}
+	m.peers = peers
+	debug.SetMemoryLimit(defaultMemoryLimit + int64(peers)*memoryPerPeer)
+}
+
+var memLimit *memoryLimiter
+
 func main() {
-	applyMemoryLimit(os.LookupEnv)
+	memLimit = newMemoryLimiter(os.LookupEnv)
 	if err := newCommand().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "wgmesh-agent:", err)
 		os.Exit(1)
@@ -210,6 +234,9 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 		Logger:           log,
 		Resync:           cfg.Resync,
 		OnReconcile: func(s mesh.Status) {
+			if memLimit != nil {
+				memLimit.observe(len(s.Peers))
+			}
 			probes.observe(s)
 			prom.Observe(s)
 			state.Observe(s)
