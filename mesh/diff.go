@@ -122,6 +122,29 @@ func Diff(desired Desired, dev *wgtypes.Device, opts DiffOptions) wgtypes.Config
 	return cfg
 }
 
+// InitiateHandshakes returns a configuration that makes WireGuard send a
+// handshake initiation to every peer of dev at once and changes nothing
+// else: each peer's persistent keepalive is switched off and back on
+// (wireguard-go sends a keepalive, hence an initiation when there is no
+// current session, when a peer's keepalive goes from off to on), or on and
+// off again for a peer without one.
+func InitiateHandshakes(dev *wgtypes.Device) wgtypes.Config {
+	var cfg wgtypes.Config
+	if dev == nil {
+		return cfg
+	}
+	for _, p := range dev.Peers {
+		first, then := durationPtr(0), durationPtr(p.PersistentKeepaliveInterval)
+		if p.PersistentKeepaliveInterval == 0 {
+			first, then = durationPtr(rotationGreeting), durationPtr(0)
+		}
+		cfg.Peers = append(cfg.Peers,
+			wgtypes.PeerConfig{PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: first},
+			wgtypes.PeerConfig{PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: then})
+	}
+	return cfg
+}
+
 // rotationGreeting is the keepalive briefly set on the new peer of a node
 // that rotated its key; any non-zero value triggers the greeting.
 const rotationGreeting = 25 * time.Second

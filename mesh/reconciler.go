@@ -554,6 +554,7 @@ func (r *Reconciler) rotateIfRequested(self *RawNode) error {
 	r.pub = priv.PublicKey()
 	r.rotated = req
 	r.rotateWarn = ""
+	r.spendHandshakes()
 	r.log.Info("rotated private key; publishing the new public key", "node", r.cfg.NodeName,
 		"old_public_key", old.String(), "public_key", r.pub.String(), "request", req)
 	return nil
@@ -567,6 +568,31 @@ func (r *Reconciler) warnKeepalive(issue string) {
 		r.cfg.Source.Warn(r.cfg.NodeName, string(ReasonBadKeepalive), issue)
 	}
 	r.kaWarn = issue
+}
+
+// spendHandshakes makes the device send a handshake initiation with the
+// new key to every peer now, before the key is published: the peers cannot
+// know the key yet and drop it, and WireGuard sends the next initiation
+// only after RekeyTimeout (5 s). Left to itself, the device would initiate
+// whenever its next packet for a peer came, possibly just as that peer,
+// having seen the new key, greets us (see Diff): two crossing initiations
+// each invalidate the other's response and both sides wait for that 5 s
+// retry. This way the peers' greetings are the only initiations. A
+// failure here only costs time, so it is logged, not returned.
+func (r *Reconciler) spendHandshakes() {
+	dev, err := r.cfg.Device.Device()
+	if err == nil {
+		cfg := InitiateHandshakes(dev)
+		if IsEmpty(cfg) {
+			return
+		}
+		r.status.DeviceWrites++
+		err = r.cfg.Device.ConfigureDevice(cfg)
+	}
+	if err != nil {
+		r.log.Warn("could not make the device initiate handshakes with the new key; peers may need up to 5 s longer to reach this node",
+			"node", r.cfg.NodeName, "err", err)
+	}
 }
 
 // recordKeys remembers which key each desired peer's node has on the

@@ -100,11 +100,17 @@ func TestReconcileRotateKey(t *testing.T) {
 		t.Errorf("saved keys (-want +got):\n%s", diff)
 	}
 	// The device got the new private key in a write of its own that
-	// touches no peer: sessions' peers and endpoints stay.
+	// touches no peer: sessions' peers and endpoints stay. A second write
+	// only toggles each peer's keepalive, so that the device initiates
+	// with the new key before it is published (see spendHandshakes).
 	cfgs := f.dev.Configs()
-	if len(cfgs) != 1 || cfgs[0].PrivateKey == nil || *cfgs[0].PrivateKey != priv(1) ||
+	if len(cfgs) != 2 || cfgs[0].PrivateKey == nil || *cfgs[0].PrivateKey != priv(1) ||
 		len(cfgs[0].Peers) != 0 || cfgs[0].ReplacePeers || cfgs[0].ListenPort != nil {
-		t.Errorf("device writes = %+v, want exactly one setting only the private key", cfgs)
+		t.Fatalf("device writes = %d, want the private key alone first, then the handshake kick", len(cfgs))
+	}
+	if got := describePeerConfigs(cfgs[1]); !cmp.Equal(got, []string{"1 update=true remove=false ka=0s ips=0", "1 update=true remove=false ka=25s ips=0"}) ||
+		cfgs[1].PrivateKey != nil || cfgs[1].ReplacePeers {
+		t.Errorf("second write %v, want peer 1's keepalive off and on again", got)
 	}
 	dev, _ := f.dev.Device()
 	if dev.PublicKey != newPub {
@@ -479,14 +485,7 @@ func TestReconcilePeerKeyChangedGreets(t *testing.T) {
 	if len(cfgs) != 1 {
 		t.Fatalf("%d device writes, want 1", len(cfgs))
 	}
-	var got []string
-	for _, pc := range cfgs[0].Peers {
-		ka := "-"
-		if pc.PersistentKeepaliveInterval != nil {
-			ka = pc.PersistentKeepaliveInterval.String()
-		}
-		got = append(got, fmt.Sprintf("%d update=%v remove=%v ka=%s ips=%d", pc.PublicKey[0], pc.UpdateOnly, pc.Remove, ka, len(pc.AllowedIPs)))
-	}
+	got := describePeerConfigs(cfgs[0])
 	want := []string{
 		"51 update=false remove=false ka=25s ips=1",
 		"51 update=true remove=false ka=0s ips=0",
@@ -504,5 +503,35 @@ func TestReconcilePeerKeyChangedGreets(t *testing.T) {
 	f.reconcile(t)
 	if c := f.dev.Configs(); len(c) != 0 {
 		t.Errorf("not converged: %+v", c)
+	}
+}
+
+func describePeerConfigs(cfg wgtypes.Config) []string {
+	var out []string
+	for _, pc := range cfg.Peers {
+		ka := "-"
+		if pc.PersistentKeepaliveInterval != nil {
+			ka = pc.PersistentKeepaliveInterval.String()
+		}
+		out = append(out, fmt.Sprintf("%d update=%v remove=%v ka=%s ips=%d", pc.PublicKey[0], pc.UpdateOnly, pc.Remove, ka, len(pc.AllowedIPs)))
+	}
+	return out
+}
+
+func TestInitiateHandshakes(t *testing.T) {
+	dev := &wgtypes.Device{Peers: []wgtypes.Peer{
+		{PublicKey: key(1), PersistentKeepaliveInterval: 25 * time.Second},
+		{PublicKey: key(2)},
+	}}
+	got := describePeerConfigs(mesh.InitiateHandshakes(dev))
+	want := []string{
+		"1 update=true remove=false ka=0s ips=0", "1 update=true remove=false ka=25s ips=0",
+		"2 update=true remove=false ka=25s ips=0", "2 update=true remove=false ka=0s ips=0",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if !mesh.IsEmpty(mesh.InitiateHandshakes(nil)) || !mesh.IsEmpty(mesh.InitiateHandshakes(&wgtypes.Device{})) {
+		t.Error("a device without peers needs no write")
 	}
 }
