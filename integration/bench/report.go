@@ -327,6 +327,16 @@ func (r *Report) Markdown() string {
 			noop, writes, change, apply, peers := scaleMedians(s)
 			w("| %d | %.0f / %.0f | %.2f (%d) | %.2f / %.2f (%d) | %.1f / %.1f | %d |\n", s.Nodes, Median(fw), Median(fc), noop, writes, change, apply, peers, Median(kd), Median(kt), len(s.Runs))
 		}
+		w("\nWhere a no-op pass goes (ms, the steps timed one by one):\n\n| nodes | list Nodes (informer cache) | read device (UAPI) | Compute | dataplane Apply |\n|---|---|---|---|---|\n")
+		for _, s := range r.Scale {
+			var l, d, c, a []float64
+			for _, x := range s.Runs {
+				l, d, c, a = append(l, x.ListMS), append(d, x.DeviceMS), append(c, x.ComputeMS), append(a, x.ApplyMS)
+			}
+			if len(l) > 0 {
+				w("| %d | %.2f | %.2f | %.2f | %.2f |\n", s.Nodes, Median(l), Median(d), Median(c), Median(a))
+			}
+		}
 		w("\n")
 	}
 	if c := r.CNI; c != nil {

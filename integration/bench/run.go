@@ -63,7 +63,7 @@ func FullSettings() Settings {
 	return Settings{
 		Mode: "full", Runs: 5, Duration: 10 * time.Second,
 		Variants: AllVariants, Extras: []Extra{NoOffloadExtra, NoMemLimitExtra}, JumboVariants: AllVariants,
-		RRCount: 20000, RRWarmup: 1000, PingCount: 200, PingInterval: 10 * time.Millisecond,
+		RRCount: 10000, RRWarmup: 500, PingCount: 200, PingInterval: 10 * time.Millisecond,
 		ScaleNodes: []int{1000, 5000}, ScaleRuns: 5, ScaleRounds: 9,
 		ConvergeNodes: []int{3, 8}, ConvergeRuns: 5,
 		CNI: CNIConfig{Pods: 40, Rounds: 5, Parallel: 8, ParallelPods: 64},

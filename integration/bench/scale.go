@@ -62,6 +62,13 @@ type ScaleResult struct {
 	NoopWallMS float64 `json:"noop_wall_ms"`
 	NoopCPUMS  float64 `json:"noop_cpu_ms"`
 	NoopWrites int     `json:"noop_device_writes"`
+	// Breakdown of a no-op pass (medians over Rounds, ms): listing the
+	// Nodes from the informer cache, reading the device (UAPI get + parse),
+	// Compute, and the dataplane's Apply of unchanged state.
+	ListMS    float64 `json:"list_nodes_ms"`
+	DeviceMS  float64 `json:"read_device_ms"`
+	ComputeMS float64 `json:"compute_ms"`
+	ApplyMS   float64 `json:"dataplane_apply_ms"`
 	// ChangeWall: median of one reconcile pass after one Node changed;
 	// ChangeApply: median from the API update to the device write, with
 	// the reconciler's Run loop and the informer in between.
@@ -305,6 +312,32 @@ func measureScale(cfg ScaleConfig) (ScaleResult, error) {
 	}
 	res.NoopWallMS, res.NoopCPUMS = Median(noopWall), Median(noopCPU)
 	res.NoopWrites, _, _ = cd.stats()
+
+	// Where a no-op pass spends its time: the same steps one by one.
+	var list, read, comp, dpApply []float64
+	st := rec.Status()
+	for range cfg.Rounds {
+		t0 := time.Now()
+		raws, err := src.Nodes()
+		if err != nil {
+			return res, err
+		}
+		t1 := time.Now()
+		d, err := dev.Device()
+		if err != nil {
+			return res, err
+		}
+		t2 := time.Now()
+		mesh.Compute(mesh.Input{Self: mesh.Self{Name: objs[0].Name, PublicKey: selfKey.PublicKey(), PodCIDRs: st.LocalPodCIDRs},
+			Nodes: raws, Configured: mesh.ConfiguredFrom(d)})
+		t3 := time.Now()
+		if err := dp.Apply(ctx, mesh.DataplaneState{LocalPodCIDRs: st.LocalPodCIDRs, RemotePodCIDRs: st.Routes, MTU: 1420}); err != nil {
+			return res, err
+		}
+		t4 := time.Now()
+		list, read, comp, dpApply = append(list, Millis(t1.Sub(t0))), append(read, Millis(t2.Sub(t1))), append(comp, Millis(t3.Sub(t2))), append(dpApply, Millis(t4.Sub(t3)))
+	}
+	res.ListMS, res.DeviceMS, res.ComputeMS, res.ApplyMS = Median(list), Median(read), Median(comp), Median(dpApply)
 
 	// One Node changes (its endpoint port), then one pass.
 	var changeWall []float64
