@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -22,6 +21,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgmesh/wgmesh/integration/internal/secretscan"
 	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/wgdev"
@@ -132,13 +132,8 @@ func TestKeyRotationAndNAT(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, k := range keys {
-			arr, _ := json.Marshal([32]byte(k))
-			for _, form := range []string{k.String(), hex.EncodeToString(k[:]), string(arr)} {
-				if strings.Contains(string(raw), form) {
-					t.Errorf("agent log of %s contains a private key", name)
-				}
-			}
+		if i, _ := secretscan.Find(string(raw), keys); i >= 0 {
+			t.Errorf("agent log of %s contains private key #%d", name, i)
 		}
 	}
 	t.Logf("%d private keys (current and rotated away) absent from %d agent logs", len(keys), len(l.State().Nodes))
