@@ -7,7 +7,7 @@ CMDS := wgmesh-agent wgmesh-cni wgmeshctl wgmesh-lab
 # The whole suite (unit + root/netns + end-to-end) must stay well inside CI's 90 minutes.
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all deps build test test-unit lint demo lab-up lab-down tools test-e2e clean image vagrant-test
+.PHONY: all deps build test test-unit lint demo lab-up lab-down tools test-e2e fuzz clean image vagrant-test
 IMAGE ?= wgmesh:dev
 
 all: build
@@ -28,6 +28,11 @@ test: deps tools
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root: the netns/e2e suites fail without it" >&2; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	integration/scripts/fuzz.sh
+
+# Every fuzz target for a bounded time (FUZZTIME, default 12s each); part of make test.
+fuzz:
+	integration/scripts/fuzz.sh
 
 # Unit tests only (no root needed).
 test-unit:
