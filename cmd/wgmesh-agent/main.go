@@ -215,8 +215,17 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}
 	defer wg.Close()
 
-	probes := newHealth(dev.Done())
-	prom := metrics.New(metrics.Config{Device: wg, Logger: log})
+	prom := metrics.New(metrics.Config{Device: wg, Logger: log, DeviceUp: func() error {
+		select {
+		case <-dev.Done():
+			if err := dev.Err(); err != nil {
+				return err
+			}
+			return errors.New("wireguard device stopped")
+		default:
+			return nil
+		}
+	}})
 	state := agentstate.NewWriter(agentstate.WriterConfig{Path: agentstate.Path(cfg.RunDir), Logger: log,
 		Info: agentstate.Info{Node: cfg.NodeName, Interface: cfg.Interface, PublicKey: pub, ListenPort: cfg.ListenPort}})
 	rec := mesh.New(mesh.Config{
@@ -237,7 +246,6 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 			if memLimit != nil {
 				memLimit.observe(len(s.Peers))
 			}
-			probes.observe(s)
 			prom.Observe(s)
 			state.Observe(s)
 		},
@@ -254,10 +262,7 @@ func run(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}()
 
 	if cfg.MetricsAddress != "" {
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", prom.Handler())
-		mux.Handle("/", probes.handler())
-		srv := &http.Server{Addr: cfg.MetricsAddress, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Addr: cfg.MetricsAddress, Handler: prom.Handler(), ReadHeaderTimeout: 5 * time.Second}
 		ln, err := net.Listen("tcp", cfg.MetricsAddress)
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", cfg.MetricsAddress, err)
