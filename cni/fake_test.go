@@ -22,6 +22,7 @@ type fakeNet struct {
 	swept   []string
 	ownNS   string
 	ifExist map[[2]string]bool // pre-existing pod interfaces
+	noGuard bool               // the agent's guard table is absent
 }
 
 type fakeBridge struct {
@@ -74,6 +75,18 @@ func (f *fakeNet) EnsureBridge(b BridgeSpec) (*current.Interface, error) {
 		}
 	}
 	return &current.Interface{Name: b.Name, Mac: "02:00:00:00:00:01"}, nil
+}
+
+func (f *fakeNet) GuardReady() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("GuardReady"); err != nil {
+		return err
+	}
+	if f.noGuard {
+		return fmt.Errorf("no nftables table inet %s: %w", GuardTable, ErrNoGuard)
+	}
+	return nil
 }
 
 func (f *fakeNet) BridgeReady(b BridgeSpec) error {

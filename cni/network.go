@@ -17,7 +17,17 @@ var (
 	ErrNotNetNS      = errors.New("not a network namespace")
 	ErrOwnNetNS      = errors.New("is the plugin's own network namespace")
 	ErrIfaceExists   = errors.New("interface already exists")
+	// ErrNoGuard: the agent's fail-closed guard is not installed on this
+	// node (yet), so a pod's traffic to other nodes could leave in plaintext.
+	ErrNoGuard = errors.New("fail-closed guard is not installed")
 )
+
+// GuardTable is the nftables table (family inet) in which the agent keeps its
+// fail-closed guard: its presence in the node's namespace means the agent has
+// run here since boot. It must equal mesh/dataplane.DefaultGuardTable; it is
+// repeated here rather than imported so the plugin binary does not pull in the
+// agent's data plane, and integration/guardtable_test.go asserts the two match.
+const GuardTable = "wgmesh-guard"
 
 // BridgeSpec is the node side every pod plugs into.
 type BridgeSpec struct {
@@ -56,6 +66,13 @@ type Network interface {
 	// EnsureBridge creates the bridge if needed, gives it the gateway
 	// addresses, brings it up and enables forwarding.
 	EnsureBridge(BridgeSpec) (*current.Interface, error)
+	// GuardReady returns nil if the fail-closed guard table (inet
+	// GuardTable) exists in the node's network namespace, an error wrapping
+	// ErrNoGuard if it does not, or another error if it cannot tell. After a
+	// reboot the conflist is still on disk but the guard and the unreachable
+	// routes are gone until the agent starts; attaching a pod then would send
+	// its cross-node traffic down the default route in plaintext.
+	GuardReady() error
 	// BridgeReady returns why the bridge cannot serve pods yet, or nil.
 	BridgeReady(BridgeSpec) error
 	// AttachPod creates the veth pair, configures the pod end (MTU,

@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -194,6 +195,26 @@ func hasAddr(addrs []netlink.Addr, p netip.Prefix) bool {
 func ipNet(p netip.Prefix) *net.IPNet {
 	n := prefixToIPNet(p)
 	return &n
+}
+
+// GuardReady dumps the inet tables of the calling thread's namespace (the
+// node's: the plugin runs there) and looks for GuardTable. One netlink
+// round trip; nothing is changed.
+func (n *Netlink) GuardReady() error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("list nftables tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name == GuardTable {
+			return nil
+		}
+	}
+	return fmt.Errorf("no nftables table inet %s: %w", GuardTable, ErrNoGuard)
 }
 
 func (n *Netlink) BridgeReady(b BridgeSpec) error {

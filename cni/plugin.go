@@ -21,6 +21,7 @@ import (
 // failure maps onto a spec code so runtimes can act on it.
 const (
 	codeExhausted = types.ErrTryAgainLater // clears when other pods are deleted
+	codeNoGuard   = types.ErrTryAgainLater // clears when the agent starts
 )
 
 // Config configures a Plugin.
@@ -102,6 +103,16 @@ func netnsErr(err error, path string) *types.Error {
 	return cniErr(types.ErrInternal, err, "open network namespace %s", path)
 }
 
+// guardErr explains a failed GuardReady with code: ADD asks the runtime to
+// retry, STATUS reports the plugin unavailable. An error other than
+// ErrNoGuard (nftables unusable) refuses too: unknown means not safe.
+func guardErr(code uint, err error) *types.Error {
+	if errors.Is(err, ErrNoGuard) {
+		return types.NewError(code, fmt.Sprintf("wgmesh agent has not installed its fail-closed guard (nftables table inet %s) on this node yet; retry when the agent is running", GuardTable), err.Error())
+	}
+	return cniErr(code, err, "cannot tell whether the wgmesh agent's fail-closed guard (nftables table inet %s) is installed; retry when the agent is running", GuardTable)
+}
+
 func (p *Plugin) podSpec(c *Conf, args *skel.CmdArgs, leases []ipam.Lease) PodSpec {
 	s := PodSpec{
 		NetNS:    args.Netns,
@@ -132,6 +143,13 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	// Before anything is reserved: a pod whose namespace is gone needs nothing.
 	if err := p.net.ValidateNetNS(args.Netns); err != nil {
 		return netnsErr(err, args.Netns)
+	}
+	// Fail closed, before anything is created or reserved: the conflist
+	// outlives a reboot but the guard does not, and without it (and the
+	// unreachable routes the agent installs with it) this pod's traffic to
+	// other nodes would follow the default route in plaintext.
+	if err := p.net.GuardReady(); err != nil {
+		return guardErr(codeNoGuard, err)
 	}
 	brIf, err := p.net.EnsureBridge(BridgeSpec{Name: c.Bridge, MTU: c.MTU, Gateways: c.Gateways()})
 	if err != nil {
@@ -355,7 +373,8 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 }
 
 // Status reports whether ADD can work now: the node has a podCIDR, the
-// bridge is up with its gateway, the store is usable and has room.
+// agent's fail-closed guard is installed, the bridge is up with its gateway,
+// the store is usable and has room.
 func (p *Plugin) Status(args *skel.CmdArgs) error {
 	c, err := ParseConf(args.StdinData)
 	if isNoPodCIDRs(err) {
@@ -363,6 +382,9 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 	}
 	if err != nil {
 		return err
+	}
+	if err := p.net.GuardReady(); err != nil {
+		return guardErr(types.ErrPluginNotAvailable, err)
 	}
 	if err := p.net.BridgeReady(BridgeSpec{Name: c.Bridge, Gateways: c.Gateways()}); err != nil {
 		return cniErr(types.ErrPluginNotAvailable, err, "wgmesh is not ready: bridge %s", c.Bridge)

@@ -181,6 +181,10 @@ func TestAddFailures(t *testing.T) {
 		{name: "no podCIDRs", conf: map[string]any{"podCIDRs": nil}, code: 7, msg: "podCIDRs is empty"},
 		{name: "netns gone", netns: "/run/netns/gone", code: 3, msg: "network namespace /run/netns/gone does not exist"},
 		{name: "own netns", setup: func(h *harness) { h.net.ownNS = "/run/netns/p1" }, code: 4, msg: "is the plugin's own network namespace"},
+		{name: "no guard", setup: func(h *harness) { h.net.noGuard = true }, code: types.ErrTryAgainLater,
+			msg: "wgmesh agent has not installed its fail-closed guard (nftables table inet wgmesh-guard) on this node yet; retry when the agent is running"},
+		{name: "guard unknown", setup: func(h *harness) { h.net.fail["GuardReady"] = errors.New("nf_tables: protocol not supported") }, code: types.ErrTryAgainLater,
+			msg: "cannot tell whether the wgmesh agent's fail-closed guard (nftables table inet wgmesh-guard) is installed; retry when the agent is running: nf_tables: protocol not supported"},
 		{name: "bridge fails", setup: func(h *harness) { h.net.fail["EnsureBridge"] = errors.New("EPERM") }, code: types.ErrInternal, msg: "set up bridge wgmesh-br0: EPERM"},
 		{name: "attach fails", setup: func(h *harness) { h.net.fail["AttachPod"] = errors.New("no veth module") }, code: types.ErrInternal, msg: "attach pod: no veth module", attached: true},
 		{name: "interface exists", setup: func(h *harness) { h.net.ifExist[[2]string{"/run/netns/p1", "eth0"}] = true }, code: 4, msg: "interface eth0 already exists in network namespace /run/netns/p1", attached: true},
@@ -225,14 +229,62 @@ func TestAddFailures(t *testing.T) {
 					}
 				}
 			}
-			attached := false
+			attached, bridged := false, false
 			for _, c := range h.net.calls {
 				attached = attached || c == "AttachPod"
+				bridged = bridged || c == "EnsureBridge"
 			}
 			if attached != tt.attached {
 				t.Errorf("AttachPod called = %v, want %v (calls %v)", attached, tt.attached, h.net.calls)
 			}
+			// Without the guard nothing may be created, the bridge included:
+			// a bridge the plugin made would route pods out in plaintext.
+			if strings.HasPrefix(tt.name, "no guard") || strings.HasPrefix(tt.name, "guard") {
+				if bridged || h.net.bridge != nil {
+					t.Errorf("bridge set up without the guard (calls %v)", h.net.calls)
+				}
+				if got := h.records(); len(got) != 0 {
+					t.Errorf("addresses reserved without the guard: %v", got)
+				}
+			}
 		})
+	}
+}
+
+// Once the agent has installed its guard, a retried ADD succeeds; DEL, CHECK
+// and GC never look at the guard (a pod must always be deletable, e.g.
+// after a reboot before the agent is back).
+func TestGuardGatesOnlyAdd(t *testing.T) {
+	h := newHarness(t, "/run/netns/p1")
+	h.net.noGuard = true
+	if _, err := h.add("c1", "/run/netns/p1", h.conf(nil)); code(t, err) != types.ErrTryAgainLater {
+		t.Fatalf("ADD without guard: %v", err)
+	}
+	h.net.noGuard = false
+	if _, err := h.add("c1", "/run/netns/p1", h.conf(nil)); err != nil {
+		t.Fatalf("ADD once the guard is there: %v", err)
+	}
+	result := bytes.Clone(h.out.Bytes())
+
+	h.net.noGuard = true
+	h.net.calls = nil
+	if err := h.p.Check(args("c1", "/run/netns/p1", h.withPrev(result, nil))); err != nil {
+		t.Errorf("CHECK without guard: %v", err)
+	}
+	if err := h.p.GC(&skel.CmdArgs{StdinData: h.conf(map[string]any{"cni.dev/valid-attachments": []any{map[string]any{"containerID": "c1", "ifname": "eth0"}}})}); err != nil {
+		t.Errorf("GC without guard: %v", err)
+	}
+	if err := h.p.Del(args("c1", "/run/netns/p1", h.conf(nil))); err != nil {
+		t.Errorf("DEL without guard: %v", err)
+	}
+	if got := h.records(); len(got) != 0 {
+		t.Errorf("records after DEL without guard: %v", got)
+	}
+	for _, c := range h.net.calls {
+		if c == "GuardReady" {
+			t.Errorf("CHECK/GC/DEL consulted the guard (calls %v)", h.net.calls)
+			break
+		}
 	}
 }
 
@@ -450,6 +502,18 @@ func TestStatus(t *testing.T) {
 	if c := statusCode(h.conf(nil)); c != 0 {
 		t.Errorf("ready: %d", c)
 	}
+	// The bridge alone is not enough: after a reboot it may be the
+	// plugin's own, with no guard behind it.
+	h.net.noGuard = true
+	if err := h.p.Status(&skel.CmdArgs{StdinData: h.conf(nil)}); code(t, err) != 50 || !strings.Contains(err.Error(), "fail-closed guard (nftables table inet wgmesh-guard)") {
+		t.Errorf("no guard: %v", err)
+	}
+	h.net.noGuard = false
+	h.net.fail["GuardReady"] = errors.New("netlink: permission denied")
+	if err := h.p.Status(&skel.CmdArgs{StdinData: h.conf(nil)}); code(t, err) != 50 || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("guard unknown: %v", err)
+	}
+	delete(h.net.fail, "GuardReady")
 	// Bridge present but without this podCIDR's gateway (podCIDR changed).
 	if c := statusCode(h.conf(map[string]any{"podCIDRs": []string{"10.244.2.0/24"}})); c != 50 {
 		t.Errorf("missing gateway: %d", c)

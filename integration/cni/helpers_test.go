@@ -41,14 +41,17 @@ type node struct {
 func requireSetup(t testing.TB) {
 	t.Helper()
 	netnstest.RequireRoot(t)
-	netnstest.RequireTools(t, "ip", "ping")
+	netnstest.RequireTools(t, "ip", "ping", "nft")
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
 }
 
 // newNode makes the node namespace and writes the agent's conflist for
-// podCIDR with cni.WriteConflist, then loads it the way runtimes do.
+// podCIDR with cni.WriteConflist, then loads it the way runtimes do. It
+// stands in for the agent's fail-closed guard with an empty table of its
+// name: the plugin only checks that the table exists (the guard's rules are
+// tested in integration/datapath). The table goes with the namespace.
 func newNode(t testing.TB, podCIDR string, portmap bool) *node {
 	t.Helper()
 	requireSetup(t)
@@ -61,6 +64,7 @@ func newNode(t testing.TB, podCIDR string, portmap bool) *node {
 	}
 	t.Cleanup(func() { h.Close() })
 	n.handle = h
+	n.addGuard()
 	if _, err := cni.WriteConflist(n.confDir, cni.NodeConf{MTU: 1400, PodCIDRs: []netip.Prefix{n.podCIDR}, DataDir: n.dataDir, PortMap: portmap}); err != nil {
 		t.Fatal(err)
 	}
@@ -73,6 +77,11 @@ func newNode(t testing.TB, podCIDR string, portmap bool) *node {
 }
 
 func (n *node) path() string { return "/run/netns/" + n.ns.Name }
+
+// addGuard and removeGuard make and drop the guard table in the node
+// namespace, as the agent's start and a reboot do.
+func (n *node) addGuard()    { n.ns.MustRun(n.t, "nft", "add", "table", "inet", cni.GuardTable) }
+func (n *node) removeGuard() { n.ns.MustRun(n.t, "nft", "delete", "table", "inet", cni.GuardTable) }
 
 // nodeExec runs plugins inside the node namespace. libcni forks the plugin
 // from the calling thread, and ns.Do runs the call on a thread locked into
