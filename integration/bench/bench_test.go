@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,13 +16,16 @@ import (
 )
 
 var (
-	modeFlag    = flag.String("bench.mode", "smoke", `"smoke" (tiny durations, part of go test ./...) or "full" (make bench)`)
-	outFlag     = flag.String("bench.out", "", "directory for report.md and report.json (default: a temp dir)")
-	profileFlag = flag.String("bench.profile", "", "directory for pprof CPU profiles of the scale runs")
-	onlyFlag    = flag.String("bench.only", "", "comma-separated subset of datapath,jumbo,scale,convergence,cni (default all)")
-	runsFlag    = flag.Int("bench.runs", 0, "override the runs of every figure (0: the mode's)")
-	scaleFlag   = flag.String("bench.scale-nodes", "", "override the scale cluster sizes, e.g. 1000,5000")
-	labFlag     = flag.String("bench.lab", "auto", `run the wgmesh variant and convergence on integration/lab (real agent, real kube-apiserver): "on", "off", or "auto" (on in full mode)`)
+	modeFlag     = flag.String("bench.mode", "smoke", `"smoke" (tiny durations, part of go test ./...) or "full" (make bench)`)
+	outFlag      = flag.String("bench.out", "", "directory for report.md and report.json (default: a temp dir)")
+	profileFlag  = flag.String("bench.profile", "", "directory for pprof CPU profiles of the scale runs")
+	onlyFlag     = flag.String("bench.only", "", "comma-separated subset of datapath,jumbo,scale,convergence,cni (default all)")
+	runsFlag     = flag.Int("bench.runs", 0, "override the runs of every figure (0: the mode's)")
+	scaleFlag    = flag.String("bench.scale-nodes", "", "override the scale cluster sizes, e.g. 1000,5000")
+	variantsFlag = flag.String("bench.variants", "", "override the standard pass's variants, e.g. upstream,wgmesh")
+	extrasFlag   = flag.String("bench.extras", "", `override the extra pairs: comma-separated "nooffload", "nomemlimit", "upstream+rules", "memlimit=SIZE" (GOMEMLIMIT), or "none"`)
+	durFlag      = flag.Duration("bench.duration", 0, "override the iperf3 run length")
+	labFlag      = flag.String("bench.lab", "auto", `run the wgmesh variant and convergence on integration/lab (real agent, real kube-apiserver): "on", "off", or "auto" (on in full mode)`)
 )
 
 func TestMain(m *testing.M) {
@@ -97,6 +101,40 @@ func TestBench(t *testing.T) {
 	if *runsFlag > 0 {
 		s.Runs, s.ScaleRuns, s.ConvergeRuns, s.CNI.Rounds = *runsFlag, *runsFlag, *runsFlag, *runsFlag
 		extra += fmt.Sprintf(" -bench.runs=%d", *runsFlag)
+	}
+	if *variantsFlag != "" {
+		s.Variants = nil
+		for _, v := range strings.Split(*variantsFlag, ",") {
+			if !slices.Contains(AllVariants, Variant(v)) {
+				t.Fatalf("-bench.variants: unknown %q", v)
+			}
+			s.Variants = append(s.Variants, Variant(v))
+		}
+		extra += " -bench.variants=" + *variantsFlag
+	}
+	if *extrasFlag != "" {
+		s.Extras = nil
+		for _, x := range strings.Split(*extrasFlag, ",") {
+			switch {
+			case x == "none":
+			case x == "nooffload":
+				s.Extras = append(s.Extras, NoOffloadExtra)
+			case x == "nomemlimit":
+				s.Extras = append(s.Extras, NoMemLimitExtra)
+			case x == "upstream+rules":
+				s.Extras = append(s.Extras, UpstreamRulesExtra)
+			case strings.HasPrefix(x, "memlimit="):
+				v := strings.TrimPrefix(x, "memlimit=")
+				s.Extras = append(s.Extras, Extra{Label: "wgmesh-memlimit-" + v, Env: []string{"GOMEMLIMIT=" + v}})
+			default:
+				t.Fatalf("-bench.extras: unknown %q", x)
+			}
+		}
+		extra += " -bench.extras=" + *extrasFlag
+	}
+	if *durFlag > 0 {
+		s.Duration, s.Bytes = *durFlag, 0
+		extra += " -bench.duration=" + durFlag.String()
 	}
 	if *scaleFlag != "" {
 		s.ScaleNodes = nil

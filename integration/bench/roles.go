@@ -29,6 +29,7 @@ var roles = map[string]func(raw []byte) error{
 	"rr-client": runRRClient,
 	"scale":     runScaleRole,
 	"prober":    runProber,
+	"dataplane": runDataplaneRole,
 }
 
 // MaybeRunRole runs the role named in the environment and exits; it

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -73,6 +74,12 @@ func FullSettings() Settings {
 // Extra is an additional wgmesh pair with other settings.
 type Extra struct {
 	Label string `json:"label"`
+	// Variant is WGMesh unless set.
+	Variant Variant `json:"variant,omitempty"`
+	// Rules installs wgmesh's dataplane (fail-closed guard, NAT and
+	// forward rules, routes, bridge) on an upstream or debian pair, to
+	// separate the cost of those rules from the cost of the embedding.
+	Rules bool `json:"rules,omitempty"`
 	// NoOffload: TUN without IFF_VNET_HDR (node role: the agent has no
 	// switch for it).
 	NoOffload bool `json:"no_offload"`
@@ -86,6 +93,9 @@ var (
 	// NoMemLimitExtra runs the agent without its default soft memory
 	// limit, to show what the limit costs in throughput.
 	NoMemLimitExtra = Extra{Label: "wgmesh-nomemlimit", Env: []string{"GOMEMLIMIT=off"}}
+	// UpstreamRulesExtra is upstream wireguard-go behind wgmesh's
+	// dataplane rules.
+	UpstreamRulesExtra = Extra{Label: "upstream+rules", Variant: Upstream, Rules: true}
 )
 
 // BulkConfig is one iperf3 shape.
@@ -244,7 +254,7 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 		if x.Label != "" {
 			label = x.Label
 		}
-		p := Setup(t, tools, v, SetupOptions{UnderlayMTU: mtu, NoOffload: x.NoOffload, Env: x.Env})
+		p := Setup(t, tools, v, SetupOptions{UnderlayMTU: mtu, NoOffload: x.NoOffload, Env: x.Env, Rules: x.Rules})
 		StartServers(t, tools.Self, p)
 		r := &VariantResult{Label: label, Variant: v, Impl: implOf(tools, v, x), NoOffload: x.NoOffload, UnderlayMTU: mtu, PodMTU: p.PodMTU, Bulk: map[string]*BulkSeries{}}
 		if p.Nodes[0].Iface != "" {
@@ -261,7 +271,7 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 		add(v, Extra{})
 	}
 	for _, x := range extras {
-		add(WGMesh, x)
+		add(cmp.Or(x.Variant, WGMesh), x)
 	}
 	time.Sleep(time.Second)
 	for _, e := range es {
@@ -434,6 +444,9 @@ func implOf(tools Tools, v Variant, x Extra) string {
 	env := ""
 	if len(x.Env) > 0 {
 		env = ", environment " + strings.Join(x.Env, " ")
+	}
+	if x.Rules {
+		env += ", behind wgmesh's dataplane (mesh/dataplane Prepare+Apply: guard, NAT/forward rules, routes, bridge)"
 	}
 	return implBase(tools, v, x.NoOffload) + env
 }

@@ -133,6 +133,8 @@ type SetupOptions struct {
 	// Env is extra environment for the wgmesh processes (agent or node
 	// role), e.g. GOMEMLIMIT=off.
 	Env []string
+	// Rules puts wgmesh's dataplane on an upstream or debian pair.
+	Rules bool
 }
 
 // Setup builds the topology of variant v and waits until pod-a reaches
@@ -238,8 +240,12 @@ func setupLocal(t testing.TB, tools Tools, v Variant, opt SetupOptions) *Pair {
 				"peer", pubs[1-i], "allowed-ips", other.PodCIDR.String(),
 				"endpoint", netip.AddrPortFrom(other.Under, listenPort).String())
 			n.NS.MustRun(t, "ip", "link", "set", n.Iface, "mtu", strconv.Itoa(p.PodMTU), "up")
-			n.NS.MustRun(t, "ip", "route", "add", other.PodCIDR.String(), "dev", n.Iface)
-			setupBridge(t, n, p.PodMTU)
+			if opt.Rules {
+				applyDataplane(t, tools.Self, n, other, p.PodMTU)
+			} else {
+				n.NS.MustRun(t, "ip", "route", "add", other.PodCIDR.String(), "dev", n.Iface)
+				setupBridge(t, n, p.PodMTU)
+			}
 			attachPod(t, n, p.PodMTU)
 		}
 	case WGMesh:
@@ -516,4 +522,44 @@ func LinkMTU(r Runner, dev string) (int, error) {
 		return 0, fmt.Errorf("ip -j link show %s: %q: %v", dev, out, err)
 	}
 	return links[0].MTU, nil
+}
+
+// DataplaneRoleConfig configures the dataplane role.
+type DataplaneRoleConfig struct {
+	Interface string
+	State     mesh.DataplaneState
+}
+
+// applyDataplane runs wgmesh's dataplane (Prepare, then one Apply) in the
+// node namespace, for a pair that is not wgmesh.
+func applyDataplane(t testing.TB, self string, n, other *Node, mtu int) {
+	t.Helper()
+	env, err := roleEnv("dataplane", DataplaneRoleConfig{Interface: n.Iface, State: mesh.DataplaneState{
+		LocalPodCIDRs: []netip.Prefix{n.PodCIDR}, RemotePodCIDRs: []netip.Prefix{other.PodCIDR}, MTU: mtu}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := n.NS.Command(ctx, self)
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("dataplane role in %s: %v\n%s", n.NS.Name, err, out)
+	}
+}
+
+func runDataplaneRole(raw []byte) error {
+	var cfg DataplaneRoleConfig
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return err
+	}
+	dp, err := dataplane.New(dataplane.Config{WGInterface: cfg.Interface})
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if err := dp.Prepare(ctx); err != nil {
+		return err
+	}
+	return dp.Apply(ctx, cfg.State)
 }
