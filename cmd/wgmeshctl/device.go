@@ -42,8 +42,9 @@ func deviceError(name string, err error) error {
 	case errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM):
 		return fmt.Errorf("%w reading WireGuard interface %s: run as root (the UAPI socket %s is root-only): %w",
 			ErrPermissionDenied, name, sock, err)
-	case errors.Is(err, syscall.ECONNREFUSED):
-		// The socket file is there but nothing listens: a dead agent.
+	case errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET):
+		// The socket file is there but nothing listens (a dead agent), or
+		// the agent died while answering.
 		return fmt.Errorf("%w %s: the UAPI socket %s exists but no process serves it (is wgmesh-agent running?): %w",
 			ErrNoInterface, name, sock, err)
 	case errors.Is(err, fs.ErrNotExist):

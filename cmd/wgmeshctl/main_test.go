@@ -21,6 +21,7 @@ func TestDeviceError(t *testing.T) {
 		{syscall.EPERM, ErrPermissionDenied, "run as root"},
 		{os.ErrNotExist, ErrNoInterface, "is wgmesh-agent running on this node, with interface wgmesh0?"},
 		{fmt.Errorf("dial: %w", syscall.ECONNREFUSED), ErrNoInterface, "exists but no process serves it"},
+		{fmt.Errorf("read: %w", syscall.ECONNRESET), ErrNoInterface, "exists but no process serves it"},
 		{errors.New("weird"), nil, "read WireGuard interface wgmesh0: weird"},
 	}
 	for _, c := range cases {
