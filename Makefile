@@ -7,7 +7,7 @@ CMDS := wgmesh-agent wgmesh-cni wgmeshctl wgmesh-lab
 # The whole suite (unit + root/netns + end-to-end) must stay well inside CI's 90 minutes.
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all deps build test test-unit lint demo lab-up lab-down tools test-e2e fuzz clean image vagrant-test
+.PHONY: all deps build test test-unit lint demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test
 IMAGE ?= wgmesh:dev
 
 all: build
@@ -73,3 +73,10 @@ image:
 # The 3-VM suite (needs vagrant and a provider; see integration/vagrant/README.md).
 vagrant-test:
 	integration/vagrant/run.sh all
+
+# Full benchmark (root; long): plain / upstream wireguard-go / Debian wireguard-go / wgmesh in one
+# topology, medians of >= 5 interleaved runs; writes bench-results/report.md and report.json.
+# A smoke run with tiny sizes is part of make test.
+bench: deps build tools
+	$(GO) test -count=1 -timeout 170m -run '^TestBench$$' ./integration/bench/ -v \
+	    -args -bench.mode=full -bench.out=$(CURDIR)/bench-results -bench.profile=$(CURDIR)/bench-results
