@@ -180,9 +180,10 @@ func (c *cluster) waitPeered(n, other *testNode) {
 	})
 }
 
-// preBridge creates the pod bridge with its gateway address, as the CNI
-// plugin does when it attaches a pod before the agent ever ran (after a
-// reboot, the conflist is still on disk).
+// preBridge creates the pod bridge with its gateway address before the agent
+// ever ran: the worst case of a node whose pods exist without the agent's
+// rules (the CNI plugin itself refuses ADD until the agent's guard table
+// exists, so this is a robustness check beyond what the plugin allows).
 func (c *cluster) preBridge(n *testNode) {
 	c.t.Helper()
 	n.ns.MustRun(c.t, "ip", "link", "add", dataplane.DefaultBridge, "type", "bridge")

@@ -48,8 +48,8 @@ func TestFailClosed(t *testing.T) {
 	pcap := filepath.Join(c.dir, "underlay.pcap")
 	capture := startCapture(t, c.ul, "br0", pcap)
 
-	// Pods exist before the agent ever ran (the CNI plugin made the
-	// bridge after a reboot).
+	// Pods exist before the agent ever ran (a worst case: the CNI plugin
+	// refuses ADD until the agent's guard exists).
 	for _, n := range c.nodes {
 		c.preBridge(n)
 		c.attachPod(n, 1420)
