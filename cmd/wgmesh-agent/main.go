@@ -42,14 +42,17 @@ import (
 // variable sets one (GOMEMLIMIT=off removes it): defaultMemoryLimit plus
 // memoryPerPeer for every peer. Under bulk load wireguard-go holds a
 // 64 KiB buffer per packet in flight and its pools keep what they once
-// needed: without a limit the agent's heap grows to 200-300 MiB and stays
-// there; with it the GC hands the pooled buffers back. Each peer costs
-// about 25 KiB in wireguard-go and the reconciler plus its Node in the
-// informer cache (integration/bench scale figures), so the limit grows with
-// the mesh: a fixed one would make the GC run without pause in a large
-// cluster.
+// needed: without a limit the heap grows to 400+ MiB and stays there. A
+// limit makes the GC hand pooled buffers back, at a throughput cost that
+// grows as the limit shrinks (integration/bench, 2 cores: 192 MiB about
+// -7%, 160 MiB -16%, 128 MiB -20%, 100 MiB -30%; see docs/benchmarks.md),
+// so the default is 192 MiB and memory-tight nodes can set GOMEMLIMIT.
+// Each peer costs about 25 KiB in wireguard-go and the reconciler plus its
+// Node in the informer cache (the bench's scale figures), so the limit
+// grows with the mesh: a fixed one would make the GC run without pause in
+// a large cluster.
 const (
-	defaultMemoryLimit = 100 << 20
+	defaultMemoryLimit = 192 << 20
 	memoryPerPeer      = 48 << 10
 )
 

@@ -105,7 +105,7 @@ func labPair(t testing.TB, tools Tools, opt SetupOptions) *Pair {
 		}()
 	}
 	l := NewLab(t, tools.LabDir, 2, opt.UnderlayMTU)
-	p := &Pair{Variant: WGMesh, Prefix: l.Config().Name, UnderlayMTU: opt.UnderlayMTU}
+	p := &Pair{Variant: WGMesh, Prefix: l.Config().Name, UnderlayMTU: opt.UnderlayMTU, Lab: l}
 	st := l.State()
 	names := st.NodeNames()
 	if len(names) != 2 {

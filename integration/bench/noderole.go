@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"testing"
@@ -87,6 +88,19 @@ func runNodeRole(raw []byte) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", cfg.Name)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// A CPU profile of the whole life of the node, for looking into the
+	// data path's cost (WGMESH_BENCH_NODE_PROFILE=<dir>).
+	if dir := os.Getenv("WGMESH_BENCH_NODE_PROFILE"); dir != "" {
+		f, err := os.Create(filepath.Join(dir, cfg.Name+"-"+cfg.Interface+".pprof"))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	dp, err := dataplane.New(dataplane.Config{WGInterface: cfg.Interface, ClusterCIDRs: cfg.ClusterCIDRs, Logger: log})
 	if err != nil {
 		return err

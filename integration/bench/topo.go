@@ -23,6 +23,7 @@ import (
 
 	"github.com/wgmesh/wgmesh/cni"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
 	"github.com/wgmesh/wgmesh/mesh/wgdev"
@@ -88,6 +89,8 @@ type Pair struct {
 	// wgmesh variant, underlay-80 (as wg-quick does) for the others.
 	PodMTU int
 	Nodes  [2]*Node
+	// Lab runs the pair (wgmesh on integration/lab), nil otherwise.
+	Lab *lab.Lab
 }
 
 // Runner makes commands that run somewhere (a namespace).
