@@ -277,8 +277,8 @@ func (s *DiskStore) List() ([]Allocation, error) {
 	}
 	var out []Allocation
 	for _, e := range entries {
-		a, err := netip.ParseAddr(e.Name())
-		if err != nil {
+		a, ok := recordName(e.Name())
+		if !ok {
 			continue // not ours
 		}
 		o, _, err := s.readOwner(a)
@@ -304,11 +304,22 @@ func (s *DiskStore) ReservedAddrs() (map[netip.Addr]bool, error) {
 	}
 	set := make(map[netip.Addr]bool, len(names))
 	for _, n := range names {
-		if a, err := netip.ParseAddr(n); err == nil {
+		if a, ok := recordName(n); ok {
 			set[a] = true
 		}
 	}
 	return set, nil
+}
+
+// recordName parses a directory entry as an address record's name. Only the
+// canonical spelling counts: records are always written under a.String(), and
+// a stray "0::" would parse as "::" yet never be found (or removed) under it.
+func recordName(n string) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(n)
+	if err != nil || a.String() != n {
+		return netip.Addr{}, false
+	}
+	return a, true
 }
 
 func (s *DiskStore) lastPath(key string) string {
