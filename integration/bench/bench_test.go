@@ -170,9 +170,9 @@ func TestBench(t *testing.T) {
 	}
 	cmd += extra
 	rep := RunAll(t, tools, s, cmd)
-	if t.Failed() {
-		return
-	}
+	// A part that failed leaves the others' figures: write them anyway,
+	// marked incomplete.
+	rep.Incomplete = t.Failed()
 	out := *outFlag
 	if out == "" {
 		out = t.TempDir()
@@ -182,7 +182,9 @@ func TestBench(t *testing.T) {
 	}
 	md := rep.Markdown()
 	t.Logf("report written to %s:\n%s", out, md)
-	checkReport(t, rep, s)
+	if !rep.Incomplete {
+		checkReport(t, rep, s)
+	}
 }
 
 // only drops the parts not named in list.

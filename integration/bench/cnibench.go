@@ -67,6 +67,9 @@ func BenchCNI(t testing.TB, tools Tools, cfg CNIConfig) *CNIResult {
 	}
 	prefix := netnstest.Prefix(t)
 	n := &cniNode{ns: netnstest.NewNS(t, prefix+"-cni"), podCIDR: netip.MustParsePrefix("10.244.64.0/18")}
+	// The plugin serves pods only once the agent's fail-closed guard is
+	// in place, as on a real node.
+	runDataplaneRoleIn(t, tools.Self, n.ns, DataplaneRoleConfig{Interface: "wgmesh0", PrepareOnly: true})
 	dir := t.TempDir()
 	confDir := filepath.Join(dir, "net.d")
 	if _, err := cni.WriteConflist(confDir, cni.NodeConf{MTU: 1420, PodCIDRs: []netip.Prefix{n.podCIDR}, DataDir: filepath.Join(dir, "data")}); err != nil {

@@ -183,6 +183,9 @@ func (r *Report) Markdown() string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("# wgmesh benchmark (%s run)\n\n", r.Settings.Mode)
+	if r.Incomplete {
+		w("**INCOMPLETE: a part of this run failed (see the test log); missing figures say \"not measured\".**\n\n")
+	}
 	w("Command: `%s`  \n", r.Command)
 	runLen := r.Settings.Duration.String()
 	if r.Settings.Bytes > 0 {

@@ -189,6 +189,8 @@ type Report struct {
 	Scale       []ScaleSeries       `json:"scale"`
 	Convergence []ConvergenceResult `json:"convergence"`
 	CNI         *CNIResult          `json:"cni"`
+	// Incomplete: some part of the run failed (see the test log).
+	Incomplete bool `json:"incomplete,omitempty"`
 }
 
 // ScaleSeries is the scale figures of one cluster size over several

@@ -531,24 +531,17 @@ func LinkMTU(r Runner, dev string) (int, error) {
 type DataplaneRoleConfig struct {
 	Interface string
 	State     mesh.DataplaneState
+	// PrepareOnly installs just the fail-closed guard (what the agent does
+	// first thing at start), e.g. for a node that only runs CNI.
+	PrepareOnly bool
 }
 
 // applyDataplane runs wgmesh's dataplane (Prepare, then one Apply) in the
 // node namespace, for a pair that is not wgmesh.
 func applyDataplane(t testing.TB, self string, n, other *Node, mtu int) {
 	t.Helper()
-	env, err := roleEnv("dataplane", DataplaneRoleConfig{Interface: n.Iface, State: mesh.DataplaneState{
+	runDataplaneRoleIn(t, self, n.NS, DataplaneRoleConfig{Interface: n.Iface, State: mesh.DataplaneState{
 		LocalPodCIDRs: []netip.Prefix{n.PodCIDR}, RemotePodCIDRs: []netip.Prefix{other.PodCIDR}, MTU: mtu}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := n.NS.Command(ctx, self)
-	cmd.Env = append(os.Environ(), env...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("dataplane role in %s: %v\n%s", n.NS.Name, err, out)
-	}
 }
 
 func runDataplaneRole(raw []byte) error {
@@ -564,5 +557,24 @@ func runDataplaneRole(raw []byte) error {
 	if err := dp.Prepare(ctx); err != nil {
 		return err
 	}
+	if cfg.PrepareOnly {
+		return nil
+	}
 	return dp.Apply(ctx, cfg.State)
+}
+
+// runDataplaneRoleIn runs the dataplane role in a namespace.
+func runDataplaneRoleIn(t testing.TB, self string, ns *netnstest.NS, cfg DataplaneRoleConfig) {
+	t.Helper()
+	env, err := roleEnv("dataplane", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := ns.Command(ctx, self)
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("dataplane role in %s: %v\n%s", ns.Name, err, out)
+	}
 }
