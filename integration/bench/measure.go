@@ -154,6 +154,21 @@ func ProcMemMB(pid int) (rss, peak float64, err error) {
 	return float64(r) / 1024, float64(h) / 1024, nil
 }
 
+// ProcAnonMB returns a process's private anonymous resident memory (RssAnon)
+// in MiB: VmRSS without the clean, shared pages of its binary and libraries,
+// which the kernel can drop and re-read at will.
+func ProcAnonMB(pid int) (float64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	a, err := ParseStatusKB(string(raw), "RssAnon")
+	if err != nil {
+		return 0, err
+	}
+	return float64(a) / 1024, nil
+}
+
 // SystemBusySeconds is the busy CPU time of the whole machine (all cores).
 func SystemBusySeconds() (float64, error) {
 	raw, err := os.ReadFile("/proc/stat")

@@ -146,6 +146,9 @@ type VariantResult struct {
 	// Daemon memory in MiB, the larger of the two nodes: after setup
 	// (idle), after all bulk runs, and the peak (VmHWM).
 	RSSIdleMB  float64 `json:"rss_idle_mb"`
+	// AnonIdleMB is the idle RssAnon: RSSIdleMB less file-backed pages
+	// (mostly the binary's own text and read-only data).
+	AnonIdleMB float64 `json:"anon_idle_mb"`
 	RSSAfterMB float64 `json:"rss_after_bulk_mb"`
 	RSSPeakMB  float64 `json:"rss_peak_mb"`
 	Offloads   Offloads
@@ -289,6 +292,7 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 	time.Sleep(time.Second)
 	for _, e := range es {
 		e.res.RSSIdleMB, _ = pairMem(t, e.pair)
+		e.res.AnonIdleMB = pairAnon(t, e.pair)
 	}
 	for r := range s.Runs {
 		for _, e := range es {
@@ -367,6 +371,22 @@ func pairMem(t testing.TB, p *Pair) (rss, peak float64) {
 		rss, peak = max(rss, r), max(peak, h)
 	}
 	return rss, peak
+}
+
+// pairAnon returns the larger RssAnon of the pair's daemons.
+func pairAnon(t testing.TB, p *Pair) (anon float64) {
+	t.Helper()
+	for _, n := range p.Nodes {
+		if n.Pid == 0 {
+			continue
+		}
+		a, err := ProcAnonMB(n.Pid)
+		if err != nil {
+			t.Fatalf("memory of %s daemon: %v", n.Name, err)
+		}
+		anon = max(anon, a)
+	}
+	return anon
 }
 
 // RunScale runs the scale role s.ScaleRuns times in fresh namespaces.
