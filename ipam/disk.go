@@ -223,9 +223,9 @@ func (s *DiskStore) Lookup(owner Owner) ([]netip.Addr, error) {
 	}
 	var out []netip.Addr
 	for _, line := range strings.Split(string(b), "\n") {
-		a, err := netip.ParseAddr(line)
-		if err != nil {
-			continue // torn or empty line
+		a, ok := recordName(line)
+		if !ok {
+			continue // torn, empty or hand-edited line
 		}
 		if slices.Contains(out, a) {
 			continue // a hand-edited index may list an address twice
@@ -311,12 +311,13 @@ func (s *DiskStore) ReservedAddrs() (map[netip.Addr]bool, error) {
 	return set, nil
 }
 
-// recordName parses a directory entry as an address record's name. Only the
-// canonical spelling counts: records are always written under a.String(), and
-// a stray "0::" would parse as "::" yet never be found (or removed) under it.
+// recordName parses a directory entry or index line as an address record's
+// name. Only what we write counts: the canonical spelling without a zone. A
+// stray "0::" would parse as "::" yet never be found (or removed) under it,
+// and a zone can hold bytes no file name may.
 func recordName(n string) (netip.Addr, bool) {
 	a, err := netip.ParseAddr(n)
-	if err != nil || a.String() != n {
+	if err != nil || a.Zone() != "" || a.String() != n {
 		return netip.Addr{}, false
 	}
 	return a, true
@@ -334,8 +335,8 @@ func (s *DiskStore) LastReserved(key string) (netip.Addr, error) {
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("ipam: %w", err)
 	}
-	a, err := netip.ParseAddr(strings.TrimSpace(string(b)))
-	if err != nil {
+	a, ok := recordName(strings.TrimSpace(string(b)))
+	if !ok {
 		return netip.Addr{}, nil // torn write: only the round-robin position is lost
 	}
 	return a, nil
