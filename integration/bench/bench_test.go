@@ -97,6 +97,13 @@ func TestBench(t *testing.T) {
 		t.Fatalf("-bench.mode %q: want smoke or full", *modeFlag)
 	}
 	s.ProfileDir = *profileFlag
+	if s.ProfileDir != "" {
+		// The scale roles write their profiles here long before the
+		// report is written (which creates -bench.out).
+		if err := os.MkdirAll(s.ProfileDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	extra := ""
 	if *runsFlag > 0 {
 		s.Runs, s.ScaleRuns, s.ConvergeRuns, s.CNI.Rounds = *runsFlag, *runsFlag, *runsFlag, *runsFlag

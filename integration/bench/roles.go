@@ -12,18 +12,16 @@ import (
 	"slices"
 	"syscall"
 	"time"
+
+	"github.com/wgmesh/wgmesh/integration/internal/reexec"
 )
 
 // The test binary re-executes itself inside `ip netns exec` for work that
 // must run in another namespace with all of its threads (wireguard-go's
-// sockets, the RR client and server). roleEnvVar selects the role, its
-// JSON configuration travels in configEnvVar.
-const (
-	roleEnvVar   = "WGMESH_BENCH_ROLE"
-	configEnvVar = "WGMESH_BENCH_CONFIG"
-)
+// sockets, the RR client and server); see reexec.
+const rolePrefix = "WGMESH_BENCH"
 
-var roles = map[string]func(raw []byte) error{
+var roles = reexec.Roles{
 	"node":      runNodeRole,
 	"rr-server": runRRServer,
 	"rr-client": runRRClient,
@@ -34,30 +32,9 @@ var roles = map[string]func(raw []byte) error{
 
 // MaybeRunRole runs the role named in the environment and exits; it
 // returns if none is set. Call it first thing in TestMain.
-func MaybeRunRole() {
-	role := os.Getenv(roleEnvVar)
-	if role == "" {
-		return
-	}
-	f, ok := roles[role]
-	if !ok {
-		fmt.Fprintf(os.Stderr, "unknown role %q\n", role)
-		os.Exit(2)
-	}
-	if err := f([]byte(os.Getenv(configEnvVar))); err != nil {
-		fmt.Fprintf(os.Stderr, "role %s failed: %v\n", role, err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
+func MaybeRunRole() { reexec.Dispatch(rolePrefix, roles) }
 
-func roleEnv(role string, cfg any) ([]string, error) {
-	raw, err := json.Marshal(cfg)
-	if err != nil {
-		return nil, err
-	}
-	return []string{roleEnvVar + "=" + role, configEnvVar + "=" + string(raw)}, nil
-}
+func roleEnv(role string, cfg any) ([]string, error) { return reexec.Env(rolePrefix, role, cfg) }
 
 // RRConfig configures the TCP request/response roles.
 type RRConfig struct {

@@ -1,48 +1,29 @@
 package datapath
 
 import (
-	"encoding/json"
-	"fmt"
 	"os"
 	"testing"
+
+	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/integration/internal/reexec"
 )
 
 // The test binary re-executes itself inside `ip netns exec` so that every
-// thread of the child lives in the node's namespaces: wireguard-go's UDP
-// sockets and goroutines must never run in a Go process that switched only
-// one thread's namespace. roleEnv selects the child's role; its JSON
-// configuration travels in configEnv.
-const (
-	roleEnv   = "WGMESH_DATAPATH_ROLE"
-	configEnv = "WGMESH_DATAPATH_CONFIG"
-)
-
-var roles = map[string]func(raw []byte) error{
-	"node":      runNodeRole,
-	"dataplane": runDataplaneRole,
-}
+// thread of the child lives in the node's namespaces (see reexec).
+const rolePrefix = "WGMESH_DATAPATH"
 
 func TestMain(m *testing.M) {
-	if role := os.Getenv(roleEnv); role != "" {
-		f, ok := roles[role]
-		if !ok {
-			fmt.Fprintf(os.Stderr, "unknown role %q\n", role)
-			os.Exit(2)
-		}
-		if err := f([]byte(os.Getenv(configEnv))); err != nil {
-			fmt.Fprintf(os.Stderr, "role %s failed: %v\n", role, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	reexec.Dispatch(rolePrefix, reexec.Roles{
+		"node":      runNodeRole,
+		"dataplane": runDataplaneRole,
+		// The TCP stream ends, inside pod namespaces.
+		"tcpsink":   netnstest.RunSink,
+		"tcpsource": netnstest.RunSource,
+	})
 	os.Exit(m.Run())
 }
 
 // childEnv is the environment that makes the test binary run role with cfg.
 func childEnv(role string, cfg any) ([]string, error) {
-	raw, err := json.Marshal(cfg)
-	if err != nil {
-		return nil, err
-	}
-	return []string{roleEnv + "=" + role, configEnv + "=" + string(raw)}, nil
+	return reexec.Env(rolePrefix, role, cfg)
 }

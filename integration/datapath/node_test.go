@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/wgmesh/wgmesh/integration/internal/filesource"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/agentstate"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
@@ -104,7 +105,7 @@ func runNodeRole(raw []byte) error {
 	defer client.Close()
 	state := agentstate.NewWriter(agentstate.WriterConfig{Path: statePath, Logger: log,
 		Info: agentstate.Info{Node: cfg.Name, Interface: cfg.Interface, PublicKey: key.PublicKey(), ListenPort: cfg.ListenPort}})
-	src := newFileSource(cfg.Spec, cfg.AnnDir, cfg.Name, log)
+	src := filesource.New(filesource.Config{Spec: cfg.Spec, AnnDir: cfg.AnnDir, Self: cfg.Name, Logger: log})
 	rec := mesh.New(mesh.Config{
 		NodeName:   cfg.Name,
 		PublicKey:  key.PublicKey(),
@@ -123,7 +124,7 @@ func runNodeRole(raw []byte) error {
 		},
 	})
 
-	go src.run(ctx)
+	go src.Run(ctx)
 	recErr := make(chan error, 1)
 	go func() { recErr <- rec.Run(ctx) }()
 	select {

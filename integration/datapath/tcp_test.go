@@ -11,12 +11,6 @@ import (
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
 )
 
-// The TCP stream ends run as roles of the test binary inside pod namespaces.
-func init() {
-	roles["tcpsink"] = netnstest.RunSink
-	roles["tcpsource"] = netnstest.RunSource
-}
-
 type (
 	tcpConfig = netnstest.StreamConfig
 	tcpResult = netnstest.StreamResult

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/integration/internal/reexec"
 	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
@@ -26,26 +27,10 @@ import (
 
 // The checked TCP stream's ends run as this test binary re-executed inside
 // pods; init dispatches before TestMain (which builds and checks for root).
-const (
-	roleEnv   = "WGMESH_E2E_ROLE"
-	configEnv = "WGMESH_E2E_CONFIG"
-)
+const rolePrefix = "WGMESH_E2E"
 
 func init() {
-	role := os.Getenv(roleEnv)
-	if role == "" {
-		return
-	}
-	f := map[string]func([]byte) error{"tcpsink": netnstest.RunSink, "tcpsource": netnstest.RunSource}[role]
-	if f == nil {
-		fmt.Fprintf(os.Stderr, "unknown role %q\n", role)
-		os.Exit(2)
-	}
-	if err := f([]byte(os.Getenv(configEnv))); err != nil {
-		fmt.Fprintf(os.Stderr, "role %s: %v\n", role, err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	reexec.Dispatch(rolePrefix, reexec.Roles{"tcpsink": netnstest.RunSink, "tcpsource": netnstest.RunSource})
 }
 
 // TestHardening proves the fail-closed and restart-proof promises on the lab
@@ -411,7 +396,7 @@ func startRole(t *testing.T, l *lab.Lab, in lab.PodRef, role string, cfg netnste
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := json.Marshal(cfg)
+	env, err := reexec.Env(rolePrefix, role, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,7 +405,7 @@ func startRole(t *testing.T, l *lab.Lab, in lab.PodRef, role string, cfg netnste
 		t.Fatal(err)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), roleEnv+"="+role, configEnv+"="+string(raw))
+	cmd.Env = append(os.Environ(), env...)
 	var out syncBuf
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
