@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -20,13 +19,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/kube/informerrun"
 	"github.com/wgmesh/wgmesh/mesh/kube/translate"
 )
 
@@ -34,7 +31,7 @@ import (
 const DefaultComponent = "wgmesh-agent"
 
 // ErrAlreadyRunning is returned by a second call to Run.
-var ErrAlreadyRunning = errors.New("node source already running")
+var ErrAlreadyRunning = informerrun.ErrAlreadyRunning
 
 // Config configures a Source.
 type Config struct {
@@ -55,14 +52,9 @@ type Config struct {
 type Source struct {
 	cfg      Config
 	log      *slog.Logger
-	factory  informers.SharedInformerFactory
+	run      *informerrun.Runner
 	informer cache.SharedIndexInformer
 	lister   listersv1.NodeLister
-	changed  chan struct{}
-
-	mu       sync.Mutex
-	running  bool
-	recorder record.EventRecorder
 }
 
 var _ mesh.NodeSource = (*Source)(nil)
@@ -84,16 +76,19 @@ func New(cfg Config) (*Source, error) {
 	}
 	factory := informers.NewSharedInformerFactory(cfg.Client, cfg.Resync)
 	nodes := factory.Core().V1().Nodes()
+	informer := nodes.Informer()
 	s := &Source{
 		cfg:      cfg,
 		log:      log,
-		factory:  factory,
-		informer: nodes.Informer(),
+		informer: informer,
 		lister:   nodes.Lister(),
-		changed:  make(chan struct{}, 1),
+		run: informerrun.New(informerrun.Config{
+			Client: cfg.Client, Factory: factory, Synced: []cache.InformerSynced{informer.HasSynced},
+			Component: cfg.Component, Host: cfg.NodeName, Logger: log, SyncedMessage: "node informer synced",
+		}),
 	}
 	// Registering a handler before Start does no I/O.
-	if _, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    s.onAdd,
 		UpdateFunc: s.onUpdate,
 		DeleteFunc: s.onDelete,
@@ -105,34 +100,7 @@ func New(cfg Config) (*Source, error) {
 
 // Run starts the informer and the event broadcaster and blocks until ctx is
 // cancelled, then stops both.
-func (s *Source) Run(ctx context.Context) error {
-	s.mu.Lock()
-	if s.running {
-		s.mu.Unlock()
-		return ErrAlreadyRunning
-	}
-	s.running = true
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.cfg.Client.CoreV1().Events("")})
-	s.recorder = broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: s.cfg.Component, Host: s.cfg.NodeName})
-	s.mu.Unlock()
-
-	s.factory.Start(ctx.Done())
-	go func() {
-		if cache.WaitForCacheSync(ctx.Done(), s.informer.HasSynced) {
-			s.log.Info("node informer synced")
-			s.signal() // the reconciler may be waiting for this
-		}
-	}()
-	<-ctx.Done()
-	s.factory.Shutdown()
-	broadcaster.Shutdown()
-
-	s.mu.Lock()
-	s.recorder = nil
-	s.mu.Unlock()
-	return nil
-}
+func (s *Source) Run(ctx context.Context) error { return s.run.Run(ctx) }
 
 // Nodes lists the cached Nodes, sorted by name.
 func (s *Source) Nodes() ([]mesh.RawNode, error) {
@@ -153,10 +121,10 @@ func (s *Source) Nodes() ([]mesh.RawNode, error) {
 func RawNode(n *v1.Node) mesh.RawNode { return translate.RawNode(n) }
 
 // Changed receives after any Node event; bursts coalesce.
-func (s *Source) Changed() <-chan struct{} { return s.changed }
+func (s *Source) Changed() <-chan struct{} { return s.run.Changed() }
 
 // HasSynced reports whether the informer completed its initial list.
-func (s *Source) HasSynced() bool { return s.informer.HasSynced() }
+func (s *Source) HasSynced() bool { return s.run.HasSynced() }
 
 // Publish merges annotations into this node's own Node with a JSON merge
 // patch on metadata.annotations: other fields and other annotations are
@@ -186,9 +154,7 @@ func (s *Source) Warn(node, reason, message string) {
 	if n, err := s.lister.Get(node); err == nil {
 		ref.UID = n.UID
 	}
-	s.mu.Lock()
-	rec := s.recorder
-	s.mu.Unlock()
+	rec := s.run.Recorder()
 	if rec == nil {
 		s.log.Warn("event recorder not running; event dropped", "node", node, "reason", reason, "message", message)
 		return
@@ -254,9 +220,4 @@ func nodeName(obj any) (name string, tombstone bool) {
 	return "", false
 }
 
-func (s *Source) signal() {
-	select {
-	case s.changed <- struct{}{}:
-	default:
-	}
-}
+func (s *Source) signal() { s.run.Signal() }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -18,13 +17,11 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	listersv1 "k8s.io/client-go/listers/core/v1"
 	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
 
+	"github.com/wgmesh/wgmesh/mesh/kube/informerrun"
 	"github.com/wgmesh/wgmesh/mesh/policy"
 )
 
@@ -32,7 +29,7 @@ import (
 const DefaultComponent = "wgmesh-agent"
 
 // ErrAlreadyRunning is returned by a second call to Run.
-var ErrAlreadyRunning = errors.New("policy source already running")
+var ErrAlreadyRunning = informerrun.ErrAlreadyRunning
 
 // Config configures a Source.
 type Config struct {
@@ -48,18 +45,12 @@ type Config struct {
 
 // Source implements policy.Source.
 type Source struct {
-	cfg     Config
-	log     *slog.Logger
-	factory informers.SharedInformerFactory
-	synced  []cache.InformerSynced
-	pods    listersv1.PodLister
-	nss     listersv1.NamespaceLister
-	nps     networkinglisters.NetworkPolicyLister
-	changed chan struct{}
-
-	mu       sync.Mutex
-	running  bool
-	recorder record.EventRecorder
+	cfg  Config
+	log  *slog.Logger
+	run  *informerrun.Runner
+	pods listersv1.PodLister
+	nss  listersv1.NamespaceLister
+	nps  networkinglisters.NetworkPolicyLister
 }
 
 var _ policy.Source = (*Source)(nil)
@@ -80,7 +71,8 @@ func New(cfg Config) (*Source, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	f := informers.NewSharedInformerFactory(cfg.Client, cfg.Resync)
-	s := &Source{cfg: cfg, log: log, factory: f, changed: make(chan struct{}, 1)}
+	s := &Source{cfg: cfg, log: log}
+	var synced []cache.InformerSynced
 
 	pods := f.Core().V1().Pods()
 	// Every pod in the cluster is cached; keep only what policies read
@@ -95,9 +87,14 @@ func New(cfg Config) (*Source, error) {
 		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: h.add, UpdateFunc: h.update, DeleteFunc: h.delete}); err != nil {
 			return nil, fmt.Errorf("policy source: %s event handler: %w", kind, err)
 		}
-		s.synced = append(s.synced, inf.HasSynced)
+		synced = append(synced, inf.HasSynced)
 	}
 	s.pods, s.nss, s.nps = pods.Lister(), nss.Lister(), nps.Lister()
+	s.run = informerrun.New(informerrun.Config{
+		Client: cfg.Client, Factory: f, Synced: synced,
+		Component: cfg.Component, Host: cfg.NodeName, Logger: log,
+		SyncedMessage: "pod, namespace and network policy informers synced",
+	})
 	return s, nil
 }
 
@@ -134,47 +131,14 @@ func slimPod(obj any) (any, error) {
 
 // Run starts the informers and the event broadcaster and blocks until ctx
 // ends.
-func (s *Source) Run(ctx context.Context) error {
-	s.mu.Lock()
-	if s.running {
-		s.mu.Unlock()
-		return ErrAlreadyRunning
-	}
-	s.running = true
-	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.cfg.Client.CoreV1().Events("")})
-	s.recorder = b.NewRecorder(scheme.Scheme, v1.EventSource{Component: s.cfg.Component, Host: s.cfg.NodeName})
-	s.mu.Unlock()
-
-	s.factory.Start(ctx.Done())
-	go func() {
-		if cache.WaitForCacheSync(ctx.Done(), s.synced...) {
-			s.log.Info("pod, namespace and network policy informers synced")
-			s.signal()
-		}
-	}()
-	<-ctx.Done()
-	s.factory.Shutdown()
-	b.Shutdown()
-	s.mu.Lock()
-	s.recorder = nil
-	s.mu.Unlock()
-	return nil
-}
+func (s *Source) Run(ctx context.Context) error { return s.run.Run(ctx) }
 
 // HasSynced reports whether all three informers completed their first
 // list.
-func (s *Source) HasSynced() bool {
-	for _, f := range s.synced {
-		if !f() {
-			return false
-		}
-	}
-	return true
-}
+func (s *Source) HasSynced() bool { return s.run.HasSynced() }
 
 // Changed receives after any event; bursts coalesce.
-func (s *Source) Changed() <-chan struct{} { return s.changed }
+func (s *Source) Changed() <-chan struct{} { return s.run.Changed() }
 
 // Snapshot translates the cached objects.
 func (s *Source) Snapshot() (policy.Input, error) {
@@ -219,9 +183,7 @@ func (s *Source) Warn(key, reason, message string) {
 	} else {
 		obj = &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
 	}
-	s.mu.Lock()
-	rec := s.recorder
-	s.mu.Unlock()
+	rec := s.run.Recorder()
 	if rec == nil {
 		s.log.Warn("event recorder not running; event dropped", "policy", key, "reason", reason, "message", message)
 		return
@@ -229,12 +191,7 @@ func (s *Source) Warn(key, reason, message string) {
 	rec.Event(obj, v1.EventTypeWarning, reason, message)
 }
 
-func (s *Source) signal() {
-	select {
-	case s.changed <- struct{}{}:
-	default:
-	}
-}
+func (s *Source) signal() { s.run.Signal() }
 
 // handler signals on every event. The controller re-reads the listers, so
 // the handlers only log; deletes unwrap tombstones
