@@ -145,7 +145,7 @@ type VariantResult struct {
 	PingP99   Series                 `json:"ping_p99_us"`
 	// Daemon memory in MiB, the larger of the two nodes: after setup
 	// (idle), after all bulk runs, and the peak (VmHWM).
-	RSSIdleMB  float64 `json:"rss_idle_mb"`
+	RSSIdleMB float64 `json:"rss_idle_mb"`
 	// AnonIdleMB is the idle RssAnon: RSSIdleMB less file-backed pages
 	// (mostly the binary's own text and read-only data).
 	AnonIdleMB float64 `json:"anon_idle_mb"`

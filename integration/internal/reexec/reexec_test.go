@@ -9,7 +9,6 @@ import (
 
 const prefix = "WGMESH_REEXEC_TEST"
 
-
 // TestMain dispatches like the suites that use this package do.
 func TestMain(m *testing.M) {
 	Dispatch(prefix, Roles{
