@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -406,7 +404,7 @@ func startRole(t *testing.T, l *lab.Lab, in lab.PodRef, role string, cfg netnste
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
-	var out syncBuf
+	var out netnstest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -434,7 +432,7 @@ func startRole(t *testing.T, l *lab.Lab, in lab.PodRef, role string, cfg netnste
 // roleProc is a role running in a pod.
 type roleProc struct {
 	cmd  *exec.Cmd
-	out  *syncBuf
+	out  *netnstest.SyncBuffer
 	done chan struct{}
 }
 
@@ -462,22 +460,4 @@ func roleResult(t *testing.T, rp *roleProc, timeout time.Duration) netnstest.Str
 	}
 	t.Fatalf("%v printed no result:\n%s", cmd.Args, rp.out.String())
 	return res
-}
-
-// syncBuf is a bytes.Buffer safe for a process's stdout and stderr at once.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -132,7 +132,7 @@ func Veth(t testing.TB, a *NS, aName string, aAddr netip.Prefix, b *NS, bName st
 type Proc struct {
 	Name string
 	Cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *SyncBuffer
 	done chan struct{}
 	err  error
 }
@@ -144,7 +144,7 @@ func (ns *NS) Start(t testing.TB, name string, env []string, argv ...string) *Pr
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
 	cmd.Env = append(os.Environ(), env...)
-	buf := &syncBuffer{}
+	buf := &SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = buf, buf
 	// Its own process group, so cleanup can signal exactly this process
 	// (ip netns exec execs into argv, keeping the pid) and its children.
@@ -232,18 +232,20 @@ func run(argv ...string) (string, error) {
 	return string(out), err
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for a process's stdout and stderr at
+// once.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
