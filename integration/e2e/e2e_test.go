@@ -245,7 +245,7 @@ var icmpEcho = regexp.MustCompile(`IP (\d+\.\d+\.\d+\.\d+) > (\d+\.\d+\.\d+\.\d+
 // testPingMatrix: every pod reaches every pod; a receiver sees each sender's
 // own pod IP as the source (no NAT anywhere on the path).
 func testPingMatrix(t *testing.T, ctx context.Context, l *lab.Lab) {
-	requireMatrix(t, ctx, l)
+	requireMatrixWithin(t, ctx, l, 40*time.Second) // first check after the lab came up
 	byNode := podsByNode(l)
 	for _, recvNode := range l.State().NodeNames() {
 		recv := byNode[recvNode][0]
