@@ -555,7 +555,7 @@ func TestBadPublicKey(t *testing.T) {
 	l := newLab(t, 3, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	requireMatrix(t, ctx, l)
+	requireMatrixWithin(t, ctx, l, 40*time.Second) // first check after the lab came up
 	admin, err := l.Admin()
 	if err != nil {
 		t.Fatal(err)
@@ -660,7 +660,7 @@ func TestAPIServerOutage(t *testing.T) {
 	l := newLab(t, 2, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	requireMatrix(t, ctx, l)
+	requireMatrixWithin(t, ctx, l, 40*time.Second) // first check after the lab came up
 	nodes := l.State().NodeNames()
 	a, b := firstPod(t, l, nodes[0]), firstPod(t, l, nodes[1])
 

@@ -123,11 +123,11 @@ func requireMatrix(t *testing.T, ctx context.Context, l *lab.Lab) {
 }
 
 // requireMatrixWithin is requireMatrix for a mesh whose nodes have just
-// been configured with each other at the same moment: it pings again until
-// within has passed. Two agents that add each other in the same millisecond
-// have been seen (once in CI) to leave the pair unable to talk for longer
-// than one matrix run, which WireGuard's own retry (15 s without an answer)
-// repairs; the delay is logged so it stays visible. Root cause not known.
+// configured each other: it pings again until within has passed. In CI
+// runs under load a pair of a fresh lab has twice stayed silent longer than
+// one matrix run while every other pair worked (agents had added each other
+// as peers 0-19 ms apart); WireGuard's own retry (15 s without an answer)
+// repairs it. The delay is logged so it stays visible; root cause not known.
 func requireMatrixWithin(t *testing.T, ctx context.Context, l *lab.Lab, within time.Duration) {
 	t.Helper()
 	start := time.Now()
