@@ -27,7 +27,23 @@ for t in "${targets[@]}"; do
 	read -r pkg name <<<"$t"
 	echo "fuzz: $pkg $name for $fuzztime"
 	log="$(mktemp)"
-	if go test "$pkg" -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" >"$log" 2>&1; then
+	ok=false
+	for attempt in 1 2; do
+		if go test "$pkg" -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" >"$log" 2>&1; then
+			ok=true
+			break
+		fi
+		# Go's fuzz coordinator sometimes ends a clean run with a bare
+		# "context deadline exceeded" when a worker answers late at the
+		# deadline: no input failed, none was written. Run such a target
+		# once more; a real crash ("Failing input written") never retries.
+		if ((attempt == 1)) && grep -q 'context deadline exceeded' "$log" && ! grep -q 'Failing input written' "$log"; then
+			echo "  $name: fuzz engine timed out at the deadline without a failing input; running it again"
+			continue
+		fi
+		break
+	done
+	if $ok; then
 		# The last progress line has the totals, e.g.
 		# "fuzz: elapsed: 12s, execs: 40000 (3300/sec), new interesting: 3 (total: 90)".
 		grep -E '^fuzz: elapsed' "$log" | tail -1 | sed "s/^/  $name: /"
