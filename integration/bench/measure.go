@@ -136,37 +136,25 @@ func ProcCPUSeconds(pid int) (float64, error) {
 	return float64(st.UserTicks+st.SystemTicks) / clkTck, nil
 }
 
-// ProcMemMB returns a process's resident set (VmRSS) and its peak (VmHWM)
-// in MiB.
-func ProcMemMB(pid int) (rss, peak float64, err error) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	r, err := ParseStatusKB(string(raw), "VmRSS")
-	if err != nil {
-		return 0, 0, err
-	}
-	h, err := ParseStatusKB(string(raw), "VmHWM")
-	if err != nil {
-		return 0, 0, err
-	}
-	return float64(r) / 1024, float64(h) / 1024, nil
-}
+// ProcMem is a process's memory in MiB from one read of /proc/<pid>/status:
+// the resident set (VmRSS), its peak (VmHWM) and the private anonymous part
+// (RssAnon: VmRSS without the clean, shared pages of its binary and
+// libraries, which the kernel can drop and re-read at will).
+type ProcMem struct{ RSS, Peak, Anon float64 }
 
-// ProcAnonMB returns a process's private anonymous resident memory (RssAnon)
-// in MiB: VmRSS without the clean, shared pages of its binary and libraries,
-// which the kernel can drop and re-read at will.
-func ProcAnonMB(pid int) (float64, error) {
+// ReadProcMem reads a process's ProcMem.
+func ReadProcMem(pid int) (ProcMem, error) {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return ProcMem{}, err
 	}
-	a, err := ParseStatusKB(string(raw), "RssAnon")
-	if err != nil {
-		return 0, err
+	var kb [3]int64
+	for i, field := range []string{"VmRSS", "VmHWM", "RssAnon"} {
+		if kb[i], err = ParseStatusKB(string(raw), field); err != nil {
+			return ProcMem{}, err
+		}
 	}
-	return float64(a) / 1024, nil
+	return ProcMem{RSS: float64(kb[0]) / 1024, Peak: float64(kb[1]) / 1024, Anon: float64(kb[2]) / 1024}, nil
 }
 
 // SystemBusySeconds is the busy CPU time of the whole machine (all cores).

@@ -291,8 +291,8 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 	}
 	time.Sleep(time.Second)
 	for _, e := range es {
-		e.res.RSSIdleMB, _ = pairMem(t, e.pair)
-		e.res.AnonIdleMB = pairAnon(t, e.pair)
+		m := pairMem(t, e.pair)
+		e.res.RSSIdleMB, e.res.AnonIdleMB = m.RSS, m.Anon
 	}
 	for r := range s.Runs {
 		for _, e := range es {
@@ -336,7 +336,8 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 		}
 	}
 	for _, e := range es {
-		e.res.RSSAfterMB, e.res.RSSPeakMB = pairMem(t, e.pair)
+		m := pairMem(t, e.pair)
+		e.res.RSSAfterMB, e.res.RSSPeakMB = m.RSS, m.Peak
 		if e.pair.Variant == Plain {
 			continue
 		}
@@ -357,36 +358,20 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 	return pass
 }
 
-// pairMem returns the larger RSS and peak RSS of the pair's daemons.
-func pairMem(t testing.TB, p *Pair) (rss, peak float64) {
+// pairMem returns the larger of each figure over the pair's daemons.
+func pairMem(t testing.TB, p *Pair) (out ProcMem) {
 	t.Helper()
 	for _, n := range p.Nodes {
 		if n.Pid == 0 {
 			continue
 		}
-		r, h, err := ProcMemMB(n.Pid)
+		m, err := ReadProcMem(n.Pid)
 		if err != nil {
 			t.Fatalf("memory of %s daemon: %v", n.Name, err)
 		}
-		rss, peak = max(rss, r), max(peak, h)
+		out = ProcMem{RSS: max(out.RSS, m.RSS), Peak: max(out.Peak, m.Peak), Anon: max(out.Anon, m.Anon)}
 	}
-	return rss, peak
-}
-
-// pairAnon returns the larger RssAnon of the pair's daemons.
-func pairAnon(t testing.TB, p *Pair) (anon float64) {
-	t.Helper()
-	for _, n := range p.Nodes {
-		if n.Pid == 0 {
-			continue
-		}
-		a, err := ProcAnonMB(n.Pid)
-		if err != nil {
-			t.Fatalf("memory of %s daemon: %v", n.Name, err)
-		}
-		anon = max(anon, a)
-	}
-	return anon
+	return out
 }
 
 // RunScale runs the scale role s.ScaleRuns times in fresh namespaces.
