@@ -28,8 +28,10 @@ const (
 	NetworkName = "wgmesh"
 	// ConflistName is the file the agent writes into the CNI conf dir.
 	ConflistName = "10-wgmesh.conflist"
-	// CNIVersion is the spec version the conflist declares.
-	CNIVersion     = "1.1.0"
+	// CNIVersion is the conflist's "cniVersion", what a libcni older than
+	// 1.2 (containerd 1.7) reads: it cannot parse a 1.1.0 result, so the
+	// field stays at 1.0.0. Newer libcni read cniVersions (conflist.go).
+	CNIVersion     = "1.0.0"
 	DefaultBridge  = "wgmesh-br0"
 	DefaultDataDir = "/var/lib/cni/wgmesh"
 	// DefaultMTU is WireGuard's default (1500 minus 80 bytes of overhead),

@@ -28,6 +28,12 @@ type NodeConf struct {
 	PortMap bool
 }
 
+// cniVersions is the conflist's "cniVersions" (spec 1.1): libcni 1.2 and
+// later run the network at the highest entry they implement, 1.1.0 with
+// STATUS and GC, while older ones ignore the key and read CNIVersion. The
+// plugin answers each request in the version it was sent.
+var cniVersions = []string{CNIVersion, "1.1.0"}
+
 // RenderConflist returns the conflist for c. The agent owns the file
 // outright: it always contains exactly our plugin and, if asked, portmap, so
 // rewriting it is level-triggered and hand edits are overwritten. The bytes
@@ -62,10 +68,11 @@ func RenderConflist(c NodeConf) ([]byte, error) {
 		plugins = append(plugins, plugin{Type: "portmap", Capabilities: map[string]bool{"portMappings": true}, SNAT: &snat})
 	}
 	list := struct {
-		CNIVersion string   `json:"cniVersion"`
-		Name       string   `json:"name"`
-		Plugins    []plugin `json:"plugins"`
-	}{CNIVersion, NetworkName, plugins}
+		CNIVersion  string   `json:"cniVersion"`
+		CNIVersions []string `json:"cniVersions"`
+		Name        string   `json:"name"`
+		Plugins     []plugin `json:"plugins"`
+	}{CNIVersion, cniVersions, NetworkName, plugins}
 	out, err := json.MarshalIndent(list, "", "  ")
 	if err != nil {
 		return nil, err

@@ -5,10 +5,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/google/go-cmp/cmp"
 )
 
 func TestRenderConflist(t *testing.T) {
@@ -17,7 +20,11 @@ func TestRenderConflist(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `{
-  "cniVersion": "1.1.0",
+  "cniVersion": "1.0.0",
+  "cniVersions": [
+    "1.0.0",
+    "1.1.0"
+  ],
   "name": "wgmesh",
   "plugins": [
     {
@@ -50,7 +57,8 @@ func TestConflistLoadsInLibcni(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if list.CNIVersion != CNIVersion || len(list.Plugins) != 2 || list.Plugins[0].Network.Type != PluginType || list.Plugins[1].Network.Type != "portmap" {
+	// This libcni (1.3) implements spec 1.1.0, the highest of cniVersions.
+	if list.CNIVersion != "1.1.0" || len(list.Plugins) != 2 || list.Plugins[0].Network.Type != PluginType || list.Plugins[1].Network.Type != "portmap" {
 		t.Fatalf("loaded %+v", list)
 	}
 	if !list.Plugins[1].Network.Capabilities["portMappings"] {
@@ -67,6 +75,66 @@ func TestConflistLoadsInLibcni(t *testing.T) {
 	}
 	if c.Bridge != "br-test" || c.MTU != 1380 || c.DataDir != "/tmp/wgm" || len(c.PodCIDRs) != 2 {
 		t.Errorf("parsed %+v", c)
+	}
+}
+
+// TestConflistVersions pins the declared versions: cniVersion 1.0.0 for a
+// libcni that predates cniVersions (1.1.x, as in containerd 1.7, fails every
+// ADD of a 1.1.0 network: it cannot parse a 1.1.0 result), cniVersions up
+// to 1.1.0 so newer libcni get STATUS and GC. The integration suite
+// integration/cniclients drives the file through each real libcni.
+func TestConflistVersions(t *testing.T) {
+	b, err := RenderConflist(NodeConf{MTU: 1420, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	if raw["cniVersion"] != "1.0.0" {
+		t.Errorf("cniVersion %v, want 1.0.0", raw["cniVersion"])
+	}
+	if diff := cmp.Diff([]any{"1.0.0", "1.1.0"}, raw["cniVersions"]); diff != "" {
+		t.Errorf("cniVersions (-want +got):\n%s", diff)
+	}
+
+	// A libcni without cniVersions support sees only cniVersion.
+	delete(raw, "cniVersions")
+	old, err := json.Marshal(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		conf []byte
+		want string
+	}{
+		"with cniVersions":    {b, "1.1.0"},
+		"without cniVersions": {old, "1.0.0"},
+	} {
+		list, err := libcni.ConfListFromBytes(tc.conf)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if list.CNIVersion != tc.want {
+			t.Errorf("%s: libcni runs the network at %s, want %s", name, list.CNIVersion, tc.want)
+		}
+		// Every version a runtime may pick is one the plugin's VERSION
+		// (cmd/wgmesh-cni: version.All) reports and its config parser takes.
+		if !slices.Contains(version.All.SupportedVersions(), list.CNIVersion) {
+			t.Errorf("%s: %s is not in version.All %v", name, list.CNIVersion, version.All.SupportedVersions())
+		}
+		inj, err := libcni.InjectConf(list.Plugins[0], map[string]any{"name": list.Name, "cniVersion": list.CNIVersion})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := ParseConf(inj.Bytes)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if c.CNIVersion != tc.want {
+			t.Errorf("%s: plugin sees cniVersion %q, want %s", name, c.CNIVersion, tc.want)
+		}
 	}
 }
 

@@ -167,6 +167,33 @@ func TestAddDualStackAndOldVersion(t *testing.T) {
 	}
 }
 
+// TestAddAnswersInRequestedVersion: the result is in the cniVersion of the
+// request, whichever the runtime picked from the conflist (a libcni 1.1.x
+// client rejects a 1.1.0 result to a 1.0.0 request).
+func TestAddAnswersInRequestedVersion(t *testing.T) {
+	for _, v := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
+		t.Run(v, func(t *testing.T) {
+			h := newHarness(t, "/run/netns/p1")
+			r, err := h.add("c1", "/run/netns/p1", h.conf(map[string]any{"cniVersion": v}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got struct {
+				CNIVersion string `json:"cniVersion"`
+			}
+			if err := json.Unmarshal(h.out.Bytes(), &got); err != nil {
+				t.Fatal(err)
+			}
+			if got.CNIVersion != v {
+				t.Errorf("result cniVersion %q, want %q: %s", got.CNIVersion, v, h.out)
+			}
+			if len(r.IPs) != 1 || r.IPs[0].Address.String() != "10.244.1.2/24" {
+				t.Errorf("result IPs %v", r.IPs)
+			}
+		})
+	}
+}
+
 func TestAddFailures(t *testing.T) {
 	tests := []struct {
 		name     string
