@@ -7,7 +7,7 @@ CMDS := wgmesh-agent wgmesh-cni wgmeshctl wgmesh-lab
 # The whole suite (unit + root/netns + end-to-end) must stay well inside CI's 90 minutes.
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all deps build test test-unit lint demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test
+.PHONY: all deps build test test-unit lint vet-cniclient demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test
 IMAGE ?= wgmesh:dev
 
 all: build
@@ -27,8 +27,15 @@ build:
 test: deps tools
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root: the netns/e2e suites fail without it" >&2; exit 1; fi
 	$(GO) vet ./...
+	@$(MAKE) --no-print-directory vet-cniclient
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	integration/scripts/fuzz.sh
+
+# integration/cniclients/client is a module of its own (so `./...` skips it), built once per
+# libcni release by integration/cniclients: vet each build.
+vet-cniclient:
+	cd integration/cniclients/client && $(GO) vet . && $(GO) vet -modfile=libcni-v1.2.mod . && \
+	  $(GO) vet -modfile=libcni-v1.1.mod -tags=libcni_v1_1 .
 
 # Every fuzz target for a bounded time (FUZZTIME, default 12s each); part of make test.
 fuzz:
@@ -41,6 +48,7 @@ test-unit:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@$(MAKE) --no-print-directory vet-cniclient
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./... || echo "lint: staticcheck unavailable or failed (see above)"
 
 clean:
