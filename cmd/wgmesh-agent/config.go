@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
 )
 
@@ -92,7 +93,7 @@ func registerFlags(fs *pflag.FlagSet) {
 	fs.Duration(keyResync, mesh.DefaultResync, "period of full reconciles without any change")
 	fs.String(keyLogFormat, "text", "log format: text or json")
 	fs.String(keyLogLevel, "info", "log level: debug, info, warn or error")
-	fs.String(keyMetricsAddress, ":9585", `listen address for /metrics, /healthz and /readyz; empty = off`)
+	fs.String(keyMetricsAddress, agent.DefaultMetricsAddress, `listen address for /metrics, /healthz and /readyz; empty = off`)
 	fs.Bool(keyNetworkPolicy, true, "enforce Kubernetes NetworkPolicies for this node's pods (false removes wgmesh's policy tables)")
 }
 

@@ -12,9 +12,10 @@
 // from the module version in go.mod), debian (/usr/bin/wireguard-go), and
 // wgmesh. wgmesh is the real wgmesh-agent binary on a real kube-apiserver
 // (integration/lab) when the lab's binaries are available (-bench.lab), or
-// otherwise the "node role": the agent's wiring of mesh/wgdev,
-// mesh/dataplane and the mesh reconciler, fed by a node list file instead
-// of the apiserver, with pods attached by the wgmesh CNI plugin. All
+// otherwise the "node role": the agent as shipped (mesh/agent, the
+// assembly cmd/wgmesh-agent runs: peer restore, metrics, memory limit and
+// all), fed by a node list file instead of the apiserver, with pods
+// attached by the wgmesh CNI plugin. All
 // variants are set up first and measured interleaved (run r of every
 // variant before run r+1 of any), so load on the machine hits them alike;
 // the report shows medians and ratios.

@@ -318,7 +318,7 @@ func (r *Report) Markdown() string {
 		w("\n")
 	}
 	if len(r.Scale) > 0 {
-		w("## 6. Control-plane scale (one agent: kube source over client-go's fake clientset, real wireguard-go device via UAPI, real dataplane)\n\n")
+		w("## 6. Control-plane scale (one agent as shipped, mesh/agent: kube source over client-go's fake clientset, real wireguard-go device via UAPI, real dataplane)\n\n")
 		w("| nodes | full reconcile wall / CPU ms | no-op resync ms (writes) | one change: pass ms / API→device ms (peers touched) | KiB per peer: device+routes / incl. Node caches | runs |\n|---|---|---|---|---|---|\n")
 		for _, s := range r.Scale {
 			if len(s.Runs) == 0 {

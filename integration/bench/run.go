@@ -80,8 +80,8 @@ type Extra struct {
 	// forward rules, routes, bridge) on an upstream or debian pair, to
 	// separate the cost of those rules from the cost of the embedding.
 	Rules bool `json:"rules,omitempty"`
-	// NoOffload: TUN without IFF_VNET_HDR (node role: the agent has no
-	// switch for it).
+	// NoOffload: TUN without IFF_VNET_HDR (node role only: the agent's
+	// command has no switch for it).
 	NoOffload bool `json:"no_offload"`
 	// Env for the agent (or node role) processes, e.g. GOMEMLIMIT=off.
 	Env []string `json:"env"`
@@ -382,7 +382,7 @@ func RunScale(t *testing.T, tools Tools, s Settings, nodes int) ScaleSeries {
 		t.Run(fmt.Sprintf("nodes-%d-run-%d", nodes, r), func(t *testing.T) {
 			prefix := netnstest.Prefix(t)
 			ns := netnstest.NewNS(t, prefix+"-scale")
-			cfg := ScaleConfig{Nodes: nodes, Rounds: s.ScaleRounds, Real: true, Interface: prefix + "s"}
+			cfg := ScaleConfig{Nodes: nodes, Rounds: s.ScaleRounds, Interface: prefix + "s"}
 			if s.ProfileDir != "" && r == 0 {
 				cfg.CPUProfile = filepath.Join(s.ProfileDir, fmt.Sprintf("scale-%d.pprof", nodes))
 				ser.Profile = cfg.CPUProfile
@@ -480,8 +480,8 @@ func implBase(tools Tools, v Variant, noOffload bool) string {
 	case tools.LabDir != "" && !noOffload:
 		return "wgmesh-agent binary on a real kube-apiserver, pods by the wgmesh CNI plugin (integration/lab)"
 	case noOffload:
-		return "node role (the agent's wgdev+dataplane+reconciler wiring, file node source), TUN without IFF_VNET_HDR"
+		return "node role (the agent as shipped, mesh/agent, over a file node source), TUN without IFF_VNET_HDR"
 	default:
-		return "node role (the agent's wgdev+dataplane+reconciler wiring, file node source), pods by the wgmesh CNI plugin"
+		return "node role (the agent as shipped, mesh/agent, over a file node source), pods by the wgmesh CNI plugin"
 	}
 }

@@ -6,15 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,9 +27,9 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
 	"github.com/wgmesh/wgmesh/mesh/kube"
-	"github.com/wgmesh/wgmesh/mesh/meshtest"
 	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
 
@@ -37,11 +39,7 @@ type ScaleConfig struct {
 	Nodes int
 	// Rounds of the no-op and one-change measurements.
 	Rounds int
-	// Real uses a wireguard-go device on a real TUN (through its UAPI
-	// socket, as the agent does) and the real dataplane; otherwise the
-	// in-memory meshtest doubles, which isolate the core's own cost.
-	Real bool
-	// Interface for the real device (unique: its UAPI socket path is
+	// Interface for the agent's device (unique: its UAPI socket path is
 	// global).
 	Interface string
 	// CPUProfile, if set, receives a pprof CPU profile of the measured
@@ -51,14 +49,20 @@ type ScaleConfig struct {
 
 // ScaleResult is what one scale run measured.
 type ScaleResult struct {
-	Nodes int  `json:"nodes"`
-	Peers int  `json:"peers"`
-	Real  bool `json:"real_device"`
+	Nodes int `json:"nodes"`
+	Peers int `json:"peers"`
+	// Real is always true now: the role runs the agent as shipped (real
+	// wireguard-go device through its UAPI socket, real dataplane).
+	Real bool `json:"real_device"`
 	// FullWall/FullCPU: the first reconcile after the cache synced, on an
-	// empty device (adds every peer and route).
+	// empty device (adds every peer and route). Walls are the pass itself
+	// (mesh.Status.Duration); CPU is the whole process's from the trigger
+	// to the end of the agent's per-pass bookkeeping (memory limit,
+	// metrics, the state file it rewrites on every pass).
 	FullWallMS float64 `json:"full_reconcile_wall_ms"`
 	FullCPUMS  float64 `json:"full_reconcile_cpu_ms"`
-	// NoopWall/NoopCPU: medians over Rounds of a pass with nothing to do.
+	// NoopWall/NoopCPU: medians over Rounds of a pass with nothing to do
+	// (a resync, triggered through the node source's change signal).
 	NoopWallMS float64 `json:"noop_wall_ms"`
 	NoopCPUMS  float64 `json:"noop_cpu_ms"`
 	NoopWrites int     `json:"noop_device_writes"`
@@ -69,17 +73,18 @@ type ScaleResult struct {
 	DeviceMS  float64 `json:"read_device_ms"`
 	ComputeMS float64 `json:"compute_ms"`
 	ApplyMS   float64 `json:"dataplane_apply_ms"`
-	// ChangeWall: median of one reconcile pass after one Node changed;
-	// ChangeApply: median from the API update to the device write, with
-	// the reconciler's Run loop and the informer in between.
+	// ChangeWall: median of the reconcile pass that applied one changed
+	// Node; ChangeApply: median from the API update to the device write,
+	// with the informer and the agent's Run loop in between.
 	ChangeWallMS  float64 `json:"change_reconcile_wall_ms"`
 	ChangeApplyMS float64 `json:"change_to_applied_ms"`
 	// ChangePeers is the largest number of peers any one-change write
 	// touched (must be 1); ChangeWrites the device writes per change.
 	ChangePeers  int `json:"change_peers_touched_max"`
 	ChangeWrites int `json:"change_device_writes_max"`
-	// RSS: before anything, after the Node cache synced, after the full
-	// reconcile (all after a GC and returning free memory to the OS).
+	// RSS: before anything, after the agent started and its Node cache
+	// synced (device up, no peers), after the full reconcile (all after a
+	// GC and returning free memory to the OS).
 	RSSStartMB  float64 `json:"rss_start_mb"`
 	RSSSyncedMB float64 `json:"rss_synced_mb"`
 	RSSPeersMB  float64 `json:"rss_peers_mb"`
@@ -89,50 +94,6 @@ type ScaleResult struct {
 	// and by the in-process fake apiserver (an upper bound).
 	KBPerPeerDevice float64 `json:"kb_per_peer_device"`
 	KBPerPeerTotal  float64 `json:"kb_per_peer_total"`
-}
-
-// countingDevice counts the device writes and the peers each touched.
-type countingDevice struct {
-	inner  mesh.Device
-	mu     sync.Mutex
-	writes int
-	peers  []int
-	keys   map[wgtypes.Key]bool
-	notify chan struct{}
-}
-
-func (d *countingDevice) Device() (*wgtypes.Device, error) { return d.inner.Device() }
-
-func (d *countingDevice) ConfigureDevice(cfg wgtypes.Config) error {
-	err := d.inner.ConfigureDevice(cfg)
-	d.mu.Lock()
-	d.writes++
-	d.peers = append(d.peers, len(cfg.Peers))
-	for _, p := range cfg.Peers {
-		d.keys[p.PublicKey] = true
-	}
-	d.mu.Unlock()
-	select {
-	case d.notify <- struct{}{}:
-	default:
-	}
-	return err
-}
-
-func (d *countingDevice) reset() {
-	d.mu.Lock()
-	d.writes, d.peers, d.keys = 0, nil, map[wgtypes.Key]bool{}
-	d.mu.Unlock()
-}
-
-func (d *countingDevice) stats() (writes, maxPeers int, keys map[wgtypes.Key]bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	m := 0
-	for _, p := range d.peers {
-		m = max(m, p)
-	}
-	return d.writes, m, d.keys
 }
 
 func cpuNow() time.Duration {
@@ -174,9 +135,9 @@ func scaleNode(i int, key wgtypes.Key) *v1.Node {
 	}
 }
 
-// runScaleRole measures one agent's reconciler against a cluster of
-// cfg.Nodes Nodes served by client-go's fake clientset through the real
-// kube node source (informer + lister), and prints a ScaleResult.
+// runScaleRole measures one agent (mesh/agent, as shipped) against a
+// cluster of cfg.Nodes Nodes served by client-go's fake clientset through
+// the real kube node source (informer + lister), and prints a ScaleResult.
 func runScaleRole(raw []byte) error {
 	var cfg ScaleConfig
 	if err := json.Unmarshal(raw, &cfg); err != nil {
@@ -189,18 +150,115 @@ func runScaleRole(raw []byte) error {
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
+// gatedSource is the agent's kube node source with two harness handles:
+// it reports not synced until opened, so that the "synced" measurements
+// are taken before the first pass, and poke triggers a pass as a resync
+// would. Node changes reach the agent through it unchanged.
+type gatedSource struct {
+	*kube.Source
+	changed chan struct{}
+	opened  atomic.Bool
+}
+
+func newGatedSource(src *kube.Source) *gatedSource {
+	return &gatedSource{Source: src, changed: make(chan struct{}, 1)}
+}
+
+func (g *gatedSource) HasSynced() bool          { return g.opened.Load() && g.Source.HasSynced() }
+func (g *gatedSource) Changed() <-chan struct{} { return g.changed }
+func (g *gatedSource) open()                    { g.opened.Store(true); g.poke() }
+
+func (g *gatedSource) poke() {
+	select {
+	case g.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (g *gatedSource) Run(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-g.Source.Changed():
+				g.poke()
+			}
+		}
+	}()
+	err := g.Source.Run(ctx)
+	<-done
+	return err
+}
+
+// scalePass is one reconcile pass as the agent reported it, with the
+// process CPU time at that moment.
+type scalePass struct {
+	status mesh.Status
+	cpu    time.Duration
+}
+
+// writeLog records the agent's device writes: when, and which peers.
+type writeLog struct {
+	mu     sync.Mutex
+	at     []time.Time
+	peers  []int
+	keys   map[wgtypes.Key]bool
+	lastAt map[wgtypes.Key]time.Time
+}
+
+func (w *writeLog) record(c wgtypes.Config) {
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.at = append(w.at, now)
+	w.peers = append(w.peers, len(c.Peers))
+	for _, p := range c.Peers {
+		w.keys[p.PublicKey] = true
+		w.lastAt[p.PublicKey] = now
+	}
+}
+
+func (w *writeLog) reset() {
+	w.mu.Lock()
+	w.at, w.peers, w.keys, w.lastAt = nil, nil, map[wgtypes.Key]bool{}, map[wgtypes.Key]time.Time{}
+	w.mu.Unlock()
+}
+
+// stats: the largest number of peers one write touched, every key
+// touched, and when key was last written (zero if not).
+func (w *writeLog) stats(key wgtypes.Key) (maxPeers int, keys map[wgtypes.Key]bool, at time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range w.peers {
+		maxPeers = max(maxPeers, p)
+	}
+	return maxPeers, maps.Clone(w.keys), w.lastAt[key]
+}
+
 func measureScale(cfg ScaleConfig) (ScaleResult, error) {
 	if cfg.Nodes < 2 || cfg.Nodes > 8000 {
 		return ScaleResult{}, fmt.Errorf("scale: nodes %d not in 2..8000", cfg.Nodes)
 	}
 	cfg.Rounds = max(cfg.Rounds, 1)
-	res := ScaleResult{Nodes: cfg.Nodes, Peers: cfg.Nodes - 1, Real: cfg.Real}
+	res := ScaleResult{Nodes: cfg.Nodes, Peers: cfg.Nodes - 1, Real: true}
 	res.RSSStartMB = rssMB()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	dir, err := os.MkdirTemp("", "wgmesh-scale-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
 
 	selfKey, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
+		return res, err
+	}
+	keyFile := filepath.Join(dir, "private.key")
+	if err := wgdev.WriteKey(keyFile, selfKey); err != nil {
 		return res, err
 	}
 	objs := make([]*v1.Node, cfg.Nodes)
@@ -223,43 +281,76 @@ func measureScale(cfg ScaleConfig) (ScaleResult, error) {
 	if err != nil {
 		return res, err
 	}
-	go src.Run(ctx)
-	for deadline := time.Now().Add(2 * time.Minute); !src.HasSynced(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			return res, errors.New("node informer did not sync")
+	gate := newGatedSource(src)
+	passes := make(chan scalePass, 1024)
+	writes := &writeLog{}
+	writes.reset()
+	a, err := agent.New(agent.Config{
+		NodeName:       objs[0].Name,
+		Interface:      cfg.Interface,
+		ListenPort:     listenPort,
+		KeyFile:        keyFile,
+		MTU:            1420,
+		CNIConfDir:     filepath.Join(dir, "net.d"),
+		CNIDataDir:     filepath.Join(dir, "cni-data"),
+		RunDir:         filepath.Join(dir, "run"),
+		NetworkPolicy:  true,
+		KubeClient:     client,
+		NodeSource:     gate,
+		Resync:         time.Hour,
+		MetricsAddress: agent.DefaultMetricsAddress,
+		Logger:         log,
+		OnReconcile:    func(s mesh.Status) { passes <- scalePass{status: s, cpu: cpuNow()} },
+		OnDeviceWrite:  writes.record,
+	})
+	if err != nil {
+		return res, err
+	}
+	runDone := make(chan error, 1)
+	go func() { runDone <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-runDone
+	}()
+	nextPass := func(what string) (scalePass, error) {
+		select {
+		case p := <-passes:
+			return p, nil
+		case err := <-runDone:
+			runDone <- err
+			return scalePass{}, fmt.Errorf("%s: agent stopped: %v", what, err)
+		case <-time.After(2 * time.Minute):
+			return scalePass{}, fmt.Errorf("%s: no reconcile pass within 2 minutes", what)
 		}
 	}
 
-	var dev mesh.Device
-	var dp mesh.Dataplane
-	if cfg.Real {
-		d, err := wgdev.New(wgdev.Config{Name: cfg.Interface, MTU: 1420, PrivateKey: selfKey, ListenPort: listenPort, Logger: log})
-		if err != nil {
-			return res, err
+	// The agent is up (its device answers on the UAPI socket) and its
+	// Node cache is full; the harness's own client reads the same device
+	// for the breakdown below.
+	var dev *wgdev.Client
+	for deadline := time.Now().Add(2 * time.Minute); dev == nil || !src.HasSynced(); time.Sleep(10 * time.Millisecond) {
+		select {
+		case err := <-runDone:
+			runDone <- err
+			return res, fmt.Errorf("agent stopped during start-up: %v", err)
+		default:
 		}
-		if err := d.Open(); err != nil {
-			return res, err
+		if time.Now().After(deadline) {
+			return res, errors.New("agent not up with a synced node cache within 2 minutes")
 		}
-		defer d.Close()
-		c, err := wgdev.Dial(cfg.Interface)
-		if err != nil {
-			return res, err
+		if dev == nil {
+			if c, err := wgdev.Dial(cfg.Interface); err == nil {
+				dev = c
+				defer c.Close()
+			}
 		}
-		defer c.Close()
-		p, err := dataplane.New(dataplane.Config{WGInterface: cfg.Interface, Logger: log})
-		if err != nil {
-			return res, err
-		}
-		dev, dp = c, p
-	} else {
-		dev, dp = meshtest.NewDevice(cfg.Interface), &meshtest.Dataplane{}
+	}
+	dp, err := dataplane.New(dataplane.Config{WGInterface: cfg.Interface, Logger: log})
+	if err != nil {
+		return res, err
 	}
 	res.RSSSyncedMB = rssMB()
-	cd := &countingDevice{inner: dev, keys: map[wgtypes.Key]bool{}, notify: make(chan struct{}, 1)}
-	rec := mesh.New(mesh.Config{
-		NodeName: objs[0].Name, PublicKey: selfKey.PublicKey(), ListenPort: listenPort, MTU: 1420,
-		Source: src, Device: cd, Dataplane: dp, Logger: log, Resync: time.Hour,
-	})
+
 	// Profiles: one of the full reconcile, one of everything after it.
 	profile := func(suffix string) (stop func(), err error) {
 		if cfg.CPUProfile == "" {
@@ -277,45 +368,61 @@ func measureScale(cfg ScaleConfig) (ScaleResult, error) {
 	}
 
 	// Full reconcile: every peer and route is new.
-	drain(src.Changed())
 	stopProfile, err := profile("full")
 	if err != nil {
 		return res, err
 	}
-	w0, c0 := time.Now(), cpuNow()
-	if err := rec.Reconcile(ctx); err != nil {
-		return res, fmt.Errorf("full reconcile: %w", err)
+	c0 := cpuNow()
+	gate.open()
+	p, err := nextPass("full reconcile")
+	if err != nil {
+		return res, err
 	}
-	res.FullWallMS, res.FullCPUMS = Millis(time.Since(w0)), Millis(cpuNow()-c0)
+	if p.status.Err != nil {
+		return res, fmt.Errorf("full reconcile: %w", p.status.Err)
+	}
+	res.FullWallMS, res.FullCPUMS = Millis(p.status.Duration), Millis(p.cpu-c0)
 	stopProfile()
 	if stopProfile, err = profile("steady"); err != nil {
 		return res, err
 	}
 	defer stopProfile()
-	if st := rec.Status(); len(st.Peers) != res.Peers {
-		return res, fmt.Errorf("full reconcile: %d peers desired, want %d (excluded: %v)", len(st.Peers), res.Peers, st.Excluded)
+	if len(p.status.Peers) != res.Peers {
+		return res, fmt.Errorf("full reconcile: %d peers desired, want %d (excluded: %v)", len(p.status.Peers), res.Peers, p.status.Excluded)
 	}
 	res.RSSPeersMB = rssMB()
 	res.KBPerPeerDevice = (res.RSSPeersMB - res.RSSSyncedMB) * 1024 / float64(res.Peers)
 	res.KBPerPeerTotal = (res.RSSPeersMB - res.RSSStartMB) * 1024 / float64(res.Peers)
 
+	// A late change signal from the informer's initial list may trigger
+	// one more pass; let it run before measuring.
+	st := p.status
+	time.Sleep(500 * time.Millisecond)
+	for len(passes) > 0 {
+		st = (<-passes).status
+	}
+
 	// No-op passes.
 	var noopWall, noopCPU []float64
-	cd.reset()
 	for range cfg.Rounds {
-		w0, c0 := time.Now(), cpuNow()
-		if err := rec.Reconcile(ctx); err != nil {
-			return res, fmt.Errorf("no-op reconcile: %w", err)
+		c0 := cpuNow()
+		gate.poke()
+		p, err := nextPass("no-op reconcile")
+		if err != nil {
+			return res, err
 		}
-		noopWall = append(noopWall, Millis(time.Since(w0)))
-		noopCPU = append(noopCPU, Millis(cpuNow()-c0))
+		if p.status.Err != nil {
+			return res, fmt.Errorf("no-op reconcile: %w", p.status.Err)
+		}
+		noopWall = append(noopWall, Millis(p.status.Duration))
+		noopCPU = append(noopCPU, Millis(p.cpu-c0))
+		res.NoopWrites += int(p.status.DeviceWrites - st.DeviceWrites)
+		st = p.status
 	}
 	res.NoopWallMS, res.NoopCPUMS = Median(noopWall), Median(noopCPU)
-	res.NoopWrites, _, _ = cd.stats()
 
 	// Where a no-op pass spends its time: the same steps one by one.
 	var list, read, comp, dpApply []float64
-	st := rec.Status()
 	for range cfg.Rounds {
 		t0 := time.Now()
 		raws, err := src.Nodes()
@@ -339,79 +446,42 @@ func measureScale(cfg ScaleConfig) (ScaleResult, error) {
 	}
 	res.ListMS, res.DeviceMS, res.ComputeMS, res.ApplyMS = Median(list), Median(read), Median(comp), Median(dpApply)
 
-	// One Node changes (its endpoint port), then one pass.
-	var changeWall []float64
+	// One Node changes (its endpoint port): API update → informer →
+	// signal → the agent's pass → device write.
+	var changeWall, apply []float64
 	for r := range cfg.Rounds {
 		n := objs[1+r%(cfg.Nodes-1)]
+		key := mustKey(n)
+		writes.reset()
+		t0 := time.Now()
 		if err := bumpEndpoint(ctx, client, n, 1); err != nil {
 			return res, err
 		}
-		if err := waitNodeEndpoint(src, n); err != nil {
-			return res, err
-		}
-		cd.reset()
-		w0 := time.Now()
-		if err := rec.Reconcile(ctx); err != nil {
-			return res, fmt.Errorf("change reconcile: %w", err)
-		}
-		changeWall = append(changeWall, Millis(time.Since(w0)))
-		writes, peers, keys := cd.stats()
-		res.ChangeWrites, res.ChangePeers = max(res.ChangeWrites, writes), max(res.ChangePeers, peers)
-		if !keys[mustKey(n)] || len(keys) != 1 {
-			return res, fmt.Errorf("change of %s touched %d peers (its own: %v)", n.Name, len(keys), keys[mustKey(n)])
-		}
-	}
-	res.ChangeWallMS = Median(changeWall)
-
-	// The same through Run: API update → informer → signal → pass →
-	// device write.
-	runCtx, stopRun := context.WithCancel(ctx)
-	runDone := make(chan error, 1)
-	go func() { runDone <- rec.Run(runCtx) }()
-	time.Sleep(100 * time.Millisecond) // Run's first (no-op) pass
-	var apply []float64
-	for r := range cfg.Rounds {
-		n := objs[1+(cfg.Rounds+r)%(cfg.Nodes-1)]
-		cd.reset()
-		drain(cd.notify)
-		t0 := time.Now()
-		if err := bumpEndpoint(ctx, client, n, 2); err != nil {
-			stopRun()
-			return res, err
-		}
-		deadline := time.After(time.Minute)
-	wait:
 		for {
-			select {
-			case <-cd.notify:
-				if _, _, keys := cd.stats(); keys[mustKey(n)] {
-					break wait
-				}
-			case <-deadline:
-				stopRun()
-				return res, fmt.Errorf("change of %s not applied within a minute", n.Name)
+			p, err := nextPass("change of " + n.Name)
+			if err != nil {
+				return res, err
 			}
+			maxPeers, keys, at := writes.stats(key)
+			if at.IsZero() {
+				continue // a pass before the change reached the cache
+			}
+			if p.status.Err != nil {
+				return res, fmt.Errorf("change reconcile: %w", p.status.Err)
+			}
+			changeWall = append(changeWall, Millis(p.status.Duration))
+			apply = append(apply, Millis(at.Sub(t0)))
+			res.ChangeWrites = max(res.ChangeWrites, int(p.status.DeviceWrites-st.DeviceWrites))
+			res.ChangePeers = max(res.ChangePeers, maxPeers)
+			st = p.status
+			if len(keys) != 1 {
+				return res, fmt.Errorf("change of %s touched %d peers", n.Name, len(keys))
+			}
+			break
 		}
-		apply = append(apply, Millis(time.Since(t0)))
-		writes, peers, _ := cd.stats()
-		res.ChangeWrites, res.ChangePeers = max(res.ChangeWrites, writes), max(res.ChangePeers, peers)
 	}
-	stopRun()
-	if err := <-runDone; err != nil {
-		return res, err
-	}
-	res.ChangeApplyMS = Median(apply)
+	res.ChangeWallMS, res.ChangeApplyMS = Median(changeWall), Median(apply)
 	return res, nil
-}
-
-func drain(c <-chan struct{}) {
-	for {
-		select {
-		case <-c:
-		default:
-			return
-		}
-	}
 }
 
 func mustKey(n *v1.Node) wgtypes.Key {
@@ -429,20 +499,4 @@ func bumpEndpoint(ctx context.Context, c *fake.Clientset, n *v1.Node, by int) er
 	n.Annotations[mesh.AnnotationEndpoint] = netip.AddrPortFrom(ep.Addr(), ep.Port()+uint16(by)).String()
 	_, err = c.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
 	return err
-}
-
-// waitNodeEndpoint waits until the source's cache shows n's endpoint.
-func waitNodeEndpoint(src *kube.Source, n *v1.Node) error {
-	want := n.Annotations[mesh.AnnotationEndpoint]
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		nodes, err := src.Nodes()
-		if err != nil {
-			return err
-		}
-		i := slices.IndexFunc(nodes, func(r mesh.RawNode) bool { return r.Name == n.Name })
-		if i >= 0 && nodes[i].Annotations[mesh.AnnotationEndpoint] == want {
-			return nil
-		}
-	}
-	return fmt.Errorf("cache never showed %s's new endpoint", n.Name)
 }

@@ -308,9 +308,8 @@ func startWireguardGo(t testing.TB, n *Node, bin string) {
 	})
 }
 
-// setupWGMesh runs wgmesh's node data path in both node namespaces (the
-// node role: wgdev + dataplane + mesh reconciler + the agent's conflist
-// step, fed by a node list file), then attaches each pod with the wgmesh
+// setupWGMesh runs the agent in both node namespaces (the node role:
+// mesh/agent fed by a node list file), then attaches each pod with the wgmesh
 // CNI plugin through libcni, exactly as a container runtime does.
 func setupWGMesh(t testing.TB, tools Tools, p *Pair, dir string, opt SetupOptions) {
 	t.Helper()

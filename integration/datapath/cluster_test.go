@@ -139,6 +139,7 @@ func (c *cluster) startAgent(n *testNode) time.Duration {
 	env, err := childEnv("node", nodeConfig{
 		Name: n.name, Interface: wgIface, ListenPort: listenPort, KeyFile: n.keyFile,
 		Spec: c.specPath, AnnDir: c.annDir, ClusterCIDRs: dataplane.DefaultClusterCIDRs, RunDir: n.runDir,
+		CNIConfDir: filepath.Join(c.dir, n.name, "net.d"),
 	})
 	if err != nil {
 		c.t.Fatal(err)

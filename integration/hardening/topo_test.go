@@ -51,6 +51,8 @@ type hnode struct {
 	own     netip.Addr    // the node's own underlay address (its InternalIP)
 	seenAs  netip.Addr    // the address its packets come from on the underlay
 	podCIDR netip.Prefix
+	// wgAddr is the pod gateway (podCIDR's first address, on the agent's
+	// pod bridge): what pings across the mesh go to and come from.
 	wgAddr  netip.Addr
 	keyFile string
 	hosts   string // path of its hosts file, if any
@@ -155,16 +157,12 @@ func newTopo(t *testing.T, specs ...nodeSpec) *topo {
 func (tp *topo) start(n *hnode) {
 	t := tp.t
 	t.Helper()
-	var routes []string
-	for _, o := range tp.nodes {
-		if o != n {
-			routes = append(routes, o.podCIDR.String())
-		}
-	}
 	env, err := childEnv("node", nodeConfig{
 		Name: n.name, Interface: wgIface, ListenPort: listenPort, KeyFile: n.keyFile,
-		Spec: tp.spec, AnnDir: tp.annDir, Resync: resync, Poll: poll,
-		WGAddr: n.wgAddr.String(), Routes: routes, Hosts: n.hosts,
+		Spec: tp.spec, AnnDir: tp.annDir, Resync: resync, Poll: poll, Hosts: n.hosts,
+		// Not beside the key file: a rotation must leave that directory
+		// holding the key alone.
+		RunDir: filepath.Join(tp.dir, n.name+"-run"), CNIConfDir: filepath.Join(tp.dir, n.name+"-net.d"),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -257,7 +255,7 @@ func (n *hnode) publicKey(t *testing.T) string {
 }
 
 // waitMesh waits until every node has every other as a peer with the
-// current key.
+// current key, and its dataplane routes the other's pods through the mesh.
 func (tp *topo) waitMesh(timeout time.Duration) {
 	t := tp.t
 	t.Helper()
@@ -276,6 +274,9 @@ func (tp *topo) waitMesh(timeout time.Duration) {
 				}
 				if p, ok := peers[o.publicKey(t)]; !ok || p.allowedIPs != o.podCIDR.String() {
 					return fmt.Errorf("no peer %s with %s", o.publicKey(t), o.podCIDR)
+				}
+				if route, err := n.ns.Run("ip", "route", "get", o.wgAddr.String()); err != nil || !strings.Contains(route, "dev "+wgIface) {
+					return fmt.Errorf("route to %s: %q (%v)", o.wgAddr, route, err)
 				}
 				return nil
 			})

@@ -1,11 +1,13 @@
-// Package secrets checks, without root, that the node's private key never
-// leaves its key file: the agent's components are wired as the agent wires
-// them (key file with rotation, node source over a fake API server,
-// reconciler, state file writer, Prometheus metrics), run through a join,
-// a bad node, an unresolvable peer and two key rotations, with every log
-// line captured at debug level in both formats; then the logs, the state
-// file, the /metrics output, every API object (Nodes, Events) and every
-// wgmeshctl rendering are searched for every private key the node had.
+// Package secrets checks that the node's private key never leaves its key
+// file. The agent as shipped (mesh/agent: key file with rotation, the
+// client-go node source over a fake API server, reconciler, state file,
+// Prometheus metrics on its listener, NetworkPolicy engine, wireguard-go
+// device and dataplane) runs in a network namespace of its own through a
+// join, a bad node, an unresolvable peer and two key rotations, with every
+// log line captured at debug level in both formats; then the logs, the
+// state file, the /metrics output, every API object (Nodes, Events) and
+// every wgmeshctl rendering are searched for every private key the node
+// had. Needs root (the namespace, the TUN, nftables).
 package secrets
 
 import (
@@ -15,15 +17,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http/httptest"
-	"net/netip"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -31,33 +32,20 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
 	"github.com/wgmesh/wgmesh/integration/internal/secretscan"
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/agentstate"
-	"github.com/wgmesh/wgmesh/mesh/kube"
-	"github.com/wgmesh/wgmesh/mesh/meshtest"
-	"github.com/wgmesh/wgmesh/mesh/metrics"
 	"github.com/wgmesh/wgmesh/mesh/show"
 	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
 
-// lockedBuffer is a bytes.Buffer safe for concurrent writers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+// insideEnv marks the copy of the test binary that runs inside the
+// namespace (see inNamespace).
+const insideEnv = "WGMESH_SECRETS_INSIDE"
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+const metricsAddress = "127.0.0.1:9585"
 
 func kubeNode(i int, ann map[string]string) *v1.Node {
 	return &v1.Node{
@@ -67,24 +55,58 @@ func kubeNode(i int, ann map[string]string) *v1.Node {
 	}
 }
 
+// inNamespace runs the calling test again, alone, in a fresh network
+// namespace (whose loopback is its only link: nothing the agent sends
+// leaves it) and fails unless that run passes. It reports whether the
+// caller is the copy inside, which then does the work.
+func inNamespace(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(insideEnv) != "" {
+		// `ip netns exec` gave this process a private (slave) mount
+		// namespace; a tmpfs on /run keeps the UAPI socket
+		// (/var/run/wireguard) and the agent's files in it.
+		if err := unix.Mount("tmpfs", "/run", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+			t.Fatalf("mount tmpfs on /run: %v", err)
+		}
+		return true
+	}
+	netnstest.RequireRoot(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := netnstest.NewNS(t, netnstest.Prefix(t)+"-sec")
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	cmd := ns.Command(ctx, self, "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), insideEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	t.Logf("run inside netns %s:\n%s", ns.Name, out)
+	if err != nil {
+		t.Fatalf("the test failed inside the namespace: %v", err)
+	}
+	if !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatal("the run inside the namespace did not report a pass")
+	}
+	return false
+}
+
 func TestPrivateKeyNeverLeaves(t *testing.T) {
+	if !inNamespace(t) {
+		return
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "lib", "private.key")
-	statePath := agentstate.Path(filepath.Join(dir, "run"))
+	runDir := filepath.Join(dir, "run")
+	statePath := agentstate.Path(runDir)
 
-	var jsonLog, textLog lockedBuffer
+	var jsonLog, textLog netnstest.SyncBuffer
 	log := slog.New(slog.NewMultiHandler(
 		slog.NewJSONHandler(&jsonLog, &slog.HandlerOptions{Level: slog.LevelDebug}),
 		slog.NewTextHandler(&textLog, &slog.HandlerOptions{Level: slog.LevelDebug}),
 	)).With("node", "n0")
-
-	priv, created, err := wgdev.LoadOrCreateKey(keyFile)
-	if err != nil || !created {
-		t.Fatalf("LoadOrCreateKey: created=%v err=%v", created, err)
-	}
-	keys := []wgtypes.Key{priv}
 
 	c := fake.NewClientset(
 		kubeNode(0, nil),
@@ -92,37 +114,41 @@ func TestPrivateKeyNeverLeaves(t *testing.T) {
 		kubeNode(2, map[string]string{mesh.AnnotationPublicKey: "not-a-key", mesh.AnnotationEndpoint: "198.51.100.12:51820"}),
 		kubeNode(3, map[string]string{mesh.AnnotationPublicKey: mustKey(t).PublicKey().String(), mesh.AnnotationEndpoint: "nowhere.invalid:51820"}),
 	)
-	src, err := kube.New(kube.Config{Client: c, NodeName: "n0", Logger: log})
+	a, err := agent.New(agent.Config{
+		NodeName: "n0", Interface: "wgmesh0", ListenPort: 51820, KeyFile: keyFile, MTU: 1420,
+		Keepalive: 25 * time.Second, CNIConfDir: filepath.Join(dir, "net.d"), RunDir: runDir,
+		Resync: 100 * time.Millisecond, MetricsAddress: metricsAddress, NetworkPolicy: true,
+		KubeClient: c, Logger: log,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The device double holds the private key as wireguard-go does, so
-	// whatever reads the device (metrics, show) sees it and must drop it.
-	dev := meshtest.NewDevice("wgmesh0")
-	if err := dev.ConfigureDevice(wgtypes.Config{PrivateKey: &priv, ListenPort: ptr(51820)}); err != nil {
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+
+	// The device the agent runs, read over its UAPI socket: wireguard-go
+	// holds the private key, so whatever reads the device (metrics, show)
+	// sees it and must drop it.
+	var dev *wgdev.Client
+	eventually(t, "n1 configured", func() bool {
+		if dev == nil {
+			if dev, err = wgdev.Dial("wgmesh0"); err != nil {
+				return false
+			}
+		}
+		d, err := dev.Device()
+		return err == nil && len(d.Peers) == 2 // n1 and n3 (without endpoint); n2 excluded
+	})
+	defer dev.Close()
+	if !strings.Contains(textLog.String(), "generated a new private key") {
+		t.Fatal("the agent did not create the key file: the first key is not the agent's own")
+	}
+	priv, err := wgdev.LoadKey(keyFile)
+	if err != nil {
 		t.Fatal(err)
 	}
-	prom := metrics.New(metrics.Config{Device: dev, Logger: log, Version: "test"})
-	state := agentstate.NewWriter(agentstate.WriterConfig{Path: statePath, Logger: log,
-		Info: agentstate.Info{Node: "n0", Interface: "wgmesh0", PublicKey: priv.PublicKey(), ListenPort: 51820}})
-	rec := mesh.New(mesh.Config{
-		NodeName: "n0", PublicKey: priv.PublicKey(), Keys: wgdev.KeyFile(keyFile), ListenPort: 51820,
-		DefaultKeepalive: 25 * time.Second, MTU: 1420,
-		Source: src, Device: dev, Dataplane: &meshtest.Dataplane{}, Resolver: noResolver{}, Logger: log,
-		Resync: 100 * time.Millisecond,
-		OnReconcile: func(s mesh.Status) {
-			prom.Observe(s)
-			state.Observe(s)
-		},
-	})
-	go src.Run(ctx)
-	done := make(chan error, 1)
-	go func() { done <- rec.Run(ctx) }()
+	keys := []wgtypes.Key{priv}
 
-	eventually(t, "n1 configured", func() bool {
-		d, _ := dev.Device()
-		return len(d.Peers) == 2 // n1 and n3 (without endpoint); n2 excluded
-	})
 	// Two rotations, each answered.
 	for i := range 2 {
 		req := fmt.Sprintf("r%d", i)
@@ -145,24 +171,13 @@ func TestPrivateKeyNeverLeaves(t *testing.T) {
 		return len(ev.Items) >= 2
 	})
 	time.Sleep(300 * time.Millisecond) // a few more resyncs on the final key
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
 	if keys[0] == keys[1] || keys[1] == keys[2] {
 		t.Fatal("rotations did not change the key")
 	}
 
-	// Everything the node exposes.
-	corpus := map[string]string{"json log": jsonLog.String(), "text log": textLog.String()}
-	raw, err := os.ReadFile(statePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	corpus["state file"] = string(raw)
-	srv := httptest.NewServer(prom.Handler())
-	defer srv.Close()
-	resp, err := srv.Client().Get(srv.URL + "/metrics")
+	// Everything the running agent serves: its /metrics, its device.
+	corpus := map[string]string{}
+	resp, err := http.Get("http://" + metricsAddress + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,19 +187,34 @@ func TestPrivateKeyNeverLeaves(t *testing.T) {
 	if !strings.Contains(corpus["metrics"], "wgmesh_") {
 		t.Fatalf("metrics scrape returned no wgmesh series:\n%s", body)
 	}
-	nodes, _ := c.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
-	events, _ := c.CoreV1().Events("").List(context.Background(), metav1.ListOptions{})
-	for what, obj := range map[string]any{"nodes": nodes, "events": events} {
-		b, _ := json.Marshal(obj)
-		corpus["API "+what] = string(b)
+	d, err := dev.Device()
+	if err != nil {
+		t.Fatal(err)
 	}
-	d, _ := dev.Device()
 	if d.PrivateKey != keys[2] {
 		t.Fatal("device does not hold the current key: the scan below would prove little")
 	}
 	st, err := agentstate.Read(statePath)
 	if err != nil {
 		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	// Everything the node leaves behind.
+	corpus["json log"], corpus["text log"] = jsonLog.String(), textLog.String()
+	raw, err := os.ReadFile(statePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	corpus["state file"] = string(raw)
+	nodes, _ := c.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	events, _ := c.CoreV1().Events("").List(context.Background(), metav1.ListOptions{})
+	for what, obj := range map[string]any{"nodes": nodes, "events": events} {
+		b, _ := json.Marshal(obj)
+		corpus["API "+what] = string(b)
 	}
 	report := show.Evaluate(show.Input{Device: d, State: st, Source: show.SourceStateFile, Now: time.Now(), HandshakeTimeout: time.Minute})
 	for name, render := range map[string]func(io.Writer) error{
@@ -258,12 +288,6 @@ func TestKeyFileModes(t *testing.T) {
 	}
 }
 
-type noResolver struct{}
-
-func (noResolver) LookupNetIP(context.Context, string, string) ([]netip.Addr, error) {
-	return nil, fmt.Errorf("no DNS in this test")
-}
-
 func mustKey(t *testing.T) wgtypes.Key {
 	t.Helper()
 	k, err := wgtypes.GeneratePrivateKey()
@@ -272,8 +296,6 @@ func mustKey(t *testing.T) wgtypes.Key {
 	}
 	return k
 }
-
-func ptr[T any](v T) *T { return &v }
 
 func eventually(t *testing.T, what string, f func() bool) {
 	t.Helper()

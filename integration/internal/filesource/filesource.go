@@ -1,11 +1,16 @@
 // Package filesource is a mesh.NodeSource for root tests that run real
-// agents' data paths without a kube-apiserver: a JSON spec file lists the
+// agents (mesh/agent) without a kube-apiserver: a JSON spec file lists the
 // Nodes (mesh.RawNode: name, podCIDRs, InternalIPs, operator annotations)
 // and a directory holds each Node's current annotations as <node>.json,
 // written by the node's own Publish and by the test (Annotate) under an
 // flock, the way both would patch one Node object. Every node polls the
 // files, so key and endpoint exchange goes through the reconciler's real
 // Publish path.
+//
+// Without an annotation directory the spec is all there is: it already
+// carries every node's published key and endpoint (the benchmark writes
+// them up front, so that no publish round trip sits in what it measures),
+// and Publish is accepted and dropped.
 package filesource
 
 import (
@@ -34,7 +39,8 @@ const DefaultPoll = 200 * time.Millisecond
 type Config struct {
 	// Spec is the JSON file with the []mesh.RawNode list.
 	Spec string
-	// AnnDir holds <node>.json annotation files.
+	// AnnDir holds <node>.json annotation files. Empty: none; the spec's
+	// annotations are final and Publish drops what it is given.
 	AnnDir string
 	// Self names the node Publish writes to.
 	Self string
@@ -68,8 +74,9 @@ func New(cfg Config) *Source {
 }
 
 // Run signals Changed whenever the spec or any annotation file changes,
-// until ctx ends. The first successful read marks the source synced.
-func (s *Source) Run(ctx context.Context) {
+// until ctx ends; it returns nil then. The first successful read marks the
+// source synced.
+func (s *Source) Run(ctx context.Context) error {
 	var last [32]byte
 	t := time.NewTicker(s.cfg.Poll)
 	defer t.Stop()
@@ -86,7 +93,7 @@ func (s *Source) Run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
 	}
@@ -99,14 +106,16 @@ func (s *Source) fingerprint() ([32]byte, error) {
 		return [32]byte{}, err
 	}
 	h.Write(raw)
-	files, _ := filepath.Glob(filepath.Join(s.cfg.AnnDir, "*.json"))
-	slices.Sort(files)
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return [32]byte{}, err
+	if s.cfg.AnnDir != "" {
+		files, _ := filepath.Glob(filepath.Join(s.cfg.AnnDir, "*.json"))
+		slices.Sort(files)
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return [32]byte{}, err
+			}
+			fmt.Fprintf(h, "%s\x00%s\x00", f, b)
 		}
-		fmt.Fprintf(h, "%s\x00%s\x00", f, b)
 	}
 	var out [32]byte
 	copy(out[:], h.Sum(nil))
@@ -123,6 +132,9 @@ func (s *Source) Nodes() ([]mesh.RawNode, error) {
 	var nodes []mesh.RawNode
 	if err := json.Unmarshal(raw, &nodes); err != nil {
 		return nil, fmt.Errorf("node spec: %w", err)
+	}
+	if s.cfg.AnnDir == "" {
+		return nodes, nil
 	}
 	for i := range nodes {
 		ann, err := readAnnotations(s.cfg.AnnDir, nodes[i].Name)
@@ -149,8 +161,13 @@ func (s *Source) HasSynced() bool {
 	return s.synced
 }
 
-// Publish merges into our own annotation file.
+// Publish merges into our own annotation file; without an annotation
+// directory it drops the annotations (the spec already has them).
 func (s *Source) Publish(_ context.Context, annotations map[string]string) error {
+	if s.cfg.AnnDir == "" {
+		s.log.Debug("publish dropped: the node spec is read-only", "annotations", annotations)
+		return nil
+	}
 	return Annotate(s.cfg.AnnDir, s.cfg.Self, annotations)
 }
 
