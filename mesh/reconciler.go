@@ -158,22 +158,20 @@ type Reconciler struct {
 	pub wgtypes.Key
 	// rotated is the rotation request we acted on last; it is published
 	// as AnnotationKeyRotated.
-	rotated    string
-	rotateWarn string // last logged problem with a rotation request
-	kaWarn     string // last logged problem with our own keepalive annotation
+	rotated string
+	// ownWarn holds the problems last logged about our own Node (see the
+	// own* subjects); peerWarn the (reason, message) last reported per
+	// peer node, so events are emitted once per change and not on every
+	// resync.
+	ownWarn, peerWarn onceWarner
 	// knownKeys maps each configured peer's node to its key; see
 	// Input.KnownKeys.
 	knownKeys map[string]wgtypes.Key
 	// lastApplied is the endpoint we last wrote per peer; see DiffOptions.
 	lastApplied map[wgtypes.Key]netip.AddrPort
-	// warned is the (reason, message) last reported per node, so events
-	// are emitted once per change and not on every resync.
-	warned map[string]string
 	// resolved caches DNS results so a failed lookup keeps the last good
 	// address.
-	resolved  map[string]netip.Addr
-	selfIssue string // last logged problem with our own Node
-	ownIssue  string // last logged problem with our own annotations
+	resolved map[string]netip.Addr
 	// published is the last annotation patch we sent and publishedAt the
 	// resourceVersion of our Node it was computed from.
 	published   map[string]string
@@ -196,7 +194,6 @@ func New(cfg Config) *Reconciler {
 		pub:         cfg.PublicKey,
 		knownKeys:   map[string]wgtypes.Key{},
 		lastApplied: map[wgtypes.Key]netip.AddrPort{},
-		warned:      map[string]string{},
 		resolved:    map[string]netip.Addr{},
 	}
 }
@@ -362,13 +359,12 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 			r.warnKeepalive("")
 		}
 	}
-	if selfIssue != r.selfIssue {
+	if r.ownWarn.Note(ownSubjectListed, selfIssue) {
 		if selfIssue != "" {
 			r.log.Warn(selfIssue, "node", r.cfg.NodeName)
 		} else {
 			r.log.Info("own Node found with pod CIDRs", "node", r.cfg.NodeName, "pod_cidrs", self.PodCIDRs)
 		}
-		r.selfIssue = selfIssue
 	}
 
 	dev, err := r.cfg.Device.Device()
@@ -463,10 +459,9 @@ func (r *Reconciler) ensureOwnAnnotations(ctx context.Context, self *RawNode) er
 		issue = err.Error()
 	}
 	// Log a missing endpoint once per change of circumstance, not per pass.
-	if issue != r.ownIssue && issue != "" {
+	if r.ownWarn.Fresh(ownSubjectEndpoint, issue) {
 		r.log.Warn(issue, "node", r.cfg.NodeName)
 	}
-	r.ownIssue = issue
 	if errors.Is(err, errNoOwnEndpoint) {
 		err = nil
 	}
@@ -523,9 +518,8 @@ func (r *Reconciler) rotateIfRequested(self *RawNode) error {
 		issue = "key rotation requested but this agent has no key store; ignoring"
 	}
 	if issue != "" {
-		if issue != r.rotateWarn {
+		if r.ownWarn.Fresh(ownSubjectRotate, issue) {
 			r.log.Warn(issue, "node", r.cfg.NodeName)
-			r.rotateWarn = issue
 		}
 		return nil
 	}
@@ -553,7 +547,7 @@ func (r *Reconciler) rotateIfRequested(self *RawNode) error {
 	old := r.pub
 	r.pub = priv.PublicKey()
 	r.rotated = req
-	r.rotateWarn = ""
+	r.ownWarn.Note(ownSubjectRotate, "")
 	r.spendHandshakes()
 	r.log.Info("rotated private key; publishing the new public key", "node", r.cfg.NodeName,
 		"old_public_key", old.String(), "public_key", r.pub.String(), "request", req)
@@ -563,11 +557,10 @@ func (r *Reconciler) rotateIfRequested(self *RawNode) error {
 // warnKeepalive logs a problem with our own keepalive annotation once per
 // change ("" clears it).
 func (r *Reconciler) warnKeepalive(issue string) {
-	if issue != "" && issue != r.kaWarn {
+	if r.ownWarn.Fresh(ownSubjectKeepalive, issue) {
 		r.log.Warn(issue, "node", r.cfg.NodeName)
 		r.cfg.Source.Warn(r.cfg.NodeName, string(ReasonBadKeepalive), issue)
 	}
-	r.kaWarn = issue
 }
 
 // spendHandshakes makes the device send a handshake initiation with the
@@ -681,11 +674,9 @@ func (r *Reconciler) report(d Desired) {
 	emit := func(e Exclusion, excluded bool) {
 		seen[e.Node] = true
 		msg := e.Err.Error()
-		key := string(e.Reason) + "\x00" + msg
-		if r.warned[e.Node] == key {
+		if !r.peerWarn.Fresh(e.Node, string(e.Reason)+"\x00"+msg) {
 			return
 		}
-		r.warned[e.Node] = key
 		if excluded {
 			r.log.Warn("node excluded from the mesh", "peer_node", e.Node, "reason", e.Reason, "err", msg)
 			r.cfg.Source.Warn(e.Node, string(e.Reason), "excluded from the wgmesh mesh: "+msg)
@@ -700,11 +691,8 @@ func (r *Reconciler) report(d Desired) {
 	for _, e := range d.Degraded {
 		emit(e, false)
 	}
-	for n := range r.warned {
-		if !seen[n] {
-			r.log.Info("node no longer excluded or degraded", "peer_node", n)
-			delete(r.warned, n)
-		}
+	for _, n := range r.peerWarn.ForgetExcept(seen) {
+		r.log.Info("node no longer excluded or degraded", "peer_node", n)
 	}
 }
 
