@@ -169,9 +169,7 @@ type Reconciler struct {
 	knownKeys map[string]wgtypes.Key
 	// lastApplied is the endpoint we last wrote per peer; see DiffOptions.
 	lastApplied map[wgtypes.Key]netip.AddrPort
-	// resolved caches DNS results so a failed lookup keeps the last good
-	// address.
-	resolved map[string]netip.Addr
+	resolver    *endpointResolver
 	// published is the last annotation patch we sent and publishedAt the
 	// resourceVersion of our Node it was computed from.
 	published   map[string]string
@@ -194,7 +192,7 @@ func New(cfg Config) *Reconciler {
 		pub:         cfg.PublicKey,
 		knownKeys:   map[string]wgtypes.Key{},
 		lastApplied: map[wgtypes.Key]netip.AddrPort{},
-		resolved:    map[string]netip.Addr{},
+		resolver:    newEndpointResolver(cfg.Resolver, cfg.LookupTimeout, log),
 	}
 }
 
@@ -380,7 +378,7 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 		Self:             self,
 		Nodes:            raws,
 		DefaultKeepalive: r.cfg.DefaultKeepalive,
-		Resolved:         r.resolve(ctx, raws),
+		Resolved:         r.resolver.resolve(ctx, r.peerNodes(raws)),
 		Configured:       ConfiguredFrom(dev),
 		KnownKeys:        r.knownKeys,
 	})
@@ -597,74 +595,18 @@ func (r *Reconciler) recordKeys(d Desired) {
 	}
 }
 
-// resolve returns addresses for the DNS-name endpoints among the nodes. A
-// failed lookup falls back to the last good address.
-func (r *Reconciler) resolve(ctx context.Context, raws []RawNode) map[string]netip.Addr {
-	needed := map[string]bool{}
+// peerNodes returns the other nodes that parse as peers.
+func (r *Reconciler) peerNodes(raws []RawNode) []Node {
+	var out []Node
 	for _, raw := range raws {
 		if raw.Name == r.cfg.NodeName {
 			continue
 		}
-		n, err := ParseNode(raw)
-		if err != nil {
-			continue
-		}
-		if _, ok := n.Endpoint.AddrPort(); !ok {
-			needed[n.Endpoint.Host] = true
+		if n, err := ParseNode(raw); err == nil {
+			out = append(out, n)
 		}
 	}
-	for h := range r.resolved {
-		if !needed[h] {
-			delete(r.resolved, h)
-		}
-	}
-	if len(needed) == 0 || r.cfg.Resolver == nil {
-		return r.resolved
-	}
-	hosts := make([]string, 0, len(needed))
-	for h := range needed {
-		hosts = append(hosts, h)
-	}
-	slices.Sort(hosts)
-	timeout := cmp.Or(r.cfg.LookupTimeout, DefaultLookupTimeout)
-	for _, h := range hosts {
-		lctx, cancel := context.WithTimeout(ctx, timeout)
-		addrs, err := r.cfg.Resolver.LookupNetIP(lctx, "ip", h)
-		cancel()
-		if err == nil && len(addrs) == 0 {
-			err = errors.New("no addresses")
-		}
-		if err != nil {
-			if prev, ok := r.resolved[h]; ok {
-				r.log.Warn("endpoint lookup failed; keeping last address", "host", h, "addr", prev, "err", err)
-			} else {
-				r.log.Debug("endpoint lookup failed", "host", h, "err", err)
-			}
-			continue
-		}
-		r.resolved[h] = pickAddr(addrs, r.resolved[h])
-	}
-	return r.resolved
-}
-
-// pickAddr keeps the previous address while it is still among the answers,
-// so DNS round-robin does not rewrite the peer's endpoint on every pass;
-// otherwise it picks the smallest address, preferring IPv4.
-func pickAddr(addrs []netip.Addr, prev netip.Addr) netip.Addr {
-	var best netip.Addr
-	for _, a := range addrs {
-		a = a.Unmap()
-		if !a.IsValid() {
-			continue
-		}
-		if prev.IsValid() && a == prev {
-			return prev
-		}
-		if !best.IsValid() || a.Compare(best) < 0 {
-			best = a
-		}
-	}
-	return best
+	return out
 }
 
 // report logs and raises an event for each excluded or degraded node, once
