@@ -6,12 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
-	"net"
 	"net/netip"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -154,26 +150,18 @@ type Reconciler struct {
 	log *slog.Logger
 
 	mu sync.Mutex // serialises passes and guards the fields below
-	// pub is our current public key: cfg.PublicKey until a rotation.
-	pub wgtypes.Key
-	// rotated is the rotation request we acted on last; it is published
-	// as AnnotationKeyRotated.
-	rotated string
-	// ownWarn holds the problems last logged about our own Node (see the
-	// own* subjects); peerWarn the (reason, message) last reported per
-	// peer node, so events are emitted once per change and not on every
-	// resync.
-	ownWarn, peerWarn onceWarner
+	// dev is Config.Device, counting writes for Status.DeviceWrites.
+	dev *countingDevice
+	own *ownObject
+	// peerWarn holds the (reason, message) last reported per peer node, so
+	// events are emitted once per change and not on every resync.
+	peerWarn onceWarner
 	// knownKeys maps each configured peer's node to its key; see
 	// Input.KnownKeys.
 	knownKeys map[string]wgtypes.Key
 	// lastApplied is the endpoint we last wrote per peer; see DiffOptions.
 	lastApplied map[wgtypes.Key]netip.AddrPort
 	resolver    *endpointResolver
-	// published is the last annotation patch we sent and publishedAt the
-	// resourceVersion of our Node it was computed from.
-	published   map[string]string
-	publishedAt string
 	status      Status
 
 	statusMu   sync.Mutex
@@ -186,10 +174,12 @@ func New(cfg Config) *Reconciler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	dev := &countingDevice{dev: cfg.Device}
 	return &Reconciler{
 		cfg:         cfg,
 		log:         log,
-		pub:         cfg.PublicKey,
+		dev:         dev,
+		own:         newOwnObject(cfg, dev, log),
 		knownKeys:   map[string]wgtypes.Key{},
 		lastApplied: map[wgtypes.Key]netip.AddrPort{},
 		resolver:    newEndpointResolver(cfg.Resolver, cfg.LookupTimeout, log),
@@ -286,6 +276,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 	start := r.now()
 	err := r.reconcile(ctx)
 	r.status.Reconciles++
+	r.status.DeviceWrites = r.dev.writes
 	r.status.Err = err
 	if err != nil {
 		r.status.Errors++
@@ -326,46 +317,12 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 			break
 		}
 	}
-	// A rotation comes first so that this very pass publishes the new key.
-	if selfRaw != nil {
-		if err := r.rotateIfRequested(selfRaw); err != nil {
-			errs = append(errs, fmt.Errorf("rotate key: %w", err))
-		}
-	}
-	self := Self{Name: r.cfg.NodeName, PublicKey: r.pub}
-	selfIssue := ""
-	if selfRaw == nil {
-		selfIssue = "own Node not listed yet; configuring peers anyway, not publishing annotations"
-	} else {
-		if err := r.ensureOwnAnnotations(ctx, selfRaw); err != nil {
-			errs = append(errs, fmt.Errorf("publish own annotations: %w", err))
-		}
-		cidrs, err := ParsePodCIDRs(selfRaw.PodCIDRs)
-		if err != nil {
-			selfIssue = fmt.Sprintf("own pod CIDRs unusable (%v); configuring peers anyway", err)
-		}
-		self.PodCIDRs = cidrs
-		if ka, ok := selfRaw.Annotations[AnnotationKeepalive]; ok {
-			d, err := ParseKeepalive(ka)
-			if err != nil {
-				r.warnKeepalive(fmt.Sprintf("own annotation %s ignored: %v", AnnotationKeepalive, err))
-			} else {
-				self.Keepalive = &d
-				r.warnKeepalive("")
-			}
-		} else {
-			r.warnKeepalive("")
-		}
-	}
-	if r.ownWarn.Note(ownSubjectListed, selfIssue) {
-		if selfIssue != "" {
-			r.log.Warn(selfIssue, "node", r.cfg.NodeName)
-		} else {
-			r.log.Info("own Node found with pod CIDRs", "node", r.cfg.NodeName, "pod_cidrs", self.PodCIDRs)
-		}
+	self, err := r.own.sync(ctx, selfRaw)
+	if err != nil {
+		errs = append(errs, err)
 	}
 
-	dev, err := r.cfg.Device.Device()
+	dev, err := r.dev.Device()
 	if err != nil {
 		// Without the device we know neither incumbents nor what to
 		// change; leave the dataplane as it is rather than guess.
@@ -386,8 +343,7 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 
 	cfg := Diff(d, dev, DiffOptions{LastApplied: r.lastApplied, GC: synced, KnownKeys: r.knownKeys})
 	if !IsEmpty(cfg) {
-		r.status.DeviceWrites++
-		if err := r.cfg.Device.ConfigureDevice(cfg); err != nil {
+		if err := r.dev.ConfigureDevice(cfg); err != nil {
 			errs = append(errs, fmt.Errorf("configure device: %w", err))
 		} else {
 			r.logChanges(d, cfg)
@@ -415,175 +371,12 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 func (r *Reconciler) updateStatus(synced, selfFound bool, self Self, d Desired, routes []netip.Prefix) {
 	r.status.Synced = synced
 	r.status.SelfFound = selfFound
-	r.status.PublicKey = r.pub
+	r.status.PublicKey = r.own.pub
 	r.status.LocalPodCIDRs = self.PodCIDRs
 	r.status.Peers = d.Peers
 	r.status.Excluded = d.Excluded
 	r.status.Degraded = d.Degraded
 	r.status.Routes = routes
-}
-
-// ownAnnotations returns the annotations this node should carry.
-func (r *Reconciler) ownAnnotations(self *RawNode) (map[string]string, error) {
-	want := map[string]string{AnnotationPublicKey: r.pub.String()}
-	if r.rotated != "" {
-		want[AnnotationKeyRotated] = r.rotated
-	}
-	if r.cfg.EndpointOverride != "" {
-		ep, err := ParseEndpoint(r.cfg.EndpointOverride)
-		if err != nil {
-			return want, fmt.Errorf("endpoint override: %w", err)
-		}
-		want[AnnotationEndpoint] = ep.String()
-		return want, nil
-	}
-	for _, s := range self.InternalIPs {
-		if a, err := netip.ParseAddr(s); err == nil {
-			want[AnnotationEndpoint] = net.JoinHostPort(a.Unmap().String(), strconv.Itoa(r.cfg.ListenPort))
-			return want, nil
-		}
-	}
-	return want, errNoOwnEndpoint
-}
-
-var errNoOwnEndpoint = errors.New("own Node has no InternalIP and no endpoint override is set; not publishing an endpoint")
-
-// ensureOwnAnnotations publishes our key and endpoint if the Node does not
-// show them already, so an edit by someone else is reverted.
-func (r *Reconciler) ensureOwnAnnotations(ctx context.Context, self *RawNode) error {
-	want, err := r.ownAnnotations(self)
-	issue := ""
-	if err != nil {
-		issue = err.Error()
-	}
-	// Log a missing endpoint once per change of circumstance, not per pass.
-	if r.ownWarn.Fresh(ownSubjectEndpoint, issue) {
-		r.log.Warn(issue, "node", r.cfg.NodeName)
-	}
-	if errors.Is(err, errNoOwnEndpoint) {
-		err = nil
-	}
-	patch := map[string]string{}
-	for k, v := range want {
-		if self.Annotations[k] != v {
-			patch[k] = v
-		}
-	}
-	if len(patch) == 0 {
-		r.publishedAt = ""
-		return err
-	}
-	// The cache still shows the very object version we patched: our patch
-	// is on its way, not overwritten. Publishing again would only add load.
-	if self.ResourceVersion != "" && self.ResourceVersion == r.publishedAt && maps.Equal(patch, r.published) {
-		return err
-	}
-	if perr := r.cfg.Source.Publish(ctx, patch); perr != nil {
-		r.publishedAt = ""
-		return errors.Join(err, perr)
-	}
-	r.publishedAt, r.published = self.ResourceVersion, patch
-	r.log.Info("published own annotations", "node", r.cfg.NodeName, "annotations", patch)
-	return err
-}
-
-// maxRotateRequest bounds the request value we echo into logs and the
-// answer annotation.
-const maxRotateRequest = 253
-
-// rotateIfRequested replaces this node's key when its Node carries a
-// rotation request (AnnotationRotateKey) not yet answered: a new private key
-// is generated, stored through Config.Keys (replacing the old one, which is
-// kept nowhere) and set on the device, which keeps its peers and listen
-// port. The caller publishes the new public key and the answer in the same
-// pass. Peers switch when they see the new key; until then this node cannot
-// start sessions with them.
-//
-// Order matters for crash safety: the key is stored before the device uses
-// it, so a restarted agent never comes up with a key other than the one in
-// use or about to be published. A crash after storing and before
-// publishing costs one extra rotation (the request is still unanswered).
-func (r *Reconciler) rotateIfRequested(self *RawNode) error {
-	req := strings.TrimSpace(self.Annotations[AnnotationRotateKey])
-	if req == "" || req == strings.TrimSpace(self.Annotations[AnnotationKeyRotated]) || req == r.rotated {
-		return nil
-	}
-	issue := ""
-	switch {
-	case len(req) > maxRotateRequest:
-		issue = fmt.Sprintf("key rotation request ignored: annotation %s is longer than %d bytes", AnnotationRotateKey, maxRotateRequest)
-	case r.cfg.Keys == nil:
-		issue = "key rotation requested but this agent has no key store; ignoring"
-	}
-	if issue != "" {
-		if r.ownWarn.Fresh(ownSubjectRotate, issue) {
-			r.log.Warn(issue, "node", r.cfg.NodeName)
-		}
-		return nil
-	}
-	gen := r.cfg.GenerateKey
-	if gen == nil {
-		gen = wgtypes.GeneratePrivateKey
-	}
-	priv, err := gen()
-	if err != nil {
-		return fmt.Errorf("generate private key: %w", err)
-	}
-	if priv == (wgtypes.Key{}) {
-		return errors.New("generate private key: got the zero key")
-	}
-	if err := r.cfg.Keys.Save(priv); err != nil {
-		return fmt.Errorf("store new private key: %w", err)
-	}
-	r.status.DeviceWrites++
-	if err := r.cfg.Device.ConfigureDevice(wgtypes.Config{PrivateKey: &priv}); err != nil {
-		// The stored key is newer than the device's: the next pass
-		// rotates again (the request is unanswered) and a restart
-		// loads the stored one; either way the published key follows.
-		return fmt.Errorf("set new private key on the device: %w", err)
-	}
-	old := r.pub
-	r.pub = priv.PublicKey()
-	r.rotated = req
-	r.ownWarn.Note(ownSubjectRotate, "")
-	r.spendHandshakes()
-	r.log.Info("rotated private key; publishing the new public key", "node", r.cfg.NodeName,
-		"old_public_key", old.String(), "public_key", r.pub.String(), "request", req)
-	return nil
-}
-
-// warnKeepalive logs a problem with our own keepalive annotation once per
-// change ("" clears it).
-func (r *Reconciler) warnKeepalive(issue string) {
-	if r.ownWarn.Fresh(ownSubjectKeepalive, issue) {
-		r.log.Warn(issue, "node", r.cfg.NodeName)
-		r.cfg.Source.Warn(r.cfg.NodeName, string(ReasonBadKeepalive), issue)
-	}
-}
-
-// spendHandshakes makes the device send a handshake initiation with the
-// new key to every peer now, before the key is published: the peers cannot
-// know the key yet and drop it, and WireGuard sends the next initiation
-// only after RekeyTimeout (5 s). Left to itself, the device would initiate
-// whenever its next packet for a peer came, possibly just as that peer,
-// having seen the new key, greets us (see Diff): two crossing initiations
-// each invalidate the other's response and both sides wait for that 5 s
-// retry. This way the peers' greetings are the only initiations. A
-// failure here only costs time, so it is logged, not returned.
-func (r *Reconciler) spendHandshakes() {
-	dev, err := r.cfg.Device.Device()
-	if err == nil {
-		cfg := InitiateHandshakes(dev)
-		if IsEmpty(cfg) {
-			return
-		}
-		r.status.DeviceWrites++
-		err = r.cfg.Device.ConfigureDevice(cfg)
-	}
-	if err != nil {
-		r.log.Warn("could not make the device initiate handshakes with the new key; peers may need up to 5 s longer to reach this node",
-			"node", r.cfg.NodeName, "err", err)
-	}
 }
 
 // recordKeys remembers which key each desired peer's node has on the
@@ -729,4 +522,18 @@ func cloneStatus(s Status) Status {
 	s.Degraded = slices.Clone(s.Degraded)
 	s.Routes = slices.Clone(s.Routes)
 	return s
+}
+
+// countingDevice counts ConfigureDevice calls, failed ones included, for
+// Status.DeviceWrites.
+type countingDevice struct {
+	dev    Device
+	writes uint64
+}
+
+func (d *countingDevice) Device() (*wgtypes.Device, error) { return d.dev.Device() }
+
+func (d *countingDevice) ConfigureDevice(cfg wgtypes.Config) error {
+	d.writes++
+	return d.dev.ConfigureDevice(cfg)
 }
