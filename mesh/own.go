@@ -59,39 +59,33 @@ func newOwnObject(cfg Config, dev Device, log *slog.Logger) *ownObject {
 	}
 }
 
-// sync brings our own Node (raw; nil while it is not listed) in line with
-// this agent: a pending rotation first, so that this very pass publishes
-// the new key, then our key and endpoint annotations. It returns this node
-// as Compute needs it. Problems with the Node that do not stop the pass
-// are logged once each, not returned.
-func (o *ownObject) sync(ctx context.Context, raw *RawNode) (Self, error) {
+// sync brings our own Node (list.Own) in line with this agent: a pending
+// rotation first, so that this very pass publishes the new key, then our
+// key and endpoint annotations. It returns this node as Compute needs it.
+// Problems with the Node that do not stop the pass are logged once each,
+// not returned.
+func (o *ownObject) sync(ctx context.Context, list NodeList) (Self, error) {
 	var errs []error
-	if raw != nil {
-		if err := o.rotateIfRequested(raw); err != nil {
+	own := list.Own
+	if own != nil {
+		if err := o.rotateIfRequested(&own.Raw); err != nil {
 			errs = append(errs, fmt.Errorf("rotate key: %w", err))
 		}
 	}
-	self := Self{Name: o.name, PublicKey: o.pub}
+	self := list.Self(o.pub)
 	issue := ""
-	if raw == nil {
+	if own == nil {
 		issue = "own Node not listed yet; configuring peers anyway, not publishing annotations"
 	} else {
-		if err := o.publish(ctx, raw); err != nil {
+		if err := o.publish(ctx, &own.Raw); err != nil {
 			errs = append(errs, fmt.Errorf("publish own annotations: %w", err))
 		}
-		cidrs, err := ParsePodCIDRs(raw.PodCIDRs)
-		if err != nil {
-			issue = fmt.Sprintf("own pod CIDRs unusable (%v); configuring peers anyway", err)
+		if own.PodCIDRsErr != nil {
+			issue = fmt.Sprintf("own pod CIDRs unusable (%v); configuring peers anyway", own.PodCIDRsErr)
 		}
-		self.PodCIDRs = cidrs
 		kaIssue := ""
-		if ka, ok := raw.Annotations[AnnotationKeepalive]; ok {
-			d, err := ParseKeepalive(ka)
-			if err != nil {
-				kaIssue = fmt.Sprintf("own annotation %s ignored: %v", AnnotationKeepalive, err)
-			} else {
-				self.Keepalive = &d
-			}
+		if own.KeepaliveErr != nil {
+			kaIssue = fmt.Sprintf("own annotation %s ignored: %v", AnnotationKeepalive, own.KeepaliveErr)
 		}
 		o.warnKeepalive(kaIssue)
 	}

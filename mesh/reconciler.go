@@ -310,14 +310,8 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 	}
 	var errs []error
 
-	var selfRaw *RawNode
-	for i := range raws {
-		if raws[i].Name == r.cfg.NodeName {
-			selfRaw = &raws[i]
-			break
-		}
-	}
-	self, err := r.own.sync(ctx, selfRaw)
+	list := ParseNodes(raws, r.cfg.NodeName)
+	self, err := r.own.sync(ctx, list)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -327,15 +321,15 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 		// Without the device we know neither incumbents nor what to
 		// change; leave the dataplane as it is rather than guess.
 		errs = append(errs, fmt.Errorf("read device: %w", err))
-		r.updateStatus(synced, selfRaw != nil, self, Desired{}, nil)
+		r.updateStatus(synced, list.Own != nil, self, Desired{}, nil)
 		return errors.Join(errs...)
 	}
 
 	d := Compute(Input{
 		Self:             self,
-		Nodes:            raws,
+		Parsed:           &list,
 		DefaultKeepalive: r.cfg.DefaultKeepalive,
-		Resolved:         r.resolver.resolve(ctx, r.peerNodes(raws)),
+		Resolved:         r.resolver.resolve(ctx, list.Nodes),
 		Configured:       ConfiguredFrom(dev),
 		KnownKeys:        r.knownKeys,
 	})
@@ -364,7 +358,7 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 	}); err != nil {
 		errs = append(errs, fmt.Errorf("apply dataplane: %w", err))
 	}
-	r.updateStatus(synced, selfRaw != nil, self, d, routes)
+	r.updateStatus(synced, list.Own != nil, self, d, routes)
 	return errors.Join(errs...)
 }
 
@@ -386,20 +380,6 @@ func (r *Reconciler) recordKeys(d Desired) {
 	for _, p := range d.Peers {
 		r.knownKeys[p.Node] = p.PublicKey
 	}
-}
-
-// peerNodes returns the other nodes that parse as peers.
-func (r *Reconciler) peerNodes(raws []RawNode) []Node {
-	var out []Node
-	for _, raw := range raws {
-		if raw.Name == r.cfg.NodeName {
-			continue
-		}
-		if n, err := ParseNode(raw); err == nil {
-			out = append(out, n)
-		}
-	}
-	return out
 }
 
 // report logs and raises an event for each excluded or degraded node, once
