@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -68,6 +69,13 @@ type Config struct {
 	OnReconcile func(Status)
 	// Now returns the current time; nil means time.Now. For tests.
 	Now func() time.Time
+	// KnownKeys maps each peer's node to the public key the previous run
+	// of the agent configured it with (from its state file, beside the
+	// peers restored onto the device). It carries incumbency across a
+	// restart: a node that rotated its key while the agent was down keeps
+	// its place against a conflicting node, whatever the restart timing.
+	// Optional.
+	KnownKeys map[string]wgtypes.Key
 }
 
 // Validate checks the config without doing any I/O.
@@ -181,9 +189,16 @@ func New(cfg Config) *Reconciler {
 		dev:         dev,
 		own:         newOwnObject(cfg, dev, log),
 		resolver:    newEndpointResolver(cfg.Resolver, cfg.LookupTimeout, log),
-		knownKeys:   map[string]wgtypes.Key{},
+		knownKeys:   knownKeys(cfg.KnownKeys),
 		lastApplied: map[wgtypes.Key]netip.AddrPort{},
 	}
+}
+
+func knownKeys(seed map[string]wgtypes.Key) map[string]wgtypes.Key {
+	if seed == nil {
+		return map[string]wgtypes.Key{}
+	}
+	return maps.Clone(seed)
 }
 
 // PublicKey returns this node's current public key: Config.PublicKey until

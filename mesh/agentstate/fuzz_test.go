@@ -34,13 +34,14 @@ func FuzzReadState(f *testing.F) {
 			t.Fatal(err)
 		}
 		s, err := Read(path)
-		peers, rerr := RestorePeers(path, "node-a", "wgmesh0")
+		restored, rerr := Restore(path, "node-a", "wgmesh0")
+		peers := restored.Peers
 		if err != nil {
 			if !errors.Is(err, ErrBadState) {
 				t.Fatalf("Read: %v, want an error wrapping ErrBadState", err)
 			}
 			if !errors.Is(rerr, ErrBadState) || peers != nil {
-				t.Fatalf("RestorePeers of a bad file = %d peers, %v; want none and ErrBadState", len(peers), rerr)
+				t.Fatalf("Restore of a bad file = %d peers, %v; want none and ErrBadState", len(peers), rerr)
 			}
 			return
 		}
@@ -48,10 +49,10 @@ func FuzzReadState(f *testing.F) {
 			t.Fatalf("Read accepted a state that does not validate: %v", verr)
 		}
 		if rerr != nil && !errors.Is(rerr, ErrOtherOwner) {
-			t.Fatalf("RestorePeers of a valid file: %v", rerr)
+			t.Fatalf("Restore of a valid file: %v", rerr)
 		}
-		if rerr == nil && len(peers) != len(s.Peers) {
-			t.Fatalf("RestorePeers returned %d peers of %d", len(peers), len(s.Peers))
+		if rerr == nil && (len(peers) != len(s.Peers) || len(restored.KnownKeys) != len(s.Peers)) {
+			t.Fatalf("Restore returned %d peers and %d known keys of %d", len(peers), len(restored.KnownKeys), len(s.Peers))
 		}
 		if err := Write(path, *s); err != nil {
 			t.Fatal(err)

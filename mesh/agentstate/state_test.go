@@ -192,8 +192,8 @@ func TestWriterReplacesCorruptFile(t *testing.T) {
 	if err := os.WriteFile(path, whole[:len(whole)/2], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if peers, err := RestorePeers(path, "node-a", "wgmesh0"); !errors.Is(err, ErrBadState) || peers != nil {
-		t.Fatalf("RestorePeers of a truncated file = %v, %v; want nothing and ErrBadState", peers, err)
+	if got, err := Restore(path, "node-a", "wgmesh0"); !errors.Is(err, ErrBadState) || got.Peers != nil || got.KnownKeys != nil {
+		t.Fatalf("Restore of a truncated file = %+v, %v; want nothing and ErrBadState", got, err)
 	}
 
 	t1 := t0.Add(time.Hour)
