@@ -148,6 +148,7 @@ func TestNodeScopedTrustPolicy(t *testing.T) {
 		}, ""},
 		{"own node removes a wgmesh annotation", agent("node1"), "node1", "", func(n *corev1.Node) { delete(n.Annotations, "wgmesh.io/endpoint") }, ""},
 		{"own node, nothing changed", agent("node1"), "node1", "", nil, ""},
+
 		{"other node's key", agent("node2"), "node1", "", setAnn("wgmesh.io/public-key", "ZXZpbC1rZXktMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDA="),
 			"the wgmesh agent of node node2 may not change Node node1"},
 		{"other node's endpoint", agent("node2"), "node1", "", setAnn("wgmesh.io/endpoint", "198.51.100.12:51820"),
@@ -212,6 +213,27 @@ func TestNodeScopedTrustPolicy(t *testing.T) {
 				})
 			}
 		})
+	}
+}
+
+// A Node the kubelet registered without any annotation: the agent's first
+// publish adds them (the "no annotations" side of the policy's variables).
+func TestNodeScopedTrustFirstPublish(t *testing.T) {
+	vap, vapb := policyObjects(t, "base")
+	p := newPolicyPlugin(t, vap, vapb)
+	bare := func(n *corev1.Node) { n.Annotations = nil }
+	published := testNode("node1", func(n *corev1.Node) {
+		n.Annotations = map[string]string{"wgmesh.io/public-key": "a2V5", "wgmesh.io/endpoint": "198.51.100.11:51820"}
+	})
+	if err := update(p, agent("node1"), testNode("node1", bare), published, ""); err != nil {
+		t.Errorf("first publish on a Node without annotations: %v", err)
+	}
+	if err := update(p, agent("node2"), testNode("node1", bare), published, ""); err == nil {
+		t.Error("node2 published on node1 without annotations")
+	}
+	other := testNode("node1", func(n *corev1.Node) { n.Annotations = map[string]string{"example.com/x": "y"} })
+	if err := update(p, agent("node1"), testNode("node1", bare), other, ""); err == nil {
+		t.Error("a non-wgmesh annotation on a Node without annotations was allowed")
 	}
 }
 

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,6 +85,33 @@ func TestNodeScopedTrust(t *testing.T) {
 	evilKey := "ZXZpbC1rZXktb2Ytbm9kZTIuLi4uLi4uLi4uLi4uLi4="
 	keyPatch := annotationPatch(mesh.AnnotationPublicKey, evilKey)
 	waitTrust(t, ctx, agents["node2"], "node1", keyPatch, true)
+
+	// The agents of node1 and node2 may have published before the policy
+	// was in force; a node added now publishes its first key and endpoint
+	// through it.
+	t.Run("NewNodePublishesThroughPolicy", func(t *testing.T) {
+		n3, err := l.AddNode(ctx, lab.NodeOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		agents[n3.Name] = agentClient(t, l, n3.Name)
+		priv, err := wgdev.LoadKey(filepath.Join(n3.NodePath("/var/lib/wgmesh"), "private.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ann map[string]string
+		// 30 s: the agent publishes right after its first reconcile, which
+		// WaitAgentReady (inside AddNode) has already seen; the bound only
+		// covers a loaded box's apiserver round trip.
+		took, ok := lab.WaitFor(ctx, 30*time.Second, 100*time.Millisecond, func() bool {
+			ann = rnNode(t, admin, n3.Name).Annotations
+			return ann[mesh.AnnotationPublicKey] == priv.PublicKey().String() && ann[mesh.AnnotationEndpoint] == fmt.Sprintf("%s:%d", n3.UnderlayIP, listenPort)
+		})
+		if !ok {
+			t.Fatalf("%s did not publish its key %s and endpoint %s:%d: annotations %v", n3.Name, priv.PublicKey(), n3.UnderlayIP, listenPort, ann)
+		}
+		t.Logf("%s published its key and endpoint through the policy (%s after ready)", n3.Name, took.Round(time.Millisecond))
+	})
 
 	t.Run("OtherNodeDenied", func(t *testing.T) {
 		// Patches only: the agent's role grants no update (PUT), so RBAC
@@ -255,7 +283,7 @@ func TestNodeScopedTrust(t *testing.T) {
 	})
 
 	// Nothing the agents did on their own ran into the policy.
-	for _, node := range []string{"node1", "node2"} {
+	for node := range agents {
 		raw, err := os.ReadFile(l.AgentLog(node))
 		if err != nil {
 			t.Fatal(err)
