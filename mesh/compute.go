@@ -149,21 +149,9 @@ func Compute(in Input) Desired {
 		d.Routes = make([]netip.Prefix, 0, len(accepted))
 	}
 	for _, n := range accepted {
-		ka := in.DefaultKeepalive
-		switch {
-		case n.Keepalive != nil:
-			ka = *n.Keepalive
-		case in.Self.Keepalive != nil:
-			ka = *in.Self.Keepalive
-		}
-		p := Peer{Node: n.Name, PublicKey: n.PublicKey, AllowedIPs: n.PodCIDRs, Keepalive: ka}
-		if ap, ok := n.Endpoint.AddrPort(); ok {
-			p.Endpoint = ap
-		} else if a, ok := in.Resolved[n.Endpoint.Host]; ok && a.IsValid() {
-			p.Endpoint = netip.AddrPortFrom(a.Unmap(), n.Endpoint.Port)
-		} else {
-			d.Degraded = append(d.Degraded, Exclusion{Node: n.Name, Reason: ReasonUnresolvable,
-				Err: fmt.Errorf("endpoint host %q did not resolve; peer kept without an endpoint", n.Endpoint.Host)})
+		p, deg, degraded := peerFor(n, in.Self.Keepalive, in.DefaultKeepalive, in.Resolved)
+		if degraded {
+			d.Degraded = append(d.Degraded, deg)
 		}
 		d.Peers = append(d.Peers, p)
 		d.Routes = append(d.Routes, n.PodCIDRs...)
@@ -174,6 +162,28 @@ func Compute(in Input) Desired {
 	sortExclusions(d.Excluded)
 	sortExclusions(d.Degraded)
 	return d
+}
+
+// peerFor makes the peer of an accepted node: its keepalive (its own, else
+// ours, else the default) and its endpoint, or the reason it is degraded.
+func peerFor(n Node, selfKA *time.Duration, defaultKA time.Duration, resolved map[string]netip.Addr) (Peer, Exclusion, bool) {
+	ka := defaultKA
+	switch {
+	case n.Keepalive != nil:
+		ka = *n.Keepalive
+	case selfKA != nil:
+		ka = *selfKA
+	}
+	p := Peer{Node: n.Name, PublicKey: n.PublicKey, AllowedIPs: n.PodCIDRs, Keepalive: ka}
+	if ap, ok := n.Endpoint.AddrPort(); ok {
+		p.Endpoint = ap
+	} else if a, ok := resolved[n.Endpoint.Host]; ok && a.IsValid() {
+		p.Endpoint = netip.AddrPortFrom(a.Unmap(), n.Endpoint.Port)
+	} else {
+		return p, Exclusion{Node: n.Name, Reason: ReasonUnresolvable,
+			Err: fmt.Errorf("endpoint host %q did not resolve; peer kept without an endpoint", n.Endpoint.Host)}, true
+	}
+	return p, Exclusion{}, false
 }
 
 func exclusion(node string, err error) Exclusion {

@@ -11,9 +11,10 @@ import (
 	"github.com/wgmesh/wgmesh/mesh"
 )
 
-// TestReconcileParsesEachNodeOnce: a pass parses every Node exactly once,
+// TestReconcileParsesEachNodeOnce: a pass parses every Node at most once,
 // peers, broken nodes and our own alike, although the resolver, the own
-// object and Compute all read the list.
+// object and Compute all read the list; a later pass re-parses only our own
+// Node and the Nodes whose parsed fields changed.
 func TestReconcileParsesEachNodeOnce(t *testing.T) {
 	res := &resolver{answers: map[string][]netip.Addr{"wg1.example.org": {netip.MustParseAddr("198.51.100.71")}}}
 	self := selfNode()
@@ -25,12 +26,28 @@ func TestReconcileParsesEachNodeOnce(t *testing.T) {
 	f := newFixture(t, func(c *mesh.Config) { c.Resolver = res }, self, n1, node(2), bad)
 
 	counts := mesh.CountParses(t)
-	for pass := 1; pass <= 2; pass++ {
+	for pass, want := range []map[string]int{
+		{"n0": 1, "n1": 1, "n2": 1, "n3": 1},
+		{"n0": 1},
+	} {
 		clear(counts)
 		f.reconcile(t)
-		if diff := cmp.Diff(map[string]int{"n0": 1, "n1": 1, "n2": 1, "n3": 1}, counts); diff != "" {
-			t.Errorf("pass %d: parses per Node (-want +got):\n%s", pass, diff)
+		if diff := cmp.Diff(want, counts); diff != "" {
+			t.Errorf("pass %d: parses per Node (-want +got):\n%s", pass+1, diff)
 		}
+	}
+	// A changed annotation is parsed again; a changed resourceVersion
+	// alone (a status heartbeat) is not.
+	n2 := node(2)
+	n2.Annotations[mesh.AnnotationKeepalive] = "15"
+	f.src.Upsert(n2)
+	n3 := bad
+	n3.ResourceVersion = "99"
+	f.src.Upsert(n3)
+	clear(counts)
+	f.reconcile(t)
+	if diff := cmp.Diff(map[string]int{"n0": 1, "n2": 1}, counts); diff != "" {
+		t.Errorf("after a change: parses per Node (-want +got):\n%s", diff)
 	}
 	// The one parse fed every reader: the DNS name resolved, our own
 	// keepalive applied, the broken node excluded.

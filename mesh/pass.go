@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 
@@ -15,19 +16,31 @@ import (
 // the device and the routes to the dataplane, and record the outcome in
 // r.status. Each step's error is collected and the steps it does not
 // affect still run.
-func (r *Reconciler) reconcile(ctx context.Context) error {
+//
+// A pass on a change signal (full false) may instead take the incremental
+// path (see incremental); it too starts from the full Node list.
+func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
+	r.last.valid = r.last.valid && !full
 	synced := r.cfg.Source.HasSynced()
 	raws, err := r.cfg.Source.Nodes()
 	if err != nil {
+		r.last.valid = false
 		return fmt.Errorf("list nodes: %w", err)
 	}
 	var errs []error
 
-	list := ParseNodes(raws, r.cfg.NodeName)
+	list, delta := r.parser.parse(raws, r.cfg.NodeName)
 	self, err := r.own.sync(ctx, list)
 	if err != nil {
 		errs = append(errs, err)
 	}
+	resolved := r.resolver.resolve(ctx, list.Nodes)
+	if len(errs) == 0 {
+		if done, err := r.incremental(ctx, synced, list.Own != nil, self, resolved, delta); done {
+			return err
+		}
+	}
+	r.last.valid = false
 
 	dev, err := r.dev.Device()
 	if err != nil {
@@ -42,7 +55,7 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 		Self:             self,
 		Parsed:           &list,
 		DefaultKeepalive: r.cfg.DefaultKeepalive,
-		Resolved:         r.resolver.resolve(ctx, list.Nodes),
+		Resolved:         resolved,
 		Configured:       ConfiguredFrom(dev),
 		KnownKeys:        r.knownKeys,
 	})
@@ -72,6 +85,9 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("apply dataplane: %w", err))
 	}
 	r.updateStatus(synced, list.Own != nil, self, d, routes)
+	if len(errs) == 0 {
+		r.remember(synced, self, resolved, d, routes)
+	}
 	return errors.Join(errs...)
 }
 
@@ -206,15 +222,138 @@ func routesFor(d Desired, dev *wgtypes.Device, synced bool, local []netip.Prefix
 }
 
 // countingDevice counts ConfigureDevice calls, failed ones included, for
-// Status.DeviceWrites.
+// Status.DeviceWrites, and keeps a snapshot of the device for the
+// incremental path: the last full read with every successful write since
+// applied to it, as wireguard-go applies them. The snapshot misses what
+// the device changes on its own (roamed endpoints, handshake counters) and
+// what others write over the UAPI socket; Diff does not act on the former
+// and the full pass of the periodic resync reads the device afresh.
 type countingDevice struct {
 	dev    Device
 	writes uint64
+	// snap is nil while unknown: before the first read and after a failed
+	// read or write. idx maps a peer's key to its index in snap.Peers.
+	snap *wgtypes.Device
+	idx  map[wgtypes.Key]int
 }
 
-func (d *countingDevice) Device() (*wgtypes.Device, error) { return d.dev.Device() }
+// Device reads the device and makes the result the new snapshot.
+func (d *countingDevice) Device() (*wgtypes.Device, error) {
+	dev, err := d.dev.Device()
+	if err != nil {
+		d.snap = nil
+		return nil, err
+	}
+	// A shallow copy: patching replaces a peer's fields and slices, never
+	// writes into them, so the caller's copy stays as read.
+	s := *dev
+	s.Peers = slices.Clone(dev.Peers)
+	d.snap = &s
+	d.idx = make(map[wgtypes.Key]int, len(s.Peers))
+	for i, p := range s.Peers {
+		d.idx[p.PublicKey] = i
+	}
+	return dev, nil
+}
 
 func (d *countingDevice) ConfigureDevice(cfg wgtypes.Config) error {
 	d.writes++
-	return d.dev.ConfigureDevice(cfg)
+	if err := d.dev.ConfigureDevice(cfg); err != nil {
+		d.snap = nil // how much of it applied is unknown
+		return err
+	}
+	if d.snap != nil {
+		applyConfig(d.snap, d.idx, cfg)
+	}
+	return nil
+}
+
+// snapshot returns the device as of the last read plus our writes since,
+// or nil if unknown. The caller must not modify it.
+func (d *countingDevice) snapshot() *wgtypes.Device { return d.snap }
+
+// applyConfig applies cfg to dev with wireguard-go's UAPI semantics: nil
+// fields are left alone, UpdateOnly ignores unknown peers, Remove deletes,
+// ReplaceAllowedIPs clears before adding, and an allowed IP given to one
+// peer is taken from any other that had exactly that prefix (WireGuard's
+// table maps a prefix to one peer). Slices of dev are replaced, never
+// written into (see countingDevice.Device).
+func applyConfig(dev *wgtypes.Device, idx map[wgtypes.Key]int, cfg wgtypes.Config) {
+	if cfg.PrivateKey != nil {
+		dev.PrivateKey = *cfg.PrivateKey
+		dev.PublicKey = cfg.PrivateKey.PublicKey()
+	}
+	if cfg.ListenPort != nil {
+		dev.ListenPort = *cfg.ListenPort
+	}
+	if cfg.FirewallMark != nil {
+		dev.FirewallMark = *cfg.FirewallMark
+	}
+	if cfg.ReplacePeers {
+		dev.Peers = nil
+		clear(idx)
+	}
+	var owner map[netip.Prefix]wgtypes.Key // built on the first allowed IP
+	for _, pc := range cfg.Peers {
+		i, ok := idx[pc.PublicKey]
+		if pc.Remove {
+			if ok {
+				last := len(dev.Peers) - 1
+				dev.Peers[i] = dev.Peers[last]
+				idx[dev.Peers[i].PublicKey] = i
+				dev.Peers = dev.Peers[:last]
+				delete(idx, pc.PublicKey)
+			}
+			continue
+		}
+		if !ok {
+			if pc.UpdateOnly {
+				continue
+			}
+			dev.Peers = append(dev.Peers, wgtypes.Peer{PublicKey: pc.PublicKey, ProtocolVersion: 1})
+			i = len(dev.Peers) - 1
+			idx[pc.PublicKey] = i
+		}
+		p := &dev.Peers[i]
+		if pc.PresharedKey != nil {
+			p.PresharedKey = *pc.PresharedKey
+		}
+		if pc.Endpoint != nil {
+			e := *pc.Endpoint
+			p.Endpoint = &e
+		}
+		if pc.PersistentKeepaliveInterval != nil {
+			p.PersistentKeepaliveInterval = *pc.PersistentKeepaliveInterval
+		}
+		if pc.ReplaceAllowedIPs {
+			p.AllowedIPs = nil
+		}
+		if len(pc.AllowedIPs) == 0 {
+			continue
+		}
+		if owner == nil {
+			owner = make(map[netip.Prefix]wgtypes.Key, len(dev.Peers))
+			for _, q := range dev.Peers {
+				for _, a := range prefixesFromIPNets(q.AllowedIPs) {
+					owner[a] = q.PublicKey
+				}
+			}
+		}
+		for _, a := range prefixesFromIPNets(pc.AllowedIPs) {
+			if prev, ok := owner[a]; ok && prev != pc.PublicKey {
+				if j, ok := idx[prev]; ok {
+					q := &dev.Peers[j]
+					q.AllowedIPs = slices.DeleteFunc(slices.Clone(q.AllowedIPs), func(n net.IPNet) bool {
+						b := prefixesFromIPNets([]net.IPNet{n})
+						return len(b) == 1 && b[0] == a
+					})
+				}
+			}
+			owner[a] = pc.PublicKey
+			have := prefixesFromIPNets(p.AllowedIPs)
+			if !slices.Contains(have, a) {
+				p.AllowedIPs = append(slices.Clip(p.AllowedIPs), ipNetsFromPrefixes([]netip.Prefix{a})...)
+			}
+		}
+	}
 }

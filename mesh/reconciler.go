@@ -170,7 +170,11 @@ type Reconciler struct {
 	knownKeys map[string]wgtypes.Key
 	// lastApplied is the endpoint we last wrote per peer; see DiffOptions.
 	lastApplied map[wgtypes.Key]netip.AddrPort
-	status      Status
+	// parser caches node parses between passes; last is what the previous
+	// pass computed, for the incremental path.
+	parser nodeParser
+	last   lastPass
+	status Status
 
 	statusMu   sync.Mutex
 	statusCopy Status
@@ -239,8 +243,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	retry.Stop()
 	defer retry.Stop()
 	backoff := time.Second
+	full := true // the first pass, resyncs and retries read everything
 	for {
-		if err := r.Reconcile(ctx); err != nil {
+		if err := r.reconcileOnce(ctx, full); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -255,8 +260,11 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-r.cfg.Source.Changed():
+			full = false
 		case <-ticker.C:
+			full = true
 		case <-retry.C:
+			full = true
 		}
 	}
 }
@@ -283,13 +291,18 @@ func (r *Reconciler) waitSynced(ctx context.Context) bool {
 
 // Reconcile runs one full pass. Errors from the device, dataplane or
 // publishing are returned; the state they did not affect is still applied.
-func (r *Reconciler) Reconcile(ctx context.Context) error {
+func (r *Reconciler) Reconcile(ctx context.Context) error { return r.reconcileOnce(ctx, true) }
+
+// reconcileOnce runs a pass: a full one, or one on a change signal, which
+// still starts from the full Node list but may take the incremental path
+// (see incremental).
+func (r *Reconciler) reconcileOnce(ctx context.Context, full bool) error {
 	if err := r.cfg.Validate(); err != nil {
 		return err
 	}
 	r.mu.Lock()
 	start := r.now()
-	err := r.reconcile(ctx)
+	err := r.reconcile(ctx, full)
 	r.status.Reconciles++
 	r.status.DeviceWrites = r.dev.writes
 	r.status.Err = err
@@ -320,8 +333,20 @@ func (r *Reconciler) now() time.Time {
 func cloneStatus(s Status) Status {
 	s.LocalPodCIDRs = slices.Clone(s.LocalPodCIDRs)
 	s.Peers = slices.Clone(s.Peers)
+	// One backing array for every peer's prefixes: a slice per peer was
+	// thousands of allocations per pass at scale.
+	n := 0
+	for _, p := range s.Peers {
+		n += len(p.AllowedIPs)
+	}
+	all := make([]netip.Prefix, 0, n)
 	for i := range s.Peers {
-		s.Peers[i].AllowedIPs = slices.Clone(s.Peers[i].AllowedIPs)
+		if s.Peers[i].AllowedIPs == nil {
+			continue
+		}
+		start := len(all)
+		all = append(all, s.Peers[i].AllowedIPs...)
+		s.Peers[i].AllowedIPs = all[start:len(all):len(all)]
 	}
 	s.Excluded = slices.Clone(s.Excluded)
 	s.Degraded = slices.Clone(s.Degraded)
