@@ -27,10 +27,10 @@ type parsedNode struct {
 // parseInput is everything of a RawNode that ParseNode reads besides the
 // name.
 type parseInput struct {
-	created                          time.Time
-	key, ep, epOverride, ka          string
+	created                             time.Time
+	key, ep, epOverride, ka             string
 	hasKey, hasEp, hasEpOverride, hasKA bool
-	podCIDRs                         []string
+	podCIDRs                            []string
 }
 
 func inputOf(raw *RawNode) parseInput {
