@@ -125,7 +125,9 @@ type Desired struct {
 // NodeSource is the mesh's view of the cluster's Node objects. Nodes reads a
 // local cache (an informer's lister); Changed is a level trigger: a
 // capacity-1 channel that receives after any change, so bursts coalesce and
-// the reconciler always re-reads the full list.
+// the reconciler always re-reads the full list. The RawNodes Nodes returns
+// may share maps and slices with earlier and later calls' (a source may
+// cache its translations): readers must not modify them.
 type NodeSource interface {
 	Nodes() ([]RawNode, error)
 	Changed() <-chan struct{}
