@@ -1,6 +1,9 @@
 package mesh
 
-import "testing"
+import (
+	"context"
+	"testing"
+)
 
 // CountParses counts, until the test ends, how often each Node is parsed.
 // The test must not run in parallel with others: the hook is global.
@@ -11,3 +14,7 @@ func CountParses(t *testing.T) map[string]int {
 	t.Cleanup(func() { parseHook = nil })
 	return counts
 }
+
+// ReconcileChanged runs the pass a change signal triggers in Run, which may
+// take the incremental path.
+func (r *Reconciler) ReconcileChanged(ctx context.Context) error { return r.reconcileOnce(ctx, false) }

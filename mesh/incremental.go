@@ -97,6 +97,9 @@ func (r *Reconciler) incremental(ctx context.Context, synced, selfFound bool, se
 			}
 		}
 		sortExclusions(d.Degraded)
+		if len(d.Degraded) == 0 {
+			d.Degraded = nil // as Compute leaves it
+		}
 	}
 	r.report(*d)
 

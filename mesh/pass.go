@@ -85,10 +85,25 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 		errs = append(errs, fmt.Errorf("apply dataplane: %w", err))
 	}
 	r.updateStatus(synced, list.Own != nil, self, d, routes)
-	if len(errs) == 0 {
+	// Compute settles conflicts in favour of peers on the device, so a
+	// write that added, removed or re-addressed peers can change the
+	// next Compute's answer (which node a loser is reported against)
+	// with no Node changed: the next pass must be a full one too.
+	if len(errs) == 0 && !changesIncumbents(cfg) {
 		r.remember(synced, self, resolved, d, routes)
 	}
 	return errors.Join(errs...)
+}
+
+// changesIncumbents reports whether cfg adds, removes or re-addresses a
+// peer.
+func changesIncumbents(cfg wgtypes.Config) bool {
+	for _, pc := range cfg.Peers {
+		if pc.Remove || !pc.UpdateOnly || pc.ReplaceAllowedIPs {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Reconciler) updateStatus(synced, selfFound bool, self Self, d Desired, routes []netip.Prefix) {
