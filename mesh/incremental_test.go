@@ -84,8 +84,12 @@ func TestIncrementalMatchesFull(t *testing.T) {
 				errInc = inc.r.Reconcile(ctx) // the periodic resync
 			} else {
 				errInc = inc.r.ReconcileChanged(ctx)
-				if inc.dev.reads == readsBefore {
+				took := inc.dev.reads == readsBefore
+				if took {
 					incrementalPasses++
+				}
+				if got := inc.r.Status().Incremental; got != took {
+					t.Fatalf("seed %d step %d (%s): Status.Incremental %v, device read %v", seed, step, what, got, !took)
 				}
 			}
 			errFull := full.r.Reconcile(ctx)

@@ -21,6 +21,7 @@ import (
 // path (see incremental); it too starts from the full Node list.
 func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 	r.last.valid = r.last.valid && !full
+	r.incrementalPass = false
 	synced := r.cfg.Source.HasSynced()
 	raws, err := r.cfg.Source.Nodes()
 	if err != nil {
@@ -37,6 +38,7 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 	resolved := r.resolver.resolve(ctx, list.Nodes)
 	if len(errs) == 0 {
 		if done, err := r.incremental(ctx, synced, list.Own != nil, self, resolved, delta); done {
+			r.incrementalPass = true
 			return err
 		}
 	}

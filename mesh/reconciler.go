@@ -125,6 +125,10 @@ type Status struct {
 	LastReconcile time.Time
 	// Duration is how long the last pass took (for the metrics histogram).
 	Duration time.Duration
+	// Incremental reports whether the last pass took the incremental path
+	// (changed peers only, against the device snapshot; see
+	// Reconciler.Run) rather than the full one.
+	Incremental bool
 	// Err is the last pass's error, nil if it succeeded.
 	Err error
 	// Synced reports whether the node source had synced in the last pass
@@ -174,6 +178,8 @@ type Reconciler struct {
 	// pass computed, for the incremental path.
 	parser nodeParser
 	last   lastPass
+	// incrementalPass is set by a pass that took the incremental path.
+	incrementalPass bool
 	status Status
 
 	statusMu   sync.Mutex
@@ -224,7 +230,11 @@ func (r *Reconciler) Status() Status {
 }
 
 // Run waits for the node source to sync, then reconciles on every change
-// signal and every resync period until ctx is cancelled. A failed pass is
+// signal and every resync period until ctx is cancelled. Every pass starts
+// from the full Node list; a change-signal pass takes the incremental path
+// when only peers' endpoints or keepalives changed (see incremental), while
+// the first pass, the periodic resync and retries are full passes that
+// read the device afresh and re-apply the dataplane. A failed pass is
 // logged and retried with backoff (capped at the resync period); Run
 // returns nil on cancellation and an error only for an invalid config.
 func (r *Reconciler) Run(ctx context.Context) error {
@@ -303,6 +313,7 @@ func (r *Reconciler) reconcileOnce(ctx context.Context, full bool) error {
 	r.mu.Lock()
 	start := r.now()
 	err := r.reconcile(ctx, full)
+	r.status.Incremental = r.incrementalPass
 	r.status.Reconciles++
 	r.status.DeviceWrites = r.dev.writes
 	r.status.Err = err
