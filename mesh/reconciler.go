@@ -180,7 +180,7 @@ type Reconciler struct {
 	last   lastPass
 	// incrementalPass is set by a pass that took the incremental path.
 	incrementalPass bool
-	status Status
+	status          Status
 
 	statusMu   sync.Mutex
 	statusCopy Status
