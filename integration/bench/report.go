@@ -140,8 +140,16 @@ func (r *Report) Targets() []Target {
 			continue
 		}
 		noop, writes, change, apply, peers := scaleMedians(s)
-		ts = append(ts, Target{Name: fmt.Sprintf("%d nodes: no-op resync ≤ 10 ms, 0 device writes", s.Nodes),
+		var rs []float64
+		rw := 0
+		for _, x := range s.Runs {
+			rs = append(rs, x.ResyncWallMS)
+			rw = max(rw, x.ResyncWrites)
+		}
+		ts = append(ts, Target{Name: fmt.Sprintf("%d nodes: no-op pass on a change signal ≤ 10 ms, 0 device writes", s.Nodes),
 			Measured: fmt.Sprintf("%.2f ms, %d writes", noop, writes), Met: noop <= 10 && writes == 0})
+		ts = append(ts, Target{Name: fmt.Sprintf("%d nodes: periodic full resync (device read, dataplane re-applied) ≤ 10 ms, 0 device writes", s.Nodes),
+			Measured: fmt.Sprintf("%.2f ms, %d writes", Median(rs), rw), Met: Median(rs) <= 10 && rw == 0})
 		ts = append(ts, Target{Name: fmt.Sprintf("%d nodes: one Node change applied ≤ 10 ms, exactly 1 peer", s.Nodes),
 			Measured: fmt.Sprintf("pass %.2f ms, API update→device %.2f ms, %d peer(s)", change, apply, peers), Met: apply <= 10 && peers == 1})
 	}
@@ -319,19 +327,23 @@ func (r *Report) Markdown() string {
 	}
 	if len(r.Scale) > 0 {
 		w("## 6. Control-plane scale (one agent as shipped, mesh/agent: kube source over client-go's fake clientset, real wireguard-go device via UAPI, real dataplane)\n\n")
-		w("| nodes | full reconcile wall / CPU ms | no-op resync ms (writes) | one change: pass ms / API→device ms (peers touched) | KiB per peer: device+routes / incl. Node caches | runs |\n|---|---|---|---|---|---|\n")
+		w("| nodes | full reconcile wall / CPU ms | no-op pass on a signal ms (writes, incremental/all) | periodic full resync ms (writes) | one change: pass ms / API→device ms (peers touched, incremental/all) | KiB per peer: device+routes / incl. Node caches | runs |\n|---|---|---|---|---|---|---|\n")
 		for _, s := range r.Scale {
 			if len(s.Runs) == 0 {
 				continue
 			}
-			var fw, fc, kd, kt []float64
+			var fw, fc, kd, kt, rs []float64
+			rw, ni, ci, rounds := 0, 0, 0, 0
 			for _, x := range s.Runs {
 				fw, fc, kd, kt = append(fw, x.FullWallMS), append(fc, x.FullCPUMS), append(kd, x.KBPerPeerDevice), append(kt, x.KBPerPeerTotal)
+				rs, rw = append(rs, x.ResyncWallMS), max(rw, x.ResyncWrites)
+				ni, ci, rounds = ni+x.NoopIncremental, ci+x.ChangeIncremental, rounds+r.Settings.ScaleRounds
 			}
 			noop, writes, change, apply, peers := scaleMedians(s)
-			w("| %d | %.0f / %.0f | %.2f (%d) | %.2f / %.2f (%d) | %.1f / %.1f | %d |\n", s.Nodes, Median(fw), Median(fc), noop, writes, change, apply, peers, Median(kd), Median(kt), len(s.Runs))
+			w("| %d | %.0f / %.0f | %.2f (%d, %d/%d) | %.2f (%d) | %.2f / %.2f (%d, %d/%d) | %.1f / %.1f | %d |\n", s.Nodes, Median(fw), Median(fc),
+				noop, writes, ni, rounds, Median(rs), rw, change, apply, peers, ci, rounds, Median(kd), Median(kt), len(s.Runs))
 		}
-		w("\nWhere a no-op pass goes (ms, the steps timed one by one):\n\n| nodes | list Nodes (informer cache) | read device (UAPI) | Compute | dataplane Apply |\n|---|---|---|---|---|\n")
+		w("\nWhere a full pass goes (ms, the steps timed one by one):\n\n| nodes | list Nodes (informer cache) | read device (UAPI) | Compute | dataplane Apply |\n|---|---|---|---|---|\n")
 		for _, s := range r.Scale {
 			var l, d, c, a []float64
 			for _, x := range s.Runs {
