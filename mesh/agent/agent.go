@@ -200,9 +200,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer wg.Close()
+	// The reconciler reads and writes the device in-process where the
+	// device offers it: at thousands of peers the UAPI socket round trip
+	// was most of a full pass. Metrics and wg(8) keep using the socket.
 	var recDevice mesh.Device = wg
+	if l, ok := dev.(interface{ Local() *wgdev.Local }); ok {
+		recDevice = l.Local()
+	}
 	if cfg.OnDeviceWrite != nil {
-		recDevice = observedDevice{wg, cfg.OnDeviceWrite}
+		recDevice = observedDevice{recDevice, cfg.OnDeviceWrite}
 	}
 
 	prom := metrics.New(metrics.Config{Device: wg, Logger: log, DeviceUp: func() error {
