@@ -130,3 +130,42 @@ func TestParseGetRejectsGarbage(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkLocalDevice5000 reads a device of 5000 peers in-process: the
+// text wireguard-go writes ("ipc-get") and that plus our parse ("read").
+func BenchmarkLocalDevice5000(b *testing.B) {
+	n := newTestPair(&testing.T{})[0]
+	defer n.dev.Close()
+	l := n.dev.Local()
+	var cfg wgtypes.Config
+	for i := range 5000 {
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: k.PublicKey(),
+			Endpoint:          &net.UDPAddr{IP: net.IPv4(198, 51, 100, byte(10+i%240)), Port: 20000 + i},
+			ReplaceAllowedIPs: true,
+			AllowedIPs:        []net.IPNet{{IP: net.IPv4(10, 244, byte(i*8>>8), byte(i*8)).To4(), Mask: net.CIDRMask(29, 32)}}})
+	}
+	if err := l.ConfigureDevice(cfg); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("ipc-get", func(b *testing.B) {
+		var buf bytes.Buffer
+		for b.Loop() {
+			buf.Reset()
+			if err := n.dev.dev.IpcGetOperation(&buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("read", func(b *testing.B) {
+		for b.Loop() {
+			d, err := l.Device()
+			if err != nil || len(d.Peers) != 5000 {
+				b.Fatal(len(d.Peers), err)
+			}
+		}
+	})
+}
