@@ -8,6 +8,8 @@ import (
 	"regexp"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Errors the Network reports about the pod's namespace and interface; the
@@ -24,10 +26,8 @@ var (
 
 // GuardTable is the nftables table (family inet) in which the agent keeps its
 // fail-closed guard: its presence in the node's namespace means the agent has
-// run here since boot. It must equal mesh/dataplane.DefaultGuardTable; it is
-// repeated here rather than imported so the plugin binary does not pull in the
-// agent's data plane, and integration/guardtable_test.go asserts the two match.
-const GuardTable = "wgmesh-guard"
+// run here since boot.
+const GuardTable = nodenet.GuardTable
 
 // BridgeSpec is the node side every pod plugs into.
 type BridgeSpec struct {

@@ -19,6 +19,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Netlink is the Network of a real Linux node. The plugin process runs in
@@ -185,7 +187,7 @@ func ensureAddr(link netlink.Link, p netip.Prefix) error {
 
 func hasAddr(addrs []netlink.Addr, p netip.Prefix) bool {
 	for _, a := range addrs {
-		if got, ok := ipNetToPrefix(*a.IPNet); ok && got == p {
+		if got, ok := nodenet.PrefixFromIPNet(*a.IPNet); ok && got == p {
 			return true
 		}
 	}

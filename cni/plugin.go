@@ -15,6 +15,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/wgmesh/wgmesh/ipam"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Plugin error codes beyond the spec's well-known ones are not used: every
@@ -260,15 +261,6 @@ func prefixToIPNet(p netip.Prefix) net.IPNet {
 	return net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-func ipNetToPrefix(n net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
-}
-
 // Del removes the attachment and frees its addresses. It succeeds when
 // things are already gone (namespace, interface, reservation), and it works
 // from a config whose podCIDRs went bad, so a pod can always be deleted.
@@ -325,7 +317,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		if ipc.Interface == nil || *ipc.Interface != podIdx {
 			continue
 		}
-		pr, ok := ipNetToPrefix(ipc.Address)
+		pr, ok := nodenet.PrefixFromIPNet(ipc.Address)
 		if !ok {
 			return confErr("prevResult address %v", ipc.Address)
 		}

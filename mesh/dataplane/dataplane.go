@@ -19,14 +19,16 @@ import (
 	"slices"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Defaults for Config fields left zero.
 const (
-	DefaultBridge = "wgmesh-br0"
-	DefaultTable  = "wgmesh"
-	// DefaultGuardTable holds the fail-closed guard (see Guard).
-	DefaultGuardTable = "wgmesh-guard"
+	DefaultBridge = nodenet.Bridge
+	DefaultTable  = nodenet.MainTable
+	// DefaultGuardTable holds the fail-closed guard (see Guard); the CNI
+	// plugin looks for it by this name.
+	DefaultGuardTable = nodenet.GuardTable
 	// DefaultRouteProtocol tags the routes we create (rtm_protocol), so we
 	// find and delete our stale routes and never touch anybody else's. 157
 	// is not assigned in iproute2's rt_protos.
@@ -53,8 +55,6 @@ var (
 	// ErrRouteConflict: a route to the destination exists that we did not
 	// create; we do not replace it.
 	ErrRouteConflict = errors.New("a route to this destination exists and is not ours")
-	// ErrNoGateway: the prefix has no room for a gateway address.
-	ErrNoGateway = errors.New("prefix too small for a gateway address")
 )
 
 // Config configures a Dataplane.
@@ -217,17 +217,6 @@ func New(cfg Config) (*Dataplane, error) {
 	return &Dataplane{cfg: cfg, log: log}, nil
 }
 
-// Gateway is the bridge address for a pod prefix: its first host address,
-// with the prefix's length (10.244.1.0/24 → 10.244.1.1/24). The CNI side
-// hands the same address to pods as their default gateway.
-func Gateway(pod netip.Prefix) (netip.Prefix, error) {
-	pod = pod.Masked()
-	if pod.Bits() >= pod.Addr().BitLen()-1 {
-		return netip.Prefix{}, fmt.Errorf("%s: %w", pod, ErrNoGateway)
-	}
-	return netip.PrefixFrom(pod.Addr().Next(), pod.Bits()), nil
-}
-
 // Prepare makes the node fail-closed before anything else happens: it adds
 // the catch-all unreachable route of every cluster range that is missing
 // and installs the guard table. It needs no mesh state and leaves
@@ -347,7 +336,7 @@ func gatewaysFor(local []netip.Prefix) ([]netip.Prefix, error) {
 	var gws []netip.Prefix
 	var errs []error
 	for _, p := range local {
-		gw, err := Gateway(p)
+		gw, err := nodenet.Gateway(p)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("local pod cidr: %w", err))
 			continue

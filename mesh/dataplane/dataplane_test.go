@@ -464,33 +464,6 @@ func TestNewValidates(t *testing.T) {
 	}
 }
 
-func TestGateway(t *testing.T) {
-	tests := []struct {
-		in, want string
-		err      bool
-	}{
-		{"10.244.1.0/24", "10.244.1.1/24", false},
-		{"10.244.1.77/24", "10.244.1.1/24", false},
-		{"10.244.0.0/16", "10.244.0.1/16", false},
-		{"fd00:10:244:1::/64", "fd00:10:244:1::1/64", false},
-		{"10.244.1.0/31", "", true},
-		{"10.244.1.0/32", "", true},
-		{"fd00::/128", "", true},
-	}
-	for _, tt := range tests {
-		got, err := Gateway(netip.MustParsePrefix(tt.in))
-		if tt.err {
-			if !errors.Is(err, ErrNoGateway) {
-				t.Errorf("Gateway(%s) error = %v, want ErrNoGateway", tt.in, err)
-			}
-			continue
-		}
-		if err != nil || got.String() != tt.want {
-			t.Errorf("Gateway(%s) = %v, %v; want %s", tt.in, got, err, tt.want)
-		}
-	}
-}
-
 func TestMultiAppliesAllAndJoinsErrors(t *testing.T) {
 	var calls []string
 	boom := errors.New("boom")

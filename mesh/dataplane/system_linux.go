@@ -11,6 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // NewSystem returns the System of the running kernel, acting in the
@@ -107,7 +109,7 @@ func (s *linuxSystem) Addrs(name string) ([]netip.Prefix, error) {
 		if a.Scope != unix.RT_SCOPE_UNIVERSE || a.IPNet == nil {
 			continue
 		}
-		p, ok := prefixFromIPNet(a.IPNet, false)
+		p, ok := nodenet.PrefixFromIPNet(*a.IPNet)
 		if !ok || p.Addr().IsLinkLocalUnicast() {
 			continue
 		}
@@ -161,10 +163,11 @@ func (s *linuxSystem) Routes(protocol int) ([]Route, error) {
 		if r.Dst == nil {
 			continue
 		}
-		dst, ok := prefixFromIPNet(r.Dst, true)
+		dst, ok := nodenet.PrefixFromIPNet(*r.Dst)
 		if !ok {
 			continue
 		}
+		dst = dst.Masked()
 		var typ RouteType
 		switch r.Type {
 		case unix.RTN_UNICAST:
@@ -308,24 +311,6 @@ func (s *linuxSystem) SetSysctl(key, value string) error {
 		return err
 	}
 	return os.WriteFile(p, []byte(value), 0o644)
-}
-
-// prefixFromIPNet converts; masked selects the network form.
-func prefixFromIPNet(n *net.IPNet, masked bool) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	a = a.Unmap()
-	ones, bits := n.Mask.Size()
-	if bits != a.BitLen() {
-		return netip.Prefix{}, false
-	}
-	p := netip.PrefixFrom(a, ones)
-	if masked {
-		p = p.Masked()
-	}
-	return p, true
 }
 
 func ipNet(p netip.Prefix, masked bool) *net.IPNet {
