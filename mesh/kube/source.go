@@ -23,7 +23,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/wgmesh/wgmesh/mesh"
-	"github.com/wgmesh/wgmesh/mesh/kube/informerrun"
+	"github.com/wgmesh/wgmesh/mesh/internal/informerrun"
 	"github.com/wgmesh/wgmesh/mesh/kube/translate"
 )
 
