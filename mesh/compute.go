@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Self is this node as the computation needs it.
@@ -291,19 +293,9 @@ func sortPrefixes(p []netip.Prefix) { slices.SortFunc(p, comparePrefix) }
 func prefixesFromIPNets(nets []net.IPNet) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(nets))
 	for _, n := range nets {
-		a, ok := netip.AddrFromSlice(n.IP)
-		if !ok {
-			continue
+		if p, ok := nodenet.PrefixFromIPNet(n); ok {
+			out = append(out, p.Masked())
 		}
-		ones, bits := n.Mask.Size()
-		if a.Is4In6() && bits == 128 {
-			ones -= 96 // a 16-byte mask on an IPv4 address
-		}
-		p := netip.PrefixFrom(a.Unmap(), ones)
-		if !p.IsValid() {
-			continue
-		}
-		out = append(out, p.Masked())
 	}
 	sortPrefixes(out)
 	return out

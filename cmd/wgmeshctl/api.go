@@ -7,8 +7,6 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -30,14 +28,9 @@ type apiQuery struct {
 // names are not resolved: such peers show as degraded without a desired
 // endpoint.
 func desiredFromAPI(ctx context.Context, q apiQuery) (*agentstate.State, error) {
-	rc, err := clientcmd.BuildConfigFromFlags("", q.kubeconfig)
+	c, err := apiClient(q.kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", q.kubeconfig, err)
-	}
-	rc.UserAgent = "wgmeshctl"
-	c, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	list, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {

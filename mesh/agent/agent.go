@@ -40,8 +40,6 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/wgmesh/wgmesh/cni"
 	"github.com/wgmesh/wgmesh/mesh"
@@ -328,19 +326,9 @@ func (a *Agent) nodeSource() (kubernetes.Interface, NodeSource, error) {
 	return client, source, nil
 }
 
+// kubeClient: the given kubeconfig, else the pod's service account.
 func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
-	var rc *rest.Config
-	var err error
-	if kubeconfig == "" {
-		rc, err = rest.InClusterConfig()
-	} else {
-		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config: %w", err)
-	}
-	rc.UserAgent = kube.DefaultComponent
-	return kubernetes.NewForConfig(rc)
+	return kube.NewClient(kube.ClientConfig{Kubeconfig: kubeconfig, UserAgent: kube.DefaultComponent})
 }
 
 // startNetworkPolicy wires the NetworkPolicy engine (pod, namespace and
