@@ -125,6 +125,9 @@ func (s *Source) Nodes() ([]mesh.RawNode, error) {
 	if s.translated == nil {
 		s.translated = make(map[string]translation, len(list))
 	}
+	// Sorted as pointers: moving the translated structs was a third of
+	// listing 5000 Nodes.
+	slices.SortFunc(list, func(a, b *v1.Node) int { return strings.Compare(a.Name, b.Name) })
 	out := make([]mesh.RawNode, 0, len(list))
 	for _, n := range list {
 		t, ok := s.translated[n.Name]
@@ -146,7 +149,6 @@ func (s *Source) Nodes() ([]mesh.RawNode, error) {
 			}
 		}
 	}
-	slices.SortFunc(out, func(a, b mesh.RawNode) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
