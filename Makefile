@@ -54,8 +54,10 @@ lint:
 clean:
 	rm -rf $(BIN)
 
-# kube-apiserver, kubectl and etcd for the lab, built from integration/tools and cached
-# under /var/cache/wgmesh/tools (a cold build takes 10+ minutes on 2 cores).
+# The lab's tools, built from integration/tools (+ integration/tools/runtime) and cached
+# under /var/cache/wgmesh/tools: kube-apiserver, kubectl, etcd, kubelet, kube-proxy,
+# kube-controller-manager, kube-scheduler, e2e.test, agnhost, containerd (+ shim, ctr),
+# loopback and portmap (cold: see docs/real-node-lab.md).
 tools: deps
 	@integration/tools/build.sh $(BIN)
 

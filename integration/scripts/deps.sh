@@ -17,6 +17,8 @@ want tcpdump tcpdump
 want nft nftables
 want iptables iptables
 want ethtool ethtool
+# The real-node lab's OCI runtime under containerd (crun runs cgroup v1 here; see docs/real-node-lab.md).
+want crun crun
 want gcc gcc
 want git git
 want make make
