@@ -21,6 +21,7 @@ build:
 	@for c in $(CMDS); do \
 	  if [ -d cmd/$$c ]; then echo "build $$c"; CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/$$c ./cmd/$$c || exit 1; fi; \
 	done
+	@echo "build install-cni"; CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/install-cni ./deploy/install-cni
 
 # Everything: unit tests, root/netns suites and the end-to-end lab suite. Needs root;
 # the root suites fail (never skip) without it.

@@ -5,7 +5,8 @@
 #   node stack:    kubelet, kube-proxy, kube-controller-manager, kube-scheduler
 #   upstream e2e:  e2e.test, agnhost (k8s.io/kubernetes/test/...)
 #   runtime:       containerd, containerd-shim-runc-v2, ctr (containerd/v2),
-#                  loopback, portmap (containernetworking/plugins)
+#                  loopback, portmap (containernetworking/plugins),
+#                  ocibuild (ours: writes the lab's images without a registry)
 #
 # The binaries are cached under $WGMESH_TOOLS_CACHE/<key>/ (default
 # /var/cache/wgmesh/tools) where key = sha256(both modules' go.mod + go.sum + go
@@ -20,7 +21,7 @@ out="${1:?usage: build.sh OUTDIR}"
 cache_root="${WGMESH_TOOLS_CACHE:-/var/cache/wgmesh/tools}"
 
 # build.sh itself is part of the key: a change of flags or binaries rebuilds.
-key="$( { cat "$here/go.mod" "$here/go.sum" "$here/runtime/go.mod" "$here/runtime/go.sum" "$here/build.sh"; go version; } | sha256sum | cut -c1-16)"
+key="$( { cat "$here/go.mod" "$here/go.sum" "$here/runtime/go.mod" "$here/runtime/go.sum" "$here/build.sh" "$here"/runtime/ocibuild/*.go; go version; } | sha256sum | cut -c1-16)"
 cache="$cache_root/$key"
 
 # binary -> package, per module. kube bins are one `go build` so the shared
@@ -41,6 +42,7 @@ declare -A runtime=(
 	[ctr]=github.com/containerd/containerd/v2/cmd/ctr
 	[loopback]=github.com/containernetworking/plugins/plugins/main/loopback
 	[portmap]=github.com/containernetworking/plugins/plugins/meta/portmap
+	[ocibuild]=github.com/wgmesh/wgmesh/integration/tools/runtime/ocibuild
 )
 bins=("${!kube[@]}" e2e.test "${!runtime[@]}")
 
