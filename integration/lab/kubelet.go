@@ -114,6 +114,9 @@ func (l *Lab) kubeletAPIServerArgv(st *State) []string {
 		"--kubelet-client-certificate="+p.path("admin.crt"),
 		"--kubelet-client-key="+p.path("admin.key"),
 		"--allow-privileged=true",
+		// Node names do not resolve; the InternalIP (the kubelet's
+		// --node-ip) always answers.
+		"--kubelet-preferred-address-types=InternalIP",
 	)
 }
 
@@ -338,12 +341,12 @@ state = "/run/containerd"
   enable_unprivileged_ports = true
   enable_unprivileged_icmp = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
-    default_runtime_name = "crun"
-    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.crun]
+    default_runtime_name = "oci"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.oci]
       runtime_type = "io.containerd.runc.v2"
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.crun.options]
-        BinaryName = "` + "/usr/bin/crun" + `"
-        Root = "/run/containerd/crun"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.oci.options]
+        BinaryName = "` + ociRuntime() + `"
+        Root = "/run/containerd/oci-runtime"
         SystemdCgroup = false
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = ["/opt/cni/bin"]
@@ -427,6 +430,16 @@ func (l *Lab) nodeEnv() []string {
 		}
 	}
 	return append(env, "PATH="+l.cfg.BinDir+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+}
+
+// ociRuntime is the OCI runtime binary containerd's runc shim drives:
+// Debian's runc by default, WGMESH_LAB_OCI_RUNTIME overrides it (e.g.
+// /usr/bin/crun). See docs/real-node-lab.md for why.
+func ociRuntime() string {
+	if r := os.Getenv("WGMESH_LAB_OCI_RUNTIME"); r != "" {
+		return r
+	}
+	return "/usr/sbin/runc"
 }
 
 // kubeProxyMode is nftables (the lab's kernel and nft support it); the
