@@ -87,10 +87,13 @@ func (l *Lab) checkKubeletBinaries() error {
 			missing = append(missing, filepath.Join(l.cfg.BinDir, b))
 		}
 	}
-	for _, t := range []string{"crun", "busybox"} {
+	for _, t := range []string{"busybox", "curl", "nc.openbsd", "ldd"} {
 		if _, err := lookPath(t); err != nil {
 			missing = append(missing, t)
 		}
+	}
+	if fi, err := os.Stat(ociRuntime()); err != nil || fi.Mode()&0o111 == 0 {
+		missing = append(missing, ociRuntime())
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("kubelet mode: missing executables: %s (integration/tools/build.sh, `go build -o BIN ./deploy/install-cni`, integration/scripts/deps.sh)", strings.Join(missing, ", "))
@@ -583,10 +586,13 @@ func (l *Lab) buildImages(ctx context.Context) (map[string]string, error) {
 		return nil, err
 	}
 	bin := func(b string) string { return filepath.Join(l.cfg.BinDir, b) }
+	tools, err := shellTools(ctx, busybox)
+	if err != nil {
+		return nil, err
+	}
 	images := map[string][]string{
-		PauseImage: {"-entrypoint=/agnhost,pause", "-user=65535:65535", "/agnhost=" + bin("agnhost")},
-		AgnhostImage: {"-entrypoint=/agnhost", "/agnhost=" + bin("agnhost"),
-			"/bin/busybox=" + busybox, "/bin/sh->busybox"},
+		PauseImage:   {"-entrypoint=/agnhost,pause", "-user=65535:65535", "/agnhost=" + bin("agnhost")},
+		AgnhostImage: append([]string{"-entrypoint=/agnhost", "/agnhost=" + bin("agnhost")}, tools...),
 		WgmeshImage: {"-entrypoint=/wgmesh-agent", "-user=0:0",
 			"/wgmesh-agent=" + bin("wgmesh-agent"), "/wgmesh=" + bin("wgmesh-cni"), "/install-cni=" + bin("install-cni")},
 	}
@@ -605,6 +611,55 @@ func (l *Lab) buildImages(ctx context.Context) (map[string]string, error) {
 		out[ref] = file
 	}
 	return out, nil
+}
+
+// busyboxApplets are linked in the agnhost image as the real image's base
+// provides them: the e2e suite runs `/bin/sh -c '... curl ...'` in agnhost
+// containers, and tests and people use the usual tools there.
+var busyboxApplets = []string{"cat", "ls", "wget", "sleep", "ip", "hostname", "ps", "grep",
+	"ping", "timeout", "test", "echo", "env", "mkdir", "rm", "cp", "mv", "touch", "date", "sed", "awk", "head", "tail", "wc", "tr", "cut"}
+
+// imageHostTools are host binaries the agnhost image carries, as the real
+// image's base does: curl (the upstream e2e suite execs it for every HTTP
+// probe), a netcat with UDP (its UDP probes; busybox's nc has no -u) and
+// dash as /bin/sh: Debian's static busybox sh runs its own applets before
+// anything on PATH, so `nc` under it would be busybox's nc again.
+var imageHostTools = map[string]string{"/usr/bin/curl": "curl", "/usr/bin/nc": "nc.openbsd", "/bin/sh": "dash"}
+
+// shellTools returns ocibuild arguments adding busybox (static) with its
+// applets under /bin, and imageHostTools with the shared libraries ldd names.
+func shellTools(ctx context.Context, busybox string) ([]string, error) {
+	args := []string{"/bin/busybox=" + busybox}
+	for _, a := range busyboxApplets {
+		args = append(args, "/bin/"+a+"->busybox")
+	}
+	libs := map[string]bool{}
+	for dst, name := range imageHostTools {
+		src, err := lookPath(name)
+		if err != nil {
+			return nil, fmt.Errorf("agnhost image: %w (integration/scripts/deps.sh installs it)", err)
+		}
+		out, err := output(ctx, "ldd", src)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, dst+"="+src)
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			// "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or
+			// "/lib64/ld-linux-x86-64.so.2 (0x...)"
+			switch {
+			case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
+				libs[f[2]] = true
+			case len(f) >= 1 && strings.HasPrefix(f[0], "/"):
+				libs[f[0]] = true
+			}
+		}
+	}
+	for lib := range libs {
+		args = append(args, lib+"="+lib)
+	}
+	return args, nil
 }
 
 // importImages imports the lab's images into the node's containerd (k8s.io
