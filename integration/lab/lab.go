@@ -330,6 +330,13 @@ func (l *Lab) Down(ctx context.Context) error {
 		}
 	}
 	killInNamespaces(inodes)
+	// Again, now that no shim or runtime of the node is left to recreate
+	// a cgroup (a run left node2/kubepods behind without this).
+	for _, n := range st.Nodes {
+		if err := removeCgroupRoot(n.CgroupRoot); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, n := range st.Nodes {
 		if err := releaseMountNS(n.MountNS); err != nil {
 			errs = append(errs, err)
