@@ -7,7 +7,7 @@ CMDS := wgmesh-agent wgmesh-cni wgmeshctl wgmesh-lab
 # The whole suite (unit + root/netns + end-to-end) must stay well inside CI's 90 minutes.
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all deps build test test-unit lint vet-cniclient demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test
+.PHONY: conformance all deps build test test-unit lint vet-cniclient demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test
 IMAGE ?= wgmesh:dev
 
 all: build
@@ -73,6 +73,12 @@ lab-up: deps build tools
 
 lab-down:
 	@if [ -x $(BIN)/wgmesh-lab ]; then $(BIN)/wgmesh-lab down; fi
+
+# The upstream [sig-network] e2e specs (e2e.test from k8s.io/kubernetes) against a 3-node
+# kubelet lab; writes docs/conformance.md (passed/failed per spec). Long: not part of make test,
+# which runs the Granular Checks subset (TestRealNodes).
+conformance: deps tools
+	$(GO) test -count=1 -tags conformance -timeout 170m -run '^TestConformance$$' -v ./integration/e2e/
 
 test-e2e: deps tools
 	$(GO) test -count=1 -timeout 45m -v ./integration/e2e/
