@@ -7,7 +7,7 @@ CMDS := wgmesh-agent wgmesh-cni wgmeshctl wgmesh-lab
 # The whole suite (unit + root/netns + end-to-end) must stay well inside CI's 90 minutes.
 TEST_TIMEOUT ?= 60m
 
-.PHONY: conformance all deps build test test-unit lint vet-cniclient demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test
+.PHONY: demo-kubelet conformance all deps build test test-unit lint vet-cniclient demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test
 IMAGE ?= wgmesh:dev
 
 all: build
@@ -66,6 +66,11 @@ tools: deps
 # pod ping matrix and the mesh from node1, then tears the lab down.
 demo: deps build tools
 	@integration/lab/demo.sh $(BIN)
+
+# The same on the real node stack (containerd, kubelet, kube-proxy per node; wgmesh installed
+# with kubectl apply -k deploy/overlays/lab). ~25 s to Ready nodes on 2 cores.
+demo-kubelet: deps build tools
+	@integration/lab/demo-kubelet.sh $(BIN)
 
 # Keep a lab up to play with (see integration/lab/README.md); remove it with lab-down.
 lab-up: deps build tools

@@ -863,3 +863,71 @@ func (l *Lab) WaitNodeReady(ctx context.Context, name string, timeout time.Durat
 		}
 	}
 }
+
+// agentContainerPIDs returns the pids of the DaemonSet agent on the node:
+// processes in the node's network namespace (the agent is hostNetwork)
+// whose argv[0] is the image's /wgmesh-agent.
+func agentContainerPIDs(n *Node) []Proc {
+	ino, ok := nsInode(netnsPath(n.Netns))
+	if !ok {
+		return nil
+	}
+	want := fmt.Sprintf("net:[%d]", ino)
+	var out []Proc
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if link, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); err != nil || link != want {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		argv0, _, _ := strings.Cut(string(cmdline), "\x00")
+		if argv0 != "/wgmesh-agent" {
+			continue
+		}
+		st, err := procStartTime(pid)
+		if err != nil {
+			continue
+		}
+		out = append(out, Proc{PID: pid, StartTime: st})
+	}
+	return out
+}
+
+// killAgentContainer SIGKILLs the node's DaemonSet agent (a crash); its
+// kubelet restarts the container.
+func killAgentContainer(n *Node) error {
+	procs := agentContainerPIDs(n)
+	if len(procs) == 0 {
+		return fmt.Errorf("agent on %s is not running", n.Name)
+	}
+	for _, p := range procs {
+		if err := p.stop(syscall.SIGKILL, 5*time.Second); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitAgentContainer waits until the kubelet has the agent running again
+// (after kill-agent the restart back-off starts at 10 s).
+func waitAgentContainer(ctx context.Context, n *Node, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for len(agentContainerPIDs(n)) == 0 {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent on %s not restarted by its kubelet within %s", n.Name, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return nil
+}

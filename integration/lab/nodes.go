@@ -242,6 +242,9 @@ func (l *Lab) KillAgent(node string) error {
 		if !ok {
 			return fmt.Errorf("node %q: %w", node, ErrNoNode)
 		}
+		if st.Kubelet {
+			return killAgentContainer(n)
+		}
 		if n.Agent == nil || !n.Agent.Alive() {
 			return fmt.Errorf("agent on %s is not running", node)
 		}
@@ -260,6 +263,10 @@ func (l *Lab) StartAgent(node string) error {
 		n, ok := st.Nodes[node]
 		if !ok {
 			return fmt.Errorf("node %q: %w", node, ErrNoNode)
+		}
+		if st.Kubelet {
+			// The agent is the kubelet's to restart: wait until it has.
+			return waitAgentContainer(context.Background(), n, 2*time.Minute)
 		}
 		if n.Agent != nil && n.Agent.Alive() {
 			return fmt.Errorf("agent on %s is already running (pid %d)", node, n.Agent.PID)
