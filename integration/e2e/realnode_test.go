@@ -90,6 +90,7 @@ func TestRealNodes(t *testing.T) {
 	t.Run("Hairpin", func(t *testing.T) { testHairpin(t, ctx, l, c) })
 	t.Run("NodePortFromAnotherNode", func(t *testing.T) { testNodePort(t, ctx, l, backends, svc) })
 	t.Run("Headless", func(t *testing.T) { testHeadless(t, ctx, l, c, backends) })
+	t.Run("RolloutKeepsFlows", func(t *testing.T) { testRolloutKeepsFlows(t, ctx, l) })
 	t.Run("UpstreamGranularChecks", func(t *testing.T) {
 		runUpstreamE2E(t, ctx, l, `Networking Granular Checks: Pods`, `Feature:SCTPConnectivity`, 10*time.Minute)
 	})
@@ -427,4 +428,90 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// testRolloutKeepsFlows: an established TCP connection between pods on two
+// nodes survives `kubectl rollout restart` of the wgmesh DaemonSet (every
+// agent replaced, one node at a time) and still carries data afterwards.
+func testRolloutKeepsFlows(t *testing.T, ctx context.Context, l *lab.Lab) {
+	pods := l.Pods()
+	var srv, cli lab.PodRef
+	for _, p := range pods {
+		if srv.Pod == "" {
+			srv = p
+		} else if p.Node != srv.Node {
+			cli = p
+			break
+		}
+	}
+	if cli.Pod == "" {
+		t.Fatalf("need pods on two nodes, have %v", pods)
+	}
+	srvArgv, err := l.PodCommand(srv.Node, srv.Pod, "nc.openbsd", "-l", "9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := startLineCmd(t, append([]string{"sh", "-c", `echo listening; exec "$@"`, "sh"}, srvArgv...), "listening")
+	cliArgv, err := l.PodCommand(cli.Node, cli.Pod, "nc.openbsd", srv.IP, "9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := exec.Command(cliArgv[0], cliArgv[1:]...)
+	stdin, err := client.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var clientOut strings.Builder
+	client.Stdout, client.Stderr = &clientOut, &clientOut
+	if err := client.Start(); err != nil {
+		t.Fatal(err)
+	}
+	clientDone := make(chan struct{})
+	go func() { _ = client.Wait(); close(clientDone) }()
+	t.Cleanup(func() {
+		stdin.Close()
+		_ = client.Process.Kill()
+		<-clientDone
+	})
+	send := func(line string) {
+		t.Helper()
+		// The listener may need a moment after "listening" is printed;
+		// a refused first connect shows as the client exiting.
+		if _, err := fmt.Fprintln(stdin, line); err != nil {
+			t.Fatalf("write %q to the flow: %v (client: %s)", line, err, clientOut.String())
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(server.output(), line) {
+			select {
+			case <-clientDone:
+				t.Fatalf("the flow's client exited before %q arrived: %s; server: %s", line, clientOut.String(), server.output())
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%q did not arrive within 30 s; server: %s", line, server.output())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	send("before-rollout")
+	start := time.Now()
+	rs := l.KubectlCommand("-n", lab.AgentNamespace, "rollout", "restart", "ds/wgmesh-agent")
+	if out, err := exec.CommandContext(ctx, rs[0], rs[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("rollout restart: %v %s", err, out)
+	}
+	// Three nodes, one at a time, each the old agent's exit plus the new
+	// one's start and 5 s minReadySeconds: ~1 minute idle; 5 on a loaded box.
+	st := l.KubectlCommand("-n", lab.AgentNamespace, "rollout", "status", "ds/wgmesh-agent", "--timeout=5m")
+	if out, err := exec.CommandContext(ctx, st[0], st[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("rollout status: %v %s", err, out)
+	}
+	t.Logf("DaemonSet rollout restart done in %s", time.Since(start).Round(time.Second))
+	send("after-rollout")
+	select {
+	case <-clientDone:
+		t.Fatalf("the flow's client exited: %s", clientOut.String())
+	default:
+	}
+	t.Logf("TCP flow %s/%s -> %s/%s:9000 carried data before and after the rollout", cli.Node, cli.Pod, srv.Node, srv.Pod)
 }
