@@ -38,6 +38,11 @@ type junitSuite struct {
 		Failure *struct {
 			Message string `xml:"message,attr"`
 		} `xml:"failure"`
+		// Ginkgo reports interrupted specs (the run's --ginkgo.timeout
+		// reached) as errors.
+		Error *struct {
+			Message string `xml:"message,attr"`
+		} `xml:"error"`
 	} `xml:"testcase"`
 }
 
@@ -80,13 +85,16 @@ func TestConformance(t *testing.T) {
 	}
 	type row struct{ name, result, note string }
 	var rows []row
-	var passed, failed, skipped int
+	var passed, failed, skipped, unfinished int
 	for _, s := range suites.Suites {
 		for _, c := range s.Cases {
 			switch {
 			case c.Failure != nil:
 				failed++
 				rows = append(rows, row{c.Name, "failed", firstLine(c.Failure.Message)})
+			case c.Error != nil:
+				unfinished++
+				rows = append(rows, row{c.Name, "not finished", firstLine(c.Error.Message)})
 			case c.Skipped != nil:
 				skipped++
 			default:
@@ -102,7 +110,8 @@ func TestConformance(t *testing.T) {
 	fmt.Fprintf(&b, "k8s.io/kubernetes v1.37.2 against a 3-node `wgmesh-lab up --kubelet` (containerd 2.4.2 + runc,\n")
 	fmt.Fprintf(&b, "kubelet and kube-proxy nftables v1.37.2, wgmesh from deploy/overlays/lab). Run time %s.\n\n", took)
 	fmt.Fprintf(&b, "Focus: `%s`\n\nSkip: `%s`\n\n", conformanceFocus, conformanceSkip)
-	fmt.Fprintf(&b, "**%d passed, %d failed, %d skipped** (skipped = outside the focus or matched by the skip).\n\n", passed, failed, skipped)
+	fmt.Fprintf(&b, "**%d passed, %d failed, %d not finished, %d skipped** (skipped = outside the focus or matched by the skip;\n", passed, failed, unfinished, skipped)
+	fmt.Fprintf(&b, "not finished = interrupted or never started when the run's time limit of %s was reached).\n\n", timeout)
 	b.WriteString("| spec | result | time / failure |\n| --- | --- | --- |\n")
 	for _, r := range rows {
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", strings.ReplaceAll(r.name, "|", "\\|"), r.result, strings.ReplaceAll(r.note, "|", "\\|"))
@@ -114,7 +123,7 @@ func TestConformance(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "docs", "conformance.md"), []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("conformance: %d passed, %d failed, %d skipped in %s; docs/conformance.md written", passed, failed, skipped, took)
+	t.Logf("conformance: %d passed, %d failed, %d not finished, %d skipped in %s; docs/conformance.md written", passed, failed, unfinished, skipped, took)
 	if passed == 0 {
 		t.Errorf("no spec passed (e2e.test: %v):\n%s", runErr, tail(string(out), 40))
 	}
