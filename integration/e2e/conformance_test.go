@@ -37,9 +37,10 @@ type junitSuite struct {
 		Skipped *struct{} `xml:"skipped"`
 		Failure *struct {
 			Message string `xml:"message,attr"`
+			Text    string `xml:",chardata"`
 		} `xml:"failure"`
-		// Ginkgo reports interrupted specs (the run's --ginkgo.timeout
-		// reached) as errors.
+		// Ginkgo reports an interrupted spec (the run's --ginkgo.timeout
+		// reached) as an error; specs never started count as skipped.
 		Error *struct {
 			Message string `xml:"message,attr"`
 		} `xml:"error"`
@@ -91,7 +92,11 @@ func TestConformance(t *testing.T) {
 			switch {
 			case c.Failure != nil:
 				failed++
-				rows = append(rows, row{c.Name, "failed", firstLine(c.Failure.Message)})
+				msg := c.Failure.Message
+				if strings.TrimSpace(msg) == "" {
+					msg = c.Failure.Text
+				}
+				rows = append(rows, row{c.Name, "failed", firstLine(msg)})
 			case c.Error != nil:
 				unfinished++
 				rows = append(rows, row{c.Name, "not finished", firstLine(c.Error.Message)})
