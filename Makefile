@@ -7,7 +7,7 @@ CMDS := wgmesh-agent wgmesh-cni wgmeshctl wgmesh-lab
 # The whole suite (unit + root/netns + end-to-end) must stay well inside CI's 90 minutes.
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all deps build test test-unit lint vet-cniclient demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test
+.PHONY: demo-kubelet conformance all deps build test test-unit lint vet-cniclient demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test
 IMAGE ?= wgmesh:dev
 
 all: build
@@ -21,6 +21,7 @@ build:
 	@for c in $(CMDS); do \
 	  if [ -d cmd/$$c ]; then echo "build $$c"; CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/$$c ./cmd/$$c || exit 1; fi; \
 	done
+	@echo "build install-cni"; CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/install-cni ./deploy/install-cni
 
 # Everything: unit tests, root/netns suites and the end-to-end lab suite. Needs root;
 # the root suites fail (never skip) without it.
@@ -54,8 +55,10 @@ lint:
 clean:
 	rm -rf $(BIN)
 
-# kube-apiserver, kubectl and etcd for the lab, built from integration/tools and cached
-# under /var/cache/wgmesh/tools (a cold build takes 10+ minutes on 2 cores).
+# The lab's tools, built from integration/tools (+ integration/tools/runtime) and cached
+# under /var/cache/wgmesh/tools: kube-apiserver, kubectl, etcd, kubelet, kube-proxy,
+# kube-controller-manager, kube-scheduler, e2e.test, agnhost, containerd (+ shim, ctr),
+# loopback and portmap (cold: see docs/real-node-lab.md).
 tools: deps
 	@integration/tools/build.sh $(BIN)
 
@@ -64,12 +67,23 @@ tools: deps
 demo: deps build tools
 	@integration/lab/demo.sh $(BIN)
 
+# The same on the real node stack (containerd, kubelet, kube-proxy per node; wgmesh installed
+# with kubectl apply -k deploy/overlays/lab). ~25 s to Ready nodes on 2 cores.
+demo-kubelet: deps build tools
+	@integration/lab/demo-kubelet.sh $(BIN)
+
 # Keep a lab up to play with (see integration/lab/README.md); remove it with lab-down.
 lab-up: deps build tools
 	$(BIN)/wgmesh-lab up --nodes 3 --pods 2
 
 lab-down:
 	@if [ -x $(BIN)/wgmesh-lab ]; then $(BIN)/wgmesh-lab down; fi
+
+# The upstream [sig-network] e2e specs (e2e.test from k8s.io/kubernetes) against a 3-node
+# kubelet lab; writes docs/conformance.md (passed/failed per spec). Long: not part of make test,
+# which runs the Granular Checks subset (TestRealNodes).
+conformance: deps tools
+	$(GO) test -count=1 -tags conformance -timeout 170m -run '^TestConformance$$' -v ./integration/e2e/
 
 test-e2e: deps tools
 	$(GO) test -count=1 -timeout 45m -v ./integration/e2e/

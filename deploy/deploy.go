@@ -9,3 +9,9 @@ import "embed"
 //
 //go:embed base/*.yaml
 var Base embed.FS
+
+// LabOverlay holds overlays/lab/*.yaml (the real-node lab applies it with
+// Base beside it, as `kubectl apply -k deploy/overlays/lab`).
+//
+//go:embed base/*.yaml overlays/lab/*.yaml
+var LabOverlay embed.FS

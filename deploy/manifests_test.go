@@ -39,7 +39,7 @@ import (
 )
 
 // The kustomizations we ship; each must render to a valid install.
-var kustomizations = []string{".", "base", "overlays/example", "overlays/vagrant"}
+var kustomizations = []string{".", "base", "overlays/example", "overlays/vagrant", "overlays/lab"}
 
 const (
 	wantNamespace = "wgmesh-system"
@@ -609,6 +609,13 @@ func TestOverlaysApplyTheirKnobs(t *testing.T) {
 	}
 	if cfg, err := vg.agentConfig(); err != nil || cfg["persistent-keepalive"] != "25s" {
 		t.Errorf("vagrant overlay persistent-keepalive = %v (%v), want 25s for the NAT'd VM", cfg["persistent-keepalive"], err)
+	}
+
+	lab := renderBundle(t, "overlays/lab")
+	for _, c := range append(lab.ds.Spec.Template.Spec.InitContainers, lab.ds.Spec.Template.Spec.Containers...) {
+		if c.Image != "wgmesh.invalid/wgmesh:lab" {
+			t.Errorf("lab overlay %s image %q, want wgmesh.invalid/wgmesh:lab (imported by integration/lab)", c.Name, c.Image)
+		}
 	}
 }
 

@@ -118,6 +118,7 @@ Every flag can also be set as WGMESH_LAB_<FLAG> (e.g. WGMESH_LAB_NAME).`,
 
 func upCmd(cfg func() (lab.Config, error)) *cobra.Command {
 	var nodes, pods int
+	var kubelet bool
 	c := &cobra.Command{
 		Use:   "up",
 		Short: "Start a lab (removing leftovers of an earlier one with the same name first)",
@@ -132,7 +133,7 @@ func upCmd(cfg func() (lab.Config, error)) *cobra.Command {
 			}
 			l := lab.New(conf)
 			start := time.Now()
-			if err := l.Up(cmd.Context(), lab.UpOptions{Nodes: nodes, Pods: pods}); err != nil {
+			if err := l.Up(cmd.Context(), lab.UpOptions{Nodes: nodes, Pods: pods, Kubelet: kubelet}); err != nil {
 				return fmt.Errorf("up: %w\n(logs in %s/logs; `wgmesh-lab down --name %s` cleans up)", err, conf.Defaults().StateDir, conf.Defaults().Name)
 			}
 			fmt.Printf("lab %q up in %s: %d nodes x %d pods\n", conf.Defaults().Name, time.Since(start).Round(100*time.Millisecond), nodes, pods)
@@ -141,6 +142,7 @@ func upCmd(cfg func() (lab.Config, error)) *cobra.Command {
 	}
 	c.Flags().IntVar(&nodes, "nodes", 3, "number of nodes")
 	c.Flags().IntVar(&pods, "pods", 2, "pods per node")
+	c.Flags().BoolVar(&kubelet, "kubelet", false, "real node stack per node (containerd + crun, kubelet, kube-proxy; kube-controller-manager and kube-scheduler beside the apiserver); wgmesh installed with kubectl apply -k deploy/overlays/lab")
 	return c
 }
 

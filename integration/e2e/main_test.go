@@ -60,7 +60,9 @@ func buildBinaries(dir string) error {
 		return err
 	}
 	start := time.Now()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/wgmesh-agent", "./cmd/wgmesh-cni", "./cmd/wgmesh-lab")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/wgmesh-agent", "./cmd/wgmesh-cni", "./cmd/wgmesh-lab",
+		// The kubelet mode's wgmesh image holds these too (deploy/image-binaries.txt).
+		"./cmd/wgmeshctl", "./deploy/install-cni")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {

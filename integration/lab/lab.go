@@ -135,6 +135,9 @@ func (l *Lab) prefix() string { return "wgl-" + l.cfg.Name + "-" }
 type UpOptions struct {
 	Nodes int
 	Pods  int // per node
+	// Kubelet runs the real node stack on every node (kubelet.go) and
+	// installs wgmesh from deploy/overlays/lab instead of starting agents.
+	Kubelet bool
 }
 
 // Up removes leftovers of an earlier lab with the same state directory and
@@ -149,6 +152,11 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 	}
 	if err := l.checkBinaries(); err != nil {
 		return err
+	}
+	if opt.Kubelet {
+		if err := l.checkKubeletBinaries(); err != nil {
+			return err
+		}
 	}
 	if err := l.Down(ctx); err != nil {
 		return fmt.Errorf("clean up earlier lab: %w", err)
@@ -165,6 +173,7 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 		MountDir:    filepath.Join(l.cfg.StateDir, "ns"),
 		Nodes:       map[string]*Node{},
 		NextIndex:   1,
+		Kubelet:     opt.Kubelet,
 	}
 	if err := saveState(l.cfg.StateDir, st); err != nil {
 		return err
@@ -194,6 +203,9 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 			return err
 		}
 		log.Info("starting kube-apiserver", "url", APIServerURL())
+		if st.Kubelet {
+			st.APIServerArgv = l.kubeletAPIServerArgv(st)
+		}
 		p, err = l.startAPIServer(st)
 		if err != nil {
 			return err
@@ -206,6 +218,11 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 			return err
 		}
 		log.Info("kube-apiserver ready", "after", time.Since(start).Round(time.Millisecond))
+		if st.Kubelet {
+			// The agent's RBAC comes with `kubectl apply -k` (upKubelet).
+			log.Info("starting kube-controller-manager and kube-scheduler")
+			return l.startControllers(st)
+		}
 		c, err := l.Admin()
 		if err != nil {
 			return err
@@ -214,6 +231,9 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 	})
 	if err != nil {
 		return err
+	}
+	if opt.Kubelet {
+		return l.upKubelet(ctx, opt, start)
 	}
 	// Start every node's agent first, then wait for them together: the
 	// agents come up in parallel.
@@ -280,6 +300,13 @@ func (l *Lab) Down(ctx context.Context) error {
 		return err
 	}
 	var errs []error
+	// The kubelet mode's node stacks first: kubelets would restart what
+	// goes away, and pod containers live in namespaces of their own.
+	for _, n := range st.Nodes {
+		if err := stopKubeletNode(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	// Agents first (they would otherwise react to the rest going away).
 	for _, n := range st.Nodes {
 		if n.Agent != nil {
@@ -303,12 +330,19 @@ func (l *Lab) Down(ctx context.Context) error {
 		}
 	}
 	killInNamespaces(inodes)
+	// Again, now that no shim or runtime of the node is left to recreate
+	// a cgroup (a run left node2/kubepods behind without this).
+	for _, n := range st.Nodes {
+		if err := removeCgroupRoot(n.CgroupRoot); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, n := range st.Nodes {
 		if err := releaseMountNS(n.MountNS); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for _, p := range []*Proc{st.APIServer, st.Etcd} {
+	for _, p := range []*Proc{st.Scheduler, st.ControllerManager, st.APIServer, st.Etcd} {
 		if p != nil {
 			if err := p.stop(syscall.SIGTERM, 10*time.Second); err != nil {
 				errs = append(errs, err)

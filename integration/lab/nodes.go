@@ -95,6 +95,15 @@ func (l *Lab) AddNode(ctx context.Context, opt NodeOptions) (*Node, error) {
 		if err := connectNode(ctx, st.Underlay, n); err != nil {
 			return err
 		}
+		if st.Kubelet {
+			// The kubelet registers the Node; the DaemonSet's agent
+			// (installed by kubectl apply) does the rest.
+			if err := l.setupKubeletNode(ctx, st, n, save); err != nil {
+				return err
+			}
+			node = n
+			return nil
+		}
 		if err := createMountNS(ctx, n); err != nil {
 			return err
 		}
@@ -208,7 +217,11 @@ func (l *Lab) WaitAgentReady(ctx context.Context, node string, timeout time.Dura
 		if _, err := os.Stat(path); err == nil {
 			return nil
 		}
-		if n.Agent == nil || !n.Agent.Alive() {
+		if l.st.Kubelet {
+			if n.Kubelet == nil || !n.Kubelet.Alive() {
+				return fmt.Errorf("kubelet on %s is not running; last log lines:\n%s", node, tailFile(l.logPath("kubelet-"+node), 20))
+			}
+		} else if n.Agent == nil || !n.Agent.Alive() {
 			return fmt.Errorf("agent on %s is not running; last log lines:\n%s", node, tailFile(l.AgentLog(node), 20))
 		}
 		if time.Now().After(deadline) {
@@ -229,6 +242,9 @@ func (l *Lab) KillAgent(node string) error {
 		if !ok {
 			return fmt.Errorf("node %q: %w", node, ErrNoNode)
 		}
+		if st.Kubelet {
+			return killAgentContainer(n)
+		}
 		if n.Agent == nil || !n.Agent.Alive() {
 			return fmt.Errorf("agent on %s is not running", node)
 		}
@@ -247,6 +263,10 @@ func (l *Lab) StartAgent(node string) error {
 		n, ok := st.Nodes[node]
 		if !ok {
 			return fmt.Errorf("node %q: %w", node, ErrNoNode)
+		}
+		if st.Kubelet {
+			// The agent is the kubelet's to restart: wait until it has.
+			return waitAgentContainer(context.Background(), n, 2*time.Minute)
 		}
 		if n.Agent != nil && n.Agent.Alive() {
 			return fmt.Errorf("agent on %s is already running (pid %d)", node, n.Agent.PID)
@@ -286,6 +306,9 @@ func (l *Lab) RemoveNode(ctx context.Context, node string) error {
 }
 
 func (l *Lab) destroyNode(ctx context.Context, n *Node) error {
+	if err := stopKubeletNode(n); err != nil {
+		return err
+	}
 	if n.Agent != nil {
 		if err := n.Agent.stop(syscall.SIGTERM, 5*time.Second); err != nil {
 			return err

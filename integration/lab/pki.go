@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -58,6 +59,11 @@ func (p pki) generate(apiserverIPs []net.IP) error {
 		return fmt.Errorf("parse ca cert: %w", err)
 	}
 	if err := writePEM(p.CAFile(), "CERTIFICATE", caDER, 0o644); err != nil {
+		return err
+	}
+	// Kept so the kubelet mode can issue node and kube-proxy certificates
+	// for nodes added later (issueClient).
+	if err := writeKey(p.path("ca.key"), caKey); err != nil {
 		return err
 	}
 
@@ -142,4 +148,38 @@ func serial() *big.Int {
 		panic(fmt.Sprintf("crypto/rand failed: %v", err))
 	}
 	return n
+}
+
+// issueClient signs a client certificate (CN, groups) with the lab CA, for
+// kubelets and kube-proxies of the kubelet mode, and writes <name>.crt/.key.
+func (p pki) issueClient(name, cn string, groups []string) error {
+	ca, key, err := p.loadCA()
+	if err != nil {
+		return err
+	}
+	now := time.Now().Add(-time.Hour)
+	return p.issue(name, &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: cn, Organization: groups},
+		NotBefore:    now,
+		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, ca, key)
+}
+
+func (p pki) loadCA() (*x509.Certificate, crypto.Signer, error) {
+	pair, err := tls.LoadX509KeyPair(p.CAFile(), p.path("ca.key"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("load lab ca: %w", err)
+	}
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse lab ca: %w", err)
+	}
+	signer, ok := pair.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, nil, fmt.Errorf("lab ca key is %T, not a signer", pair.PrivateKey)
+	}
+	return cert, signer, nil
 }

@@ -35,6 +35,11 @@ func (l *Lab) AddPodWith(ctx context.Context, node string, opt PodOptions) (*Pod
 		if !ok {
 			return fmt.Errorf("node %q: %w", node, ErrNoNode)
 		}
+		if st.Kubelet {
+			p, err := l.addKubeletPod(ctx, n, opt, save)
+			pod = p
+			return err
+		}
 		name := fmt.Sprintf("p%d", n.NextPod)
 		n.NextPod++
 		p := &Pod{
@@ -90,6 +95,13 @@ func (l *Lab) RemovePod(ctx context.Context, node, pod string) error {
 		p, ok := n.Pods[pod]
 		if !ok {
 			return fmt.Errorf("pod %s/%s: %w", node, pod, ErrNoPod)
+		}
+		if st.Kubelet {
+			if err := l.removeKubeletPod(ctx, n, p); err != nil {
+				return err
+			}
+			delete(n.Pods, pod)
+			return nil
 		}
 		if err := l.unpublishPod(ctx, n, p); err != nil {
 			return err

@@ -33,6 +33,11 @@ type State struct {
 	// NextIndex is the index the next node gets (1-based); indexes are never
 	// reused within a lab so a re-added node never inherits stale state.
 	NextIndex int `json:"nextIndex"`
+	// Kubelet marks a lab whose nodes run the real node stack (containerd,
+	// kubelet, kube-proxy; the agent as the shipped DaemonSet); see kubelet.go.
+	Kubelet           bool  `json:"kubelet,omitempty"`
+	ControllerManager *Proc `json:"controllerManager,omitempty"`
+	Scheduler         *Proc `json:"scheduler,omitempty"`
 }
 
 // Node is one lab node.
@@ -59,6 +64,13 @@ type Node struct {
 	Pods      map[string]*Pod `json:"pods"`
 	// NextPod numbers the node's pods (p1, p2, ...).
 	NextPod int `json:"nextPod"`
+	// The kubelet mode's node stack (nil in the default mode).
+	Containerd *Proc `json:"containerd,omitempty"`
+	Kubelet    *Proc `json:"kubelet,omitempty"`
+	KubeProxy  *Proc `json:"kubeProxy,omitempty"`
+	// CgroupRoot is the kubelet's cgroupRoot (v1, every hierarchy); `down`
+	// kills what is left in it and removes it.
+	CgroupRoot string `json:"cgroupRoot,omitempty"`
 }
 
 // NAT describes a node behind a masquerading router namespace.

@@ -17,6 +17,13 @@ want tcpdump tcpdump
 want nft nftables
 want iptables iptables
 want ethtool ethtool
+# The real-node lab's OCI runtimes under containerd: runc (the default) and crun
+# (1.8 rejects containerd 2.4's OCI spec version; see docs/real-node-lab.md).
+want runc runc
+want crun crun
+# The lab's agnhost image carries these (the e2e suite execs sh, curl and nc -u in it).
+want busybox busybox-static
+want nc.openbsd netcat-openbsd
 want gcc gcc
 want git git
 want make make
