@@ -89,6 +89,7 @@ func TestRealNodes(t *testing.T) {
 	t.Run("ServicesAcrossNodes", func(t *testing.T) { testServicesAcrossNodes(t, ctx, l, backends, svc) })
 	t.Run("Hairpin", func(t *testing.T) { testHairpin(t, ctx, l, c) })
 	t.Run("NodePortFromAnotherNode", func(t *testing.T) { testNodePort(t, ctx, l, backends, svc) })
+	t.Run("NodePortToThirdNode", func(t *testing.T) { testNodePortToThirdNode(t, ctx, l, c) })
 	t.Run("Headless", func(t *testing.T) { testHeadless(t, ctx, l, c, backends) })
 	t.Run("RolloutKeepsFlows", func(t *testing.T) { testRolloutKeepsFlows(t, ctx, l) })
 	t.Run("UpstreamGranularChecks", func(t *testing.T) {
@@ -334,6 +335,66 @@ func testNodePort(t *testing.T, ctx context.Context, l *lab.Lab, backends []echo
 		}
 		t.Logf("NodePort %s from %s: answered by %s", url, from, out)
 	}
+}
+
+// testNodePortToThirdNode: a client on node A reaches node B's NodePort
+// whose only backend runs on node C. kube-proxy on B masquerades the
+// request into the mesh; its source must be B's tunnel address (the network
+// address of B's podCIDR, see mesh/dataplane tunnelAddrsFor), which C's
+// WireGuard accepts from B: with the underlay address as source C dropped
+// it (found by the upstream Services tests).
+func testNodePortToThirdNode(t *testing.T, ctx context.Context, l *lab.Lab, c kubernetes.Interface) {
+	nodes := l.State().NodeNames()
+	if len(nodes) < 3 {
+		t.Fatalf("need 3 nodes, have %v", nodes)
+	}
+	from, target, backendNode := nodes[0], nodes[1], nodes[2]
+	var backend lab.PodRef
+	for _, p := range l.Pods() {
+		if p.Node == backendNode {
+			backend = p
+			break
+		}
+	}
+	if backend.Pod == "" {
+		t.Fatalf("no lab pod on %s", backendNode)
+	}
+	svc, err := c.CoreV1().Services(lab.PodNamespace).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "nodeport-third"},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeNodePort,
+			Selector: map[string]string{lab.LabPodLabel: backendNode},
+			Ports:    []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn, err := c.CoreV1().Nodes().Get(ctx, target, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	targetCIDR, err := netip.ParsePrefix(tn.Spec.PodCIDR)
+	if err != nil {
+		t.Fatalf("node %s podCIDR %q: %v", target, tn.Spec.PodCIDR, err)
+	}
+	base := fmt.Sprintf("http://%s:%d", l.State().Nodes[target].UnderlayIP, svc.Spec.Ports[0].NodePort)
+	want := backend.Node + "-" + backend.Pod
+	out, err := curlUntil(ctx, time.Minute, func() ([]byte, error) {
+		return l.Exec(ctx, from, "curl", "-sS", "-m", "3", base+"/hostname")
+	}, func(s string) bool { return s == want })
+	if err != nil {
+		t.Fatalf("NodePort %s from %s to the backend on %s: %v", base, from, backendNode, err)
+	}
+	ip, err := l.Exec(ctx, from, "curl", "-sS", "-m", "3", base+"/clientip")
+	if err != nil {
+		t.Fatalf("clientip via %s: %v %s", base, err, ip)
+	}
+	host, _, _ := strings.Cut(strings.TrimSpace(string(ip)), ":")
+	if a, err := netip.ParseAddr(host); err != nil || a != targetCIDR.Masked().Addr() {
+		t.Errorf("the backend on %s saw client %q; want %s's tunnel address %s", backendNode, host, target, targetCIDR.Masked().Addr())
+	}
+	t.Logf("NodePort %s from %s: answered by %s on %s, client seen as %s", base, from, out, backendNode, host)
 }
 
 // testHeadless: the headless Service's EndpointSlices list exactly the

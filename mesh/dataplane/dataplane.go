@@ -309,6 +309,8 @@ func (d *Dataplane) Apply(ctx context.Context, s mesh.DataplaneState) error {
 
 	if err := sys.EnsureLinkUp(cfg.WGInterface, s.MTU); err != nil {
 		errs = append(errs, fmt.Errorf("wireguard link %s: %w", cfg.WGInterface, err))
+	} else if err := d.syncAddrs(cfg.WGInterface, tunnelAddrsFor(s.LocalPodCIDRs)); err != nil {
+		errs = append(errs, err)
 	}
 
 	if err := d.syncSysctls(s); err != nil {
@@ -370,9 +372,27 @@ func gatewaysFor(local []netip.Prefix) ([]netip.Prefix, error) {
 	return gws, errors.Join(errs...)
 }
 
-// syncAddrs makes the bridge's global addresses exactly the gateways. The
-// bridge is ours (it carries our name and we created it), so an address that
-// is no longer a gateway, e.g. after a podCIDR change, is removed.
+// tunnelAddrsFor gives the WireGuard interface the network address of each
+// local pod prefix, as a host address. The kernel's masquerade picks its
+// source from the outgoing interface's own addresses, not the route's
+// preferred source: with none on the tunnel, kube-proxy's masquerade of a
+// NodePort or external client towards a pod on another node picked the
+// underlay address, which the far peer's allowed IPs rightly drop. The
+// network address is never a pod's or the gateway's (see ipam).
+func tunnelAddrsFor(local []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range local {
+		if p.IsValid() {
+			a := p.Masked().Addr()
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	return out
+}
+
+// syncAddrs makes a link's global addresses exactly want. The link is ours
+// (the bridge and the WireGuard interface carry our names and we made them),
+// so an address no longer wanted, e.g. after a podCIDR change, is removed.
 func (d *Dataplane) syncAddrs(link string, want []netip.Prefix) error {
 	have, err := d.cfg.System.Addrs(link)
 	if err != nil {
@@ -387,7 +407,7 @@ func (d *Dataplane) syncAddrs(link string, want []netip.Prefix) error {
 			errs = append(errs, fmt.Errorf("add address %s to %s: %w", a, link, err))
 			continue
 		}
-		d.log.Info("added bridge gateway address", "link", link, "addr", a)
+		d.log.Info("added address", "link", link, "addr", a)
 	}
 	for _, a := range have {
 		if slices.Contains(want, a) {
@@ -397,7 +417,7 @@ func (d *Dataplane) syncAddrs(link string, want []netip.Prefix) error {
 			errs = append(errs, fmt.Errorf("remove address %s from %s: %w", a, link, err))
 			continue
 		}
-		d.log.Info("removed stale bridge address", "link", link, "addr", a)
+		d.log.Info("removed stale address", "link", link, "addr", a)
 	}
 	return errors.Join(errs...)
 }

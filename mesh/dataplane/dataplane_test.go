@@ -261,6 +261,10 @@ func TestApplyFromScratchThenIdempotent(t *testing.T) {
 	if !sys.links["wgmesh0"].up {
 		t.Error("wireguard link not up")
 	}
+	// Masquerade towards remote pods takes its source from here.
+	if diff := cmp.Diff(pfx("10.244.1.0/32"), sys.links["wgmesh0"].addrs, cmpopts.EquateComparable(netip.Prefix{})); diff != "" {
+		t.Errorf("wireguard link addrs (-want +got):\n%s", diff)
+	}
 	gw := netip.MustParseAddr("10.244.1.1")
 	wantRoutes := []Route{
 		catchAll,
@@ -369,6 +373,9 @@ func TestApplyPodCIDRChangeMovesGatewayAndRouteSources(t *testing.T) {
 	}
 	if diff := cmp.Diff(pfx("10.244.7.1/24"), sys.links[DefaultBridge].addrs, cmpopts.EquateComparable(netip.Prefix{})); diff != "" {
 		t.Errorf("bridge addrs after change (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(pfx("10.244.7.0/32"), sys.links["wgmesh0"].addrs, cmpopts.EquateComparable(netip.Prefix{})); diff != "" {
+		t.Errorf("wireguard link addrs after change (-want +got):\n%s", diff)
 	}
 	if r := sys.ours(); r[0].Src != netip.MustParseAddr("10.244.7.1") {
 		t.Errorf("route source = %v, want 10.244.7.1", r[0].Src)
