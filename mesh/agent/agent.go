@@ -106,6 +106,8 @@ type device interface {
 	Done() <-chan struct{}
 	Err() error
 	Close() error
+	// Greet starts handshakes with peers just added (wgdev.Device.Greet).
+	Greet(keys ...wgtypes.Key)
 }
 
 // deviceClient talks to the device over its UAPI socket (*wgdev.Client).
@@ -198,7 +200,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer wg.Close()
-	var recDevice mesh.Device = wg
+	var recDevice mesh.Device = greetingDevice{wg, dev}
 	if cfg.OnDeviceWrite != nil {
 		recDevice = observedDevice{wg, cfg.OnDeviceWrite}
 	}
@@ -411,6 +413,30 @@ func restorePeers(cfg Config, log *slog.Logger) []wgtypes.PeerConfig {
 		log.Warn("not restoring peers from the state file", "err", err)
 		return nil
 	}
+}
+
+// greetingDevice has the device greet every peer a write added with an
+// endpoint: a session then exists before the first pod packet needs one,
+// and the device repairs first handshakes that crossed (see wgdev.Greet).
+type greetingDevice struct {
+	wg  mesh.Device
+	dev device
+}
+
+func (d greetingDevice) Device() (*wgtypes.Device, error) { return d.wg.Device() }
+
+func (d greetingDevice) ConfigureDevice(c wgtypes.Config) error {
+	if err := d.wg.ConfigureDevice(c); err != nil {
+		return err
+	}
+	var added []wgtypes.Key
+	for _, p := range c.Peers {
+		if !p.Remove && !p.UpdateOnly && p.Endpoint != nil {
+			added = append(added, p.PublicKey)
+		}
+	}
+	d.dev.Greet(added...)
+	return nil
 }
 
 // observedDevice reports every successful write to onWrite.
