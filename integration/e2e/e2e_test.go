@@ -798,7 +798,9 @@ func podsOnePerNode(l *lab.Lab) []lab.PodRef {
 // and returns when that reply arrived (ping's own timestamp), so the
 // figure does not depend on how often anyone polls.
 func firstReply(ctx context.Context, l *lab.Lab, from lab.PodRef, ip string, timeout time.Duration) (time.Time, error) {
-	argv, err := l.PodCommand(from.Node, from.Pod, "ping", "-D", "-n", "-i", "0.05", "-W", "1",
+	// -c 1 with -w: send every 50 ms until the first reply (or the
+	// deadline), then exit, which flushes ping's output into the pipe.
+	argv, err := l.PodCommand(from.Node, from.Pod, "ping", "-D", "-n", "-c", "1", "-i", "0.05", "-W", "1",
 		"-w", strconv.Itoa(int(timeout.Seconds())), ip)
 	if err != nil {
 		return time.Time{}, err
