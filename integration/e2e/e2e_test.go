@@ -815,7 +815,12 @@ func firstReply(ctx context.Context, l *lab.Lab, from lab.PodRef, ip string, tim
 	if err := cmd.Start(); err != nil {
 		return time.Time{}, err
 	}
-	defer cmd.Wait()
+	// Kill it (it may still be sending) before waiting: nobody reads
+	// its output any more.
+	defer func() {
+		cancel()
+		cmd.Wait()
+	}()
 	re := regexp.MustCompile(`^\[(\d+)\.(\d+)\] \d+ bytes from`)
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
