@@ -202,7 +202,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer wg.Close()
 	var recDevice mesh.Device = greetingDevice{wg, dev}
 	if cfg.OnDeviceWrite != nil {
-		recDevice = observedDevice{wg, cfg.OnDeviceWrite}
+		recDevice = observedDevice{recDevice, cfg.OnDeviceWrite}
 	}
 
 	prom := metrics.New(metrics.Config{Device: wg, Logger: log, DeviceUp: func() error {
