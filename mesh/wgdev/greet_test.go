@@ -165,6 +165,15 @@ func TestGreetRepairsCrossedHandshakes(t *testing.T) {
 			t.Errorf("device %d: the greetings did not cross (no dropped response in its log); the test tests nothing", i)
 		}
 	}
+	// Only the smaller key repaired: the other side's initiation could
+	// otherwise cross the repair.
+	for i, l := range logs {
+		p0, p1 := keys[i].PublicKey(), keys[1-i].PublicKey()
+		smaller := bytes.Compare(p0[:], p1[:]) < 0
+		if repaired := strings.Contains(l.String(), "initiating again"); repaired != smaller {
+			t.Errorf("device %d (smaller key: %v) repaired: %v", i, smaller, repaired)
+		}
+	}
 }
 
 // hs reports whether the only peer on the device has completed a handshake.
