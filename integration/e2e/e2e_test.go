@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/hex"
@@ -796,38 +795,27 @@ func podsOnePerNode(l *lab.Lab) []lab.PodRef {
 
 // firstReply pings ip from a pod every 50 ms until the first echo reply
 // and returns when that reply arrived (ping's own timestamp), so the
-// figure does not depend on how often anyone polls.
+// figure does not depend on how often anyone polls. One ping run lasts
+// until a reply, an error (e.g. the fail-closed "unreachable" route before
+// the agent routes the new node) or 1 s; then the next starts.
 func firstReply(ctx context.Context, l *lab.Lab, from lab.PodRef, ip string, timeout time.Duration) (time.Time, error) {
-	// -c 1 with -w: send every 50 ms until the first reply (or the
-	// deadline), then exit, which flushes ping's output into the pipe.
-	argv, err := l.PodCommand(from.Node, from.Pod, "ping", "-D", "-n", "-c", "1", "-i", "0.05", "-W", "1",
-		"-w", strconv.Itoa(int(timeout.Seconds())), ip)
+	argv, err := l.PodCommand(from.Node, from.Pod, "ping", "-D", "-n", "-c", "1", "-i", "0.05", "-W", "1", "-w", "1", ip)
 	if err != nil {
 		return time.Time{}, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return time.Time{}, err
-	}
-	if err := cmd.Start(); err != nil {
-		return time.Time{}, err
-	}
-	// Kill it (it may still be sending) before waiting: nobody reads
-	// its output any more.
-	defer func() {
-		cancel()
-		cmd.Wait()
-	}()
-	re := regexp.MustCompile(`^\[(\d+)\.(\d+)\] \d+ bytes from`)
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+	re := regexp.MustCompile(`(?m)^\[(\d+)\.(\d+)\] \d+ bytes from`)
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		out, _ := exec.CommandContext(ctx, argv[0], argv[1:]...).Output()
+		if m := re.FindStringSubmatch(string(out)); m != nil {
 			sec, _ := strconv.ParseInt(m[1], 10, 64)
 			usec, _ := strconv.ParseInt(m[2], 10, 64)
 			return time.Unix(sec, usec*1000), nil
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	return time.Time{}, fmt.Errorf("no reply within %s", timeout)
