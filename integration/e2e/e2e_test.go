@@ -4,13 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"flag"
 	"fmt"
+	"math"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -245,7 +250,7 @@ var icmpEcho = regexp.MustCompile(`IP (\d+\.\d+\.\d+\.\d+) > (\d+\.\d+\.\d+\.\d+
 // testPingMatrix: every pod reaches every pod; a receiver sees each sender's
 // own pod IP as the source (no NAT anywhere on the path).
 func testPingMatrix(t *testing.T, ctx context.Context, l *lab.Lab) {
-	requireMatrixWithin(t, ctx, l, 40*time.Second) // first check after the lab came up
+	requireMatrix(t, ctx, l)
 	byNode := podsByNode(l)
 	for _, recvNode := range l.State().NodeNames() {
 		recv := byNode[recvNode][0]
@@ -555,7 +560,7 @@ func TestBadPublicKey(t *testing.T) {
 	l := newLab(t, 3, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	requireMatrixWithin(t, ctx, l, 40*time.Second) // first check after the lab came up
+	requireMatrix(t, ctx, l)
 	admin, err := l.Admin()
 	if err != nil {
 		t.Fatal(err)
@@ -653,74 +658,165 @@ func nodeWarnings(t *testing.T, ctx context.Context, c kubernetes.Interface, nod
 	return out
 }
 
-// TestAPIServerOutage: with the apiserver gone for 30 s pod traffic keeps
-// flowing; when it returns the agents pick up changes again (a node added
-// afterwards joins the mesh).
+var (
+	outageCount = flag.Int("outage.count", 1, "TestAPIServerOutage: apiserver outages in a row (the reliability figures use 10)")
+	outageDown  = flag.Duration("outage.down", 30*time.Second, "TestAPIServerOutage: how long each outage lasts")
+)
+
+// outageJoinBound is how soon a node added right after an apiserver outage
+// must be reachable from and reach every old node (issue 14.2). The old
+// agents' Node watch reconnects at most 2 s after the apiserver is back
+// (mesh/kube retry.go, 250 ms doubling to 2 s, jittered); then an event,
+// a reconcile, a greeting handshake (milliseconds); the rest is for a
+// loaded 2-core machine. Before, client-go's backoff made it 47-52 s.
+const outageJoinBound = 5 * time.Second
+
+// TestAPIServerOutage: with the apiserver gone (30 s) pod traffic keeps
+// flowing; when it returns the agents pick up changes again at once: a node
+// added right afterwards reaches and is reached by every old node within
+// outageJoinBound. Repeated -outage.count times on the same lab (each
+// outage adds a node); the join times are logged with p50/p99/max:
+//
+//	flock /tmp/wgmesh-itest.lock go test -count=1 -run '^TestAPIServerOutage$' ./integration/e2e/ -v -args -outage.count=10
 func TestAPIServerOutage(t *testing.T) {
 	l := newLab(t, 2, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute+time.Duration(*outageCount)*(*outageDown+time.Minute))
 	defer cancel()
-	requireMatrixWithin(t, ctx, l, 40*time.Second) // first check after the lab came up
+	requireMatrix(t, ctx, l)
 	nodes := l.State().NodeNames()
 	a, b := firstPod(t, l, nodes[0]), firstPod(t, l, nodes[1])
 
-	// 40 s of pings at 5/s, spanning the whole outage.
-	argv, err := l.PodCommand(a.Node, a.Pod, "ping", "-n", "-q", "-i", "0.2", "-c", "200", "-W", "1", b.IP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pinger := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	var pingOut bytes.Buffer
-	pinger.Stdout, pinger.Stderr = &pingOut, &pingOut
-	if err := pinger.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2 * time.Second)
-	if err := l.StopAPIServer(); err != nil {
-		t.Fatal(err)
-	}
-	stopped := time.Now()
-	time.Sleep(30 * time.Second)
-	if err := l.StartAPIServer(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("apiserver was down for %s", time.Since(stopped).Round(time.Millisecond))
-	_ = pinger.Wait()
-	m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(pingOut.String())
-	if m == nil {
-		t.Fatalf("no ping summary:\n%s", pingOut.String())
-	}
-	var sent, recv int
-	fmt.Sscan(m[1], &sent)
-	fmt.Sscan(m[2], &recv)
-	t.Logf("pod traffic during the outage: %d/%d echo replies", recv, sent)
-	if sent < 150 || sent-recv > sent/100 {
-		t.Errorf("pod traffic disturbed by the apiserver outage: %d of %d lost", sent-recv, sent)
-	}
-	if err := l.Load(); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range nodes {
-		if ag := l.State().Nodes[n].Agent; ag == nil || !ag.Alive() {
-			t.Errorf("agent on %s exited during the apiserver outage", n)
+	var joins []time.Duration
+	for i := range *outageCount {
+		// Pings at 5/s, spanning the whole outage.
+		count := int((*outageDown + 10*time.Second) / (200 * time.Millisecond))
+		argv, err := l.PodCommand(a.Node, a.Pod, "ping", "-n", "-q", "-i", "0.2", "-c", strconv.Itoa(count), "-W", "1", b.IP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pinger := exec.CommandContext(ctx, argv[0], argv[1:]...)
+		var pingOut bytes.Buffer
+		pinger.Stdout, pinger.Stderr = &pingOut, &pingOut
+		if err := pinger.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		if err := l.StopAPIServer(); err != nil {
+			t.Fatal(err)
+		}
+		stopped := time.Now()
+		time.Sleep(*outageDown)
+		if err := l.StartAPIServer(ctx); err != nil {
+			t.Fatal(err)
+		}
+		back := time.Now()
+		t.Logf("outage %d: apiserver was down for %s", i+1, back.Sub(stopped).Round(time.Millisecond))
+
+		// Reconnected: a node added now must be learnt through the
+		// agents' watches, by every old node.
+		old := podsOnePerNode(l)
+		n, err := l.AddNode(ctx, lab.NodeOptions{Pods: 1})
+		if err != nil {
+			t.Fatalf("add node after outage: %v", err)
+		}
+		added := time.Now()
+		c := firstPod(t, l, n.Name)
+		var (
+			mu   sync.Mutex
+			last time.Time
+			errs []error
+			wg   sync.WaitGroup
+		)
+		reach := func(from lab.PodRef, ip string) {
+			defer wg.Done()
+			at, err := firstReply(ctx, l, from, ip, 60*time.Second)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s/%s -> %s: %w", from.Node, from.Pod, ip, err))
+			} else if at.After(last) {
+				last = at
+			}
+		}
+		for _, o := range old {
+			wg.Add(2)
+			go reach(o, c.IP)
+			go reach(c, o.IP)
+		}
+		wg.Wait()
+		if len(errs) > 0 {
+			t.Fatalf("outage %d: %s not joined: %v", i+1, n.Name, errs)
+		}
+		join := max(last.Sub(added), 0)
+		joins = append(joins, join)
+		t.Logf("outage %d: %s (added %s after the apiserver was back) reaches and is reached by all %d old nodes %s after it was added",
+			i+1, n.Name, added.Sub(back).Round(time.Millisecond), len(old), join.Round(time.Millisecond))
+		if join > outageJoinBound {
+			t.Errorf("outage %d: %s joined the old nodes after %s, want at most %s", i+1, n.Name, join.Round(time.Millisecond), outageJoinBound)
+		}
+
+		_ = pinger.Wait()
+		m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(pingOut.String())
+		if m == nil {
+			t.Fatalf("no ping summary:\n%s", pingOut.String())
+		}
+		var sent, recv int
+		fmt.Sscan(m[1], &sent)
+		fmt.Sscan(m[2], &recv)
+		t.Logf("outage %d: pod traffic during the outage: %d/%d echo replies", i+1, recv, sent)
+		if sent < count*3/4 || sent-recv > sent/100 {
+			t.Errorf("outage %d: pod traffic disturbed by the apiserver outage: %d of %d lost", i+1, sent-recv, sent)
+		}
+		if err := l.Load(); err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range old {
+			if ag := l.State().Nodes[o.Node].Agent; ag == nil || !ag.Alive() {
+				t.Errorf("outage %d: agent on %s exited during the apiserver outage", i+1, o.Node)
+			}
 		}
 	}
+	slices.Sort(joins)
+	q := func(p float64) time.Duration { return joins[int(math.Ceil(p*float64(len(joins))))-1] }
+	t.Logf("join after an apiserver outage (%s each), %d outages: p50 %s, p99 %s, max %s", *outageDown, len(joins),
+		q(0.5).Round(time.Millisecond), q(0.99).Round(time.Millisecond), joins[len(joins)-1].Round(time.Millisecond))
+}
 
-	// Reconnected: a node added now must be learnt through the agents' watches.
-	n, err := l.AddNode(ctx, lab.NodeOptions{Pods: 1})
+// podsOnePerNode returns the first pod of every node.
+func podsOnePerNode(l *lab.Lab) []lab.PodRef {
+	var out []lab.PodRef
+	for _, n := range l.State().NodeNames() {
+		if ps := podsByNode(l)[n]; len(ps) > 0 {
+			out = append(out, ps[0])
+		}
+	}
+	return out
+}
+
+// firstReply pings ip from a pod every 50 ms until the first echo reply
+// and returns when that reply arrived (ping's own timestamp), so the
+// figure does not depend on how often anyone polls. One ping run lasts
+// until a reply, an error (e.g. the fail-closed "unreachable" route before
+// the agent routes the new node) or 1 s; then the next starts.
+func firstReply(ctx context.Context, l *lab.Lab, from lab.PodRef, ip string, timeout time.Duration) (time.Time, error) {
+	argv, err := l.PodCommand(from.Node, from.Pod, "ping", "-D", "-n", "-c", "1", "-i", "0.05", "-W", "1", "-w", "1", ip)
 	if err != nil {
-		t.Fatalf("add node after outage: %v", err)
+		return time.Time{}, err
 	}
-	c := firstPod(t, l, n.Name)
-	// The bound is generous: client-go's reflectors back off exponentially
-	// while the apiserver is away, so the agents may take a while to
-	// re-establish their watches; the figure is reported.
-	took, ok := lab.WaitFor(ctx, 120*time.Second, 200*time.Millisecond, func() bool {
-		return l.Ping(ctx, a, c.IP, 1) == nil && l.Ping(ctx, b, c.IP, 1) == nil &&
-			l.Ping(ctx, c, a.IP, 1) == nil && l.Ping(ctx, c, b.IP, 1) == nil
-	})
-	if !ok {
-		t.Fatalf("agents did not pick up %s after the apiserver returned", n.Name)
+	re := regexp.MustCompile(`(?m)^\[(\d+)\.(\d+)\] \d+ bytes from`)
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		out, _ := exec.CommandContext(ctx, argv[0], argv[1:]...).Output()
+		if m := re.FindStringSubmatch(string(out)); m != nil {
+			sec, _ := strconv.ParseInt(m[1], 10, 64)
+			usec, _ := strconv.ParseInt(m[2], 10, 64)
+			return time.Unix(sec, usec*1000), nil
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	t.Logf("node added after the outage reachable from both old nodes in %s", took.Round(time.Millisecond))
+	return time.Time{}, fmt.Errorf("no reply within %s", timeout)
 }

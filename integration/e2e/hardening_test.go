@@ -49,7 +49,7 @@ func TestHardening(t *testing.T) {
 	l := newLab(t, 3, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	requireMatrixWithin(t, ctx, l, 40*time.Second) // first check after the lab came up
+	requireMatrix(t, ctx, l)
 	nodes := l.State().NodeNames()
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
 	p1, p2, p3 := firstPod(t, l, n1), firstPod(t, l, n2), firstPod(t, l, n3)

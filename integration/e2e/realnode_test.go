@@ -82,7 +82,7 @@ func TestRealNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	requireMatrixWithin(t, ctx, l, 40*time.Second)
+	requireMatrix(t, ctx, l)
 	backends := deployEcho(t, ctx, c)
 	svc := createEchoServices(t, ctx, c)
 

@@ -105,6 +105,8 @@ type device interface {
 	Done() <-chan struct{}
 	Err() error
 	Close() error
+	// Greet starts handshakes with peers just added (wgdev.Device.Greet).
+	Greet(keys ...wgtypes.Key)
 }
 
 // deviceClient talks to the device over its UAPI socket (*wgdev.Client).
@@ -201,10 +203,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	// The reconciler reads and writes the device in-process where the
 	// device offers it: at thousands of peers the UAPI socket round trip
 	// was most of a full pass. Metrics and wg(8) keep using the socket.
-	var recDevice mesh.Device = wg
+	var rw mesh.Device = wg
 	if l, ok := dev.(interface{ Local() *wgdev.Local }); ok {
-		recDevice = l.Local()
+		rw = l.Local()
 	}
+	// Every write that adds a peer greets it at once (see wgdev's Greet).
+	var recDevice mesh.Device = greetingDevice{rw, dev}
 	if cfg.OnDeviceWrite != nil {
 		recDevice = observedDevice{recDevice, cfg.OnDeviceWrite}
 	}
@@ -410,6 +414,30 @@ func restore(cfg Config, log *slog.Logger) agentstate.Restored {
 		log.Warn("not restoring peers from the state file", "err", err)
 		return agentstate.Restored{}
 	}
+}
+
+// greetingDevice has the device greet every peer a write added with an
+// endpoint: a session then exists before the first pod packet needs one,
+// and the device repairs first handshakes that crossed (see wgdev.Greet).
+type greetingDevice struct {
+	wg  mesh.Device
+	dev device
+}
+
+func (d greetingDevice) Device() (*wgtypes.Device, error) { return d.wg.Device() }
+
+func (d greetingDevice) ConfigureDevice(c wgtypes.Config) error {
+	if err := d.wg.ConfigureDevice(c); err != nil {
+		return err
+	}
+	var added []wgtypes.Key
+	for _, p := range c.Peers {
+		if !p.Remove && !p.UpdateOnly && p.Endpoint != nil {
+			added = append(added, p.PublicKey)
+		}
+	}
+	d.dev.Greet(added...)
+	return nil
 }
 
 // observedDevice reports every successful write to onWrite.

@@ -100,6 +100,7 @@ type fakeDevice struct {
 
 func (d *fakeDevice) Done() <-chan struct{} { return d.done }
 func (d *fakeDevice) Err() error            { return nil }
+func (d *fakeDevice) Greet(...wgtypes.Key)  {}
 func (d *fakeDevice) Close() error {
 	d.r.add("close device")
 	return nil
@@ -488,5 +489,51 @@ func TestNewFillsDefaults(t *testing.T) {
 	}
 	if a.log == nil {
 		t.Error("no logger")
+	}
+}
+
+// greetRecorder is a device that records the keys it is asked to greet.
+type greetRecorder struct {
+	fakeDevice
+	greeted []wgtypes.Key
+}
+
+func (d *greetRecorder) Greet(keys ...wgtypes.Key) { d.greeted = append(d.greeted, keys...) }
+
+// writeOnly is a mesh.Device whose writes succeed or fail as told.
+type writeOnly struct{ err error }
+
+func (w writeOnly) Device() (*wgtypes.Device, error) { return &wgtypes.Device{}, nil }
+
+func (w writeOnly) ConfigureDevice(wgtypes.Config) error { return w.err }
+
+func TestGreetingDeviceGreetsAddedPeersWithEndpoints(t *testing.T) {
+	k := func(b byte) wgtypes.Key { return wgtypes.Key{b} }
+	ep := &net.UDPAddr{IP: net.IPv4(198, 51, 100, 12), Port: 51820}
+	cfg := wgtypes.Config{Peers: []wgtypes.PeerConfig{
+		{PublicKey: k(1), Endpoint: ep},                   // added: greeted
+		{PublicKey: k(2)},                                 // added without endpoint: cannot be greeted
+		{PublicKey: k(3), Endpoint: ep, UpdateOnly: true}, // updated: has its session already
+		{PublicKey: k(4), Remove: true},
+	}}
+	tests := []struct {
+		name     string
+		writeErr error
+		want     []wgtypes.Key
+	}{
+		{name: "write ok", want: []wgtypes.Key{k(1)}},
+		{name: "write failed", writeErr: errors.New("uapi: broken"), want: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dev := &greetRecorder{}
+			err := greetingDevice{writeOnly{err: tt.writeErr}, dev}.ConfigureDevice(cfg)
+			if !errors.Is(err, tt.writeErr) {
+				t.Fatalf("err = %v, want %v", err, tt.writeErr)
+			}
+			if d := cmp.Diff(tt.want, dev.greeted); d != "" {
+				t.Errorf("greeted (-want +got):\n%s", d)
+			}
+		})
 	}
 }

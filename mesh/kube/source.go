@@ -14,7 +14,10 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
@@ -85,13 +88,25 @@ func New(cfg Config) (*Source, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	factory := informers.NewSharedInformerFactory(cfg.Client, cfg.Resync)
-	nodes := factory.Core().V1().Nodes()
-	informer := nodes.Informer()
+	// The factory's own Node informer, but with a list and watch that
+	// reconnect quickly after an apiserver outage (see retry.go).
+	informer := factory.InformerFor(&v1.Node{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		nodes := c.CoreV1().Nodes()
+		lw := &cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return nodes.List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return nodes.Watch(ctx, o)
+			},
+		}
+		return cache.NewSharedIndexInformer(newRetryingLW(lw, c, log), &v1.Node{}, resync, cache.Indexers{})
+	})
 	s := &Source{
 		cfg:      cfg,
 		log:      log,
 		informer: informer,
-		lister:   nodes.Lister(),
+		lister:   listersv1.NewNodeLister(informer.GetIndexer()),
 		run: informerrun.New(informerrun.Config{
 			Client: cfg.Client, Factory: factory, Synced: []cache.InformerSynced{informer.HasSynced},
 			Component: cfg.Component, Host: cfg.NodeName, Logger: log, SyncedMessage: "node informer synced",

@@ -84,6 +84,7 @@ type Device struct {
 	name       string
 	dev        *device.Device
 	uapi       net.Listener
+	greeter    *greeter
 
 	closeOnce sync.Once
 	done      chan struct{} // closed once the device has stopped
@@ -207,7 +208,13 @@ func (d *Device) Open() (err error) {
 	if err := dev.Up(); err != nil {
 		return fmt.Errorf("bring device up: %w", err)
 	}
-	d.initiateHandshakes(dev)
+	greeter := newGreeter(dev, d.log)
+	defer func() {
+		if err != nil {
+			greeter.close()
+		}
+	}()
+	greeter.greet(initialWithEndpoint(d.cfg.Peers)...)
 
 	listen := d.cfg.listen
 	if listen == nil {
@@ -220,6 +227,7 @@ func (d *Device) Open() (err error) {
 
 	d.dev = dev
 	d.uapi = uapi
+	d.greeter = greeter
 	go d.serveUAPI(uapi, dev)
 	go func() {
 		// wireguard-go closes itself when its TUN goes away (e.g.
@@ -236,20 +244,33 @@ func (d *Device) Open() (err error) {
 	return nil
 }
 
-// initiateHandshakes starts a handshake with every initial peer that has an
-// endpoint. After a restart the peers still hold sessions with our previous
-// incarnation; a peer that only receives from us would otherwise keep
-// sending on a session we no longer have until its own timers give up.
-func (d *Device) initiateHandshakes(dev *device.Device) {
-	for _, p := range d.cfg.Peers {
-		if p.Endpoint == nil {
-			continue
+// initialWithEndpoint returns the keys of the initial peers that have an
+// endpoint: Open greets them (see Greet). After a restart the peers still
+// hold sessions with our previous incarnation; a peer that only receives
+// from us would otherwise keep sending on a session we no longer have until
+// its own timers give up.
+func initialWithEndpoint(peers []wgtypes.PeerConfig) []wgtypes.Key {
+	var keys []wgtypes.Key
+	for _, p := range peers {
+		if p.Endpoint != nil {
+			keys = append(keys, p.PublicKey)
 		}
-		if peer := dev.LookupPeer(device.NoisePublicKey(p.PublicKey)); peer != nil {
-			if err := peer.SendHandshakeInitiation(false); err != nil {
-				d.log.Debug("handshake initiation failed", "peer", p.PublicKey.String(), "err", err)
-			}
-		}
+	}
+	return keys
+}
+
+// Greet makes the device send a handshake initiation to each of the given
+// peers now (those it has; a peer without an endpoint cannot be greeted)
+// and watch it until a handshake completes, initiating again if the first
+// ones crossed (see greet.go). Call it for peers just added, so that a
+// session exists before the first packet needs one. Before Open and after
+// Close it does nothing.
+func (d *Device) Greet(keys ...wgtypes.Key) {
+	d.mu.Lock()
+	g := d.greeter
+	d.mu.Unlock()
+	if g != nil && len(keys) > 0 {
+		g.greet(keys...)
 	}
 }
 
@@ -299,8 +320,12 @@ func (d *Device) stop(reason error) {
 
 func (d *Device) teardown() {
 	d.mu.Lock()
-	uapi, dev := d.uapi, d.dev
+	uapi, dev, g := d.uapi, d.dev, d.greeter
+	d.greeter = nil
 	d.mu.Unlock()
+	if g != nil {
+		g.close()
+	}
 	if uapi != nil {
 		uapi.Close() // unlinks the socket
 	}
