@@ -1,4 +1,4 @@
-package hardening
+package datapath
 
 import (
 	"bufio"
@@ -23,15 +23,15 @@ import (
 	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
 
+// The topology's agents resync every second and poll the node files every
+// 50 ms, so that roaming and re-resolution show within seconds.
 const (
-	wgIface    = "wgmesh0"
-	listenPort = 51820
-	resync     = time.Second
-	poll       = 50 * time.Millisecond
+	resync = time.Second
+	poll   = 50 * time.Millisecond
 )
 
-// nodeSpec describes one node of a topology.
-type nodeSpec struct {
+// topoSpec describes one node of a topology.
+type topoSpec struct {
 	name string
 	// nat puts the node behind its own router namespace that masquerades
 	// 203.0.113.0/24 onto the underlay.
@@ -44,7 +44,7 @@ type nodeSpec struct {
 
 // hnode is a running node.
 type hnode struct {
-	nodeSpec
+	topoSpec
 	idx     int
 	ns      *netnstest.NS
 	router  *netnstest.NS // NAT router, nil for a public node
@@ -75,7 +75,7 @@ type topo struct {
 // newTopo builds the underlay (a bridge on 198.51.100.0/24 in its own
 // namespace), the nodes (public ones at 198.51.100.(10+i); NAT'd ones at
 // 203.0.113.2 behind a router at 198.51.100.(10+i)) and starts their agents.
-func newTopo(t *testing.T, specs ...nodeSpec) *topo {
+func newTopo(t *testing.T, specs ...topoSpec) *topo {
 	t.Helper()
 	netnstest.RequireRoot(t)
 	netnstest.RequireTools(t, "ip", "wg", "ping", "nft", "nsenter", "sysctl")
@@ -89,16 +89,13 @@ func newTopo(t *testing.T, specs ...nodeSpec) *topo {
 	if err := os.MkdirAll(tp.annDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	tp.ul = netnstest.NewNS(t, tp.prefix+"-ul")
-	tp.ul.MustRun(t, "ip", "link", "add", "br0", "type", "bridge")
-	tp.ul.MustRun(t, "ip", "addr", "add", "198.51.100.1/24", "dev", "br0")
-	tp.ul.MustRun(t, "ip", "link", "set", "br0", "up")
+	tp.ul = newUnderlay(t, tp.prefix)
 
 	var raws []mesh.RawNode
 	for i, s := range specs {
 		idx := i + 1
 		n := &hnode{
-			nodeSpec: s,
+			topoSpec: s,
 			idx:      idx,
 			seenAs:   netip.MustParseAddr(fmt.Sprintf("198.51.100.%d", 10+idx)),
 			podCIDR:  netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", idx)),
@@ -158,8 +155,8 @@ func (tp *topo) start(n *hnode) {
 	t := tp.t
 	t.Helper()
 	env, err := childEnv("node", nodeConfig{
-		Name: n.name, Interface: wgIface, ListenPort: listenPort, KeyFile: n.keyFile,
-		Spec: tp.spec, AnnDir: tp.annDir, Resync: resync, Poll: poll, Hosts: n.hosts,
+		Name: n.name, Interface: wgIface, ListenPort: listenPort, KeyFile: n.keyFile, MTU: 1420,
+		Spec: tp.spec, AnnDir: tp.annDir, Resync: resync, Poll: poll, Hosts: n.hosts, DebugJSON: true,
 		// Not beside the key file: a rotation must leave that directory
 		// holding the key alone.
 		RunDir: filepath.Join(tp.dir, n.name+"-run"), CNIConfDir: filepath.Join(tp.dir, n.name+"-net.d"),
@@ -215,7 +212,7 @@ func (n *hnode) peers(t *testing.T) map[string]wgPeer {
 }
 
 func (n *hnode) peersE() (map[string]wgPeer, error) {
-	out, err := n.wg("dump")
+	out, err := wgShow(n.agent, "dump")
 	if err != nil {
 		return nil, err
 	}
@@ -232,17 +229,6 @@ func (n *hnode) peersE() (map[string]wgPeer, error) {
 		m[p.key] = p
 	}
 	return m, nil
-}
-
-// wg runs the stock wg tool in the node's network and mount namespaces
-// (where its UAPI socket is).
-func (n *hnode) wg(args ...string) (string, error) {
-	argv := append([]string{"--target", strconv.Itoa(n.agent.Pid()), "--mount", "--net", "wg", "show", wgIface}, args...)
-	out, err := exec.Command("nsenter", argv...).CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("wg show: %w: %s", err, out)
-	}
-	return string(out), nil
 }
 
 func (n *hnode) publicKey(t *testing.T) string {
