@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/integration/internal/pingout"
 )
 
 // clkTck is USER_HZ, the unit of /proc/<pid>/stat times. It is 100 on
@@ -288,10 +289,11 @@ func Ping(p *Pair, count int, interval time.Duration) (PingResult, error) {
 	if err != nil {
 		return PingResult{}, err
 	}
-	rtts, sent, err := ParsePing(out)
-	if err != nil {
-		return PingResult{}, err
+	po := pingout.Parse(out)
+	if !po.Summary {
+		return PingResult{}, fmt.Errorf("no ping summary in %q", out)
 	}
+	rtts, sent := po.RTTs(), po.Sent
 	if len(rtts) == 0 {
 		return PingResult{}, fmt.Errorf("no ping replies: %s", out)
 	}

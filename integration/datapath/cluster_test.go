@@ -15,6 +15,7 @@ import (
 
 	"github.com/wgmesh/wgmesh/integration/internal/filesource"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/integration/internal/pingout"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
 )
@@ -246,5 +247,5 @@ func startPinger(t *testing.T, ns *netnstest.NS, dst string, args ...string) *ne
 
 // pingReplies counts the echo replies a running ping has reported.
 func pingReplies(p *netnstest.Proc) int {
-	return strings.Count(p.Output(), "bytes from")
+	return len(pingout.Parse(p.Output()).Replies)
 }

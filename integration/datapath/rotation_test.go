@@ -124,11 +124,11 @@ func testRotation(t *testing.T, tp *topo, name string, pairs [][2]string) {
 	var report []string
 	for _, p := range pingers {
 		st := p.stop(t, t0.Add(-500*time.Millisecond), t1)
-		report = append(report, fmt.Sprintf("%s->%s %dms", p.from, p.to, st.maxGap.Milliseconds()))
-		if st.lastReply.Before(t0.Add(swapped)) {
-			t.Errorf("%s->%s: no reply after the peers swapped (last %s)", p.from, p.to, st.lastReply.Format(time.StampMilli))
+		report = append(report, fmt.Sprintf("%s->%s %dms", p.from, p.to, st.Max.Milliseconds()))
+		if st.Last.Before(t0.Add(swapped)) {
+			t.Errorf("%s->%s: no reply after the peers swapped (last %s)", p.from, p.to, st.Last.Format(time.StampMilli))
 		}
-		worst = max(worst, st.maxGap)
+		worst = max(worst, st.Max)
 	}
 	t.Logf("rotation of %s: answered after %s, all peers swapped after %s; outage per path (longest gap between ping replies, 10 ms pings): %s",
 		name, answered.Round(time.Millisecond), swapped.Round(time.Millisecond), strings.Join(report, ", "))

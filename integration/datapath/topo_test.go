@@ -1,14 +1,12 @@
 package datapath
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/wgmesh/wgmesh/integration/internal/filesource"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/integration/internal/pingout"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
@@ -285,20 +284,8 @@ func startPing(t *testing.T, from *hnode, to *hnode, interval time.Duration) *pi
 	return &pinger{from: from.name, to: to.name, proc: p, interval: interval}
 }
 
-var replyLine = regexp.MustCompile(`^\[(\d+\.\d+)\] \d+ bytes from [0-9.]+: icmp_seq=(\d+)`)
-
-// pingStats summarises replies received between from and to.
-type pingStats struct {
-	received int
-	// maxGap is the longest time without a reply, minus one interval: how
-	// long the path was down.
-	maxGap    time.Duration
-	gapAt     time.Time
-	lastReply time.Time
-}
-
-// stop ends the ping and evaluates replies in [from, to].
-func (p *pinger) stop(t *testing.T, from, to time.Time) pingStats {
+// stop ends the ping and evaluates its replies in [from, to].
+func (p *pinger) stop(t *testing.T, from, to time.Time) pingout.Gap {
 	t.Helper()
 	if err := p.proc.Stop(syscall.SIGINT, 5*time.Second); err != nil {
 		// ping exits 1 when replies were missing: that is data here.
@@ -306,32 +293,5 @@ func (p *pinger) stop(t *testing.T, from, to time.Time) pingStats {
 			t.Fatalf("%s: %v", p.proc.Name, err)
 		}
 	}
-	var st pingStats
-	prev := from
-	maxSeq := 0
-	sc := bufio.NewScanner(strings.NewReader(p.proc.Output()))
-	for sc.Scan() {
-		m := replyLine.FindStringSubmatch(sc.Text())
-		if m == nil {
-			continue
-		}
-		sec, _ := strconv.ParseFloat(m[1], 64)
-		at := time.Unix(0, int64(sec*1e9))
-		if at.Before(from) || at.After(to) {
-			continue
-		}
-		seq, _ := strconv.Atoi(m[2])
-		maxSeq = max(maxSeq, seq)
-		st.received++
-		if gap := at.Sub(prev); gap > st.maxGap {
-			st.maxGap, st.gapAt = gap, prev
-		}
-		prev = at
-		st.lastReply = at
-	}
-	if gap := to.Sub(prev); gap > st.maxGap {
-		st.maxGap, st.gapAt = gap, prev
-	}
-	st.maxGap = max(0, st.maxGap-p.interval)
-	return st
+	return pingout.Parse(p.proc.Output()).Gap(from, to, p.interval)
 }
