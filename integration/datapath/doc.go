@@ -1,8 +1,9 @@
 // Package datapath holds the root-only suites that run real agents
 // (mesh/agent: wireguard-go device, dataplane, reconciler) in network
-// namespaces over a veth underlay, fed by a file-backed node source
-// (integration/internal/filesource) instead of a kube-apiserver. Two
-// topologies share one agent role (node_test.go):
+// namespaces, without a kube-apiserver. Most run nodes over a veth
+// underlay fed by a file-backed node source
+// (integration/internal/filesource); two topologies share one agent role
+// (node_test.go):
 //
 //   - cluster (cluster_test.go): nodes with pod namespaces on a hostile
 //     host (FORWARD policy DROP); the two-node data path, the dataplane on
@@ -14,6 +15,11 @@
 //     endpoints that resyncs do not overwrite, endpoint-override names
 //     re-resolved by the real resolver, and private keys absent from every
 //     log line.
+//
+// TestPrivateKeyNeverLeaves runs one agent alone in a namespace over a
+// fake API server (client-go's fake clientset) and searches everything it
+// leaves behind for its private keys; TestDataplaneOnRealKernel runs the
+// dataplane alone.
 //
 // Run as root:
 //
