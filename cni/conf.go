@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/wgmesh/wgmesh/ipam"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Names and defaults shared with the agent.
@@ -32,7 +33,7 @@ const (
 	// 1.2 (containerd 1.7) reads: it cannot parse a 1.1.0 result, so the
 	// field stays at 1.0.0. Newer libcni read cniVersions (conflist.go).
 	CNIVersion     = "1.0.0"
-	DefaultBridge  = "wgmesh-br0"
+	DefaultBridge  = nodenet.Bridge
 	DefaultDataDir = "/var/lib/cni/wgmesh"
 	// DefaultMTU is WireGuard's default (1500 minus 80 bytes of overhead),
 	// used when the config does not say.
@@ -74,12 +75,15 @@ type Conf struct {
 // addresses.
 func (c *Conf) StoreDir() string { return filepath.Join(c.DataDir, c.Name) }
 
-// Gateways returns the bridge addresses: each podCIDR's first address with
-// the podCIDR's length, e.g. 10.244.1.1/24.
+// Gateways returns the bridge addresses the agent gives the bridge
+// (nodenet.Gateway of each podCIDR), e.g. 10.244.1.1/24.
 func (c *Conf) Gateways() []netip.Prefix {
-	out := make([]netip.Prefix, len(c.PodCIDRs))
-	for i, p := range c.PodCIDRs {
-		out[i] = netip.PrefixFrom(ipam.Gateway(p), p.Bits())
+	out := make([]netip.Prefix, 0, len(c.PodCIDRs))
+	for _, p := range c.PodCIDRs {
+		// ParseConf has checked that every podCIDR has room for one.
+		if gw, err := nodenet.Gateway(p); err == nil {
+			out = append(out, gw)
+		}
 	}
 	return out
 }

@@ -59,22 +59,21 @@ func (f *fakeNet) ValidateNetNS(path string) error {
 	return nil
 }
 
-func (f *fakeNet) EnsureBridge(b BridgeSpec) (*current.Interface, error) {
+// agentBridge plays the agent's data plane, the bridge's owner: the bridge
+// exists, is up and carries gws (added to what it has). It is no Network
+// method: the plugin never makes the bridge.
+func (f *fakeNet) agentBridge(name string, gws ...netip.Prefix) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.call("EnsureBridge"); err != nil {
-		return nil, err
-	}
-	if f.bridge == nil {
-		f.bridge = &fakeBridge{name: b.Name}
+	if f.bridge == nil || f.bridge.name != name {
+		f.bridge = &fakeBridge{name: name}
 	}
 	f.bridge.up = true
-	for _, g := range b.Gateways {
+	for _, g := range gws {
 		if !slices.Contains(f.bridge.gws, g) {
 			f.bridge.gws = append(f.bridge.gws, g)
 		}
 	}
-	return &current.Interface{Name: b.Name, Mac: "02:00:00:00:00:01"}, nil
 }
 
 func (f *fakeNet) GuardReady() error {
@@ -89,24 +88,24 @@ func (f *fakeNet) GuardReady() error {
 	return nil
 }
 
-func (f *fakeNet) BridgeReady(b BridgeSpec) error {
+func (f *fakeNet) BridgeReady(b BridgeSpec) (*current.Interface, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.call("BridgeReady"); err != nil {
-		return err
+		return nil, err
 	}
 	if f.bridge == nil || f.bridge.name != b.Name {
-		return fmt.Errorf("%s does not exist yet", b.Name)
+		return nil, fmt.Errorf("%s does not exist: %w", b.Name, ErrBridgeNotReady)
 	}
 	if !f.bridge.up {
-		return fmt.Errorf("%s is down", b.Name)
+		return nil, fmt.Errorf("%s is down: %w", b.Name, ErrBridgeNotReady)
 	}
 	for _, g := range b.Gateways {
 		if !slices.Contains(f.bridge.gws, g) {
-			return fmt.Errorf("%s lacks gateway address %s", b.Name, g)
+			return nil, fmt.Errorf("%s lacks gateway address %s: %w", b.Name, g, ErrBridgeNotReady)
 		}
 	}
-	return nil
+	return &current.Interface{Name: b.Name, Mac: "02:00:00:00:00:01"}, nil
 }
 
 func (f *fakeNet) AttachPod(s PodSpec) (*current.Interface, *current.Interface, error) {

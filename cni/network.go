@@ -8,6 +8,8 @@ import (
 	"regexp"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Errors the Network reports about the pod's namespace and interface; the
@@ -20,24 +22,24 @@ var (
 	// ErrNoGuard: the agent's fail-closed guard is not installed on this
 	// node (yet), so a pod's traffic to other nodes could leave in plaintext.
 	ErrNoGuard = errors.New("fail-closed guard is not installed")
+	// ErrBridgeNotReady: the bridge is missing, down or lacks a gateway
+	// address. The agent's data plane owns the bridge and fixes all three
+	// on its next pass; the plugin never creates or changes it.
+	ErrBridgeNotReady = errors.New("bridge is not ready")
 )
 
 // GuardTable is the nftables table (family inet) in which the agent keeps its
 // fail-closed guard: its presence in the node's namespace means the agent has
-// run here since boot. It must equal mesh/dataplane.DefaultGuardTable; it is
-// repeated here rather than imported so the plugin binary does not pull in the
-// agent's data plane, and integration/guardtable_test.go asserts the two match.
-const GuardTable = "wgmesh-guard"
+// run here since boot.
+const GuardTable = nodenet.GuardTable
 
-// BridgeSpec is the node side every pod plugs into.
+// BridgeSpec is the node side every pod plugs into. The agent's data plane
+// (mesh/dataplane) is the bridge's only owner: it creates it, pins its MAC,
+// gives it its gateways and brings it up. The plugin only checks it.
 type BridgeSpec struct {
 	Name string
-	// MTU is applied only when the bridge is created here; an existing
-	// bridge (the agent's) keeps its MTU.
-	MTU int
-	// Gateways are the bridge's addresses, e.g. 10.244.1.1/24. They are
-	// added if missing; other addresses on the bridge are left alone, so the
-	// agent and the plugin can both ensure the bridge without fighting.
+	// Gateways are the addresses the bridge must carry, e.g. 10.244.1.1/24
+	// (nodenet.Gateway of each podCIDR).
 	Gateways []netip.Prefix
 }
 
@@ -63,9 +65,6 @@ type Network interface {
 	// ValidateNetNS checks that path is a network namespace other than the
 	// plugin's own (errors wrap ErrNetNSNotFound, ErrNotNetNS, ErrOwnNetNS).
 	ValidateNetNS(path string) error
-	// EnsureBridge creates the bridge if needed, gives it the gateway
-	// addresses, brings it up and enables forwarding.
-	EnsureBridge(BridgeSpec) (*current.Interface, error)
 	// GuardReady returns nil if the fail-closed guard table (inet
 	// GuardTable) exists in the node's network namespace, an error wrapping
 	// ErrNoGuard if it does not, or another error if it cannot tell. After a
@@ -73,8 +72,11 @@ type Network interface {
 	// routes are gone until the agent starts; attaching a pod then would send
 	// its cross-node traffic down the default route in plaintext.
 	GuardReady() error
-	// BridgeReady returns why the bridge cannot serve pods yet, or nil.
-	BridgeReady(BridgeSpec) error
+	// BridgeReady returns the bridge if it can serve pods: it exists, is
+	// up and carries every gateway. Otherwise the error wraps
+	// ErrBridgeNotReady and says which, or is another error if it cannot
+	// tell. Nothing is changed.
+	BridgeReady(BridgeSpec) (*current.Interface, error)
 	// AttachPod creates the veth pair, configures the pod end (MTU,
 	// addresses, default routes) and plugs the host end into the bridge with
 	// hairpin on. It fails with ErrIfaceExists if the pod already has

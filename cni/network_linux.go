@@ -1,14 +1,11 @@
 package cni
 
 import (
-	"bytes"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"syscall"
 
@@ -19,6 +16,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Netlink is the Network of a real Linux node. The plugin process runs in
@@ -77,83 +76,6 @@ func bridgeByName(name string) (*netlink.Bridge, error) {
 	return br, nil
 }
 
-func randomMAC() (net.HardwareAddr, error) {
-	mac := make(net.HardwareAddr, 6)
-	if _, err := rand.Read(mac); err != nil {
-		return nil, err
-	}
-	mac[0] = mac[0]&^0x01 | 0x02 // unicast, locally administered
-	return mac, nil
-}
-
-func (n *Netlink) EnsureBridge(b BridgeSpec) (*current.Interface, error) {
-	br, err := bridgeByName(b.Name)
-	if isNotFound(err) {
-		mac, merr := randomMAC()
-		if merr != nil {
-			return nil, merr
-		}
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name = b.Name
-		attrs.MTU = b.MTU
-		// A MAC set explicitly stays put; an unset one follows the lowest
-		// port MAC and changes as pods come and go, which strands the pods'
-		// ARP entries for the gateway.
-		attrs.HardwareAddr = mac
-		err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
-		if err != nil && !errors.Is(err, syscall.EEXIST) { // EEXIST: the agent or a parallel ADD won
-			return nil, fmt.Errorf("create bridge %s: %w", b.Name, err)
-		}
-		br, err = bridgeByName(b.Name)
-	}
-	if err != nil {
-		return nil, err
-	}
-	// Pin the MAC of a bridge someone else created (the agent) at its
-	// current value: setting it marks it administratively set, so it stops
-	// following the lowest port MAC. Idempotent; both sides agree.
-	if mac := br.Attrs().HardwareAddr; len(mac) == 6 && !bytes.Equal(mac, make([]byte, 6)) {
-		if err := netlink.LinkSetHardwareAddr(br, mac); err != nil {
-			return nil, fmt.Errorf("pin MAC of bridge %s: %w", b.Name, err)
-		}
-	}
-	for _, gw := range b.Gateways {
-		if err := ensureAddr(br, gw); err != nil {
-			return nil, err
-		}
-		if gw.Addr().Is6() {
-			// We route for this interface; a router advertisement must not.
-			_ = writeSysctl("net/ipv6/conf/"+b.Name+"/accept_ra", "0")
-		}
-	}
-	if br.Attrs().Flags&net.FlagUp == 0 {
-		if err := netlink.LinkSetUp(br); err != nil {
-			return nil, fmt.Errorf("bring up bridge %s: %w", b.Name, err)
-		}
-	}
-	// Pods reach other nodes through the node: it must forward.
-	for _, gw := range b.Gateways {
-		key := "net/ipv4/ip_forward"
-		if gw.Addr().Is6() {
-			key = "net/ipv6/conf/all/forwarding"
-		}
-		if err := writeSysctl(key, "1"); err != nil {
-			return nil, fmt.Errorf("enable forwarding: %w", err)
-		}
-	}
-	return &current.Interface{Name: br.Attrs().Name, Mac: br.Attrs().HardwareAddr.String()}, nil
-}
-
-// writeSysctl sets a sysctl of the calling thread's network namespace unless
-// it already has the value (writes are not free and need CAP_NET_ADMIN).
-func writeSysctl(key, value string) error {
-	path := "/proc/sys/" + key
-	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == value {
-		return nil
-	}
-	return os.WriteFile(path, []byte(value), 0o644)
-}
-
 func addrFamily(a netip.Addr) int {
 	if a.Is4() {
 		return netlink.FAMILY_V4
@@ -185,7 +107,7 @@ func ensureAddr(link netlink.Link, p netip.Prefix) error {
 
 func hasAddr(addrs []netlink.Addr, p netip.Prefix) bool {
 	for _, a := range addrs {
-		if got, ok := ipNetToPrefix(*a.IPNet); ok && got == p {
+		if got, ok := nodenet.PrefixFromIPNet(*a.IPNet); ok && got == p {
 			return true
 		}
 	}
@@ -217,27 +139,27 @@ func (n *Netlink) GuardReady() error {
 	return fmt.Errorf("no nftables table inet %s: %w", GuardTable, ErrNoGuard)
 }
 
-func (n *Netlink) BridgeReady(b BridgeSpec) error {
+func (n *Netlink) BridgeReady(b BridgeSpec) (*current.Interface, error) {
 	br, err := bridgeByName(b.Name)
 	if isNotFound(err) {
-		return fmt.Errorf("%s does not exist yet", b.Name)
+		return nil, fmt.Errorf("%s does not exist: %w", b.Name, ErrBridgeNotReady)
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if br.Attrs().Flags&net.FlagUp == 0 {
-		return fmt.Errorf("%s is down", b.Name)
+		return nil, fmt.Errorf("%s is down: %w", b.Name, ErrBridgeNotReady)
 	}
 	for _, gw := range b.Gateways {
 		addrs, err := netlinksafe.AddrList(br, addrFamily(gw.Addr()))
 		if err != nil {
-			return fmt.Errorf("list addresses of %s: %w", b.Name, err)
+			return nil, fmt.Errorf("list addresses of %s: %w", b.Name, err)
 		}
 		if !hasAddr(addrs, gw) {
-			return fmt.Errorf("%s lacks gateway address %s", b.Name, gw)
+			return nil, fmt.Errorf("%s lacks gateway address %s: %w", b.Name, gw, ErrBridgeNotReady)
 		}
 	}
-	return nil
+	return &current.Interface{Name: br.Attrs().Name, Mac: br.Attrs().HardwareAddr.String()}, nil
 }
 
 func (n *Netlink) AttachPod(s PodSpec) (host, pod *current.Interface, err error) {

@@ -15,6 +15,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/wgmesh/wgmesh/ipam"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Plugin error codes beyond the spec's well-known ones are not used: every
@@ -22,6 +23,7 @@ import (
 const (
 	codeExhausted = types.ErrTryAgainLater // clears when other pods are deleted
 	codeNoGuard   = types.ErrTryAgainLater // clears when the agent starts
+	codeNoBridge  = types.ErrTryAgainLater // clears on the agent's next pass
 )
 
 // Config configures a Plugin.
@@ -113,6 +115,15 @@ func guardErr(code uint, err error) *types.Error {
 	return cniErr(code, err, "cannot tell whether the wgmesh agent's fail-closed guard (nftables table inet %s) is installed; retry when the agent is running", GuardTable)
 }
 
+// bridgeErr explains a failed BridgeReady for ADD: the agent owns the
+// bridge, so a missing, down or incomplete one asks the runtime to retry.
+func bridgeErr(err error, bridge string) *types.Error {
+	if errors.Is(err, ErrBridgeNotReady) {
+		return types.NewError(codeNoBridge, fmt.Sprintf("wgmesh agent has not set up bridge %s for this node's pods yet; retry when the agent is running", bridge), err.Error())
+	}
+	return cniErr(types.ErrInternal, err, "inspect bridge %s", bridge)
+}
+
 func (p *Plugin) podSpec(c *Conf, args *skel.CmdArgs, leases []ipam.Lease) PodSpec {
 	s := PodSpec{
 		NetNS:    args.Netns,
@@ -130,8 +141,8 @@ func (p *Plugin) podSpec(c *Conf, args *skel.CmdArgs, leases []ipam.Lease) PodSp
 	return s
 }
 
-// Add attaches the pod: bridge, address, veth, routes. Whatever it did is
-// undone if a later step fails, except the bridge, which is shared.
+// Add attaches the pod to the agent's bridge: address, veth, routes.
+// Whatever it did is undone if a later step fails.
 func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	c, err := ParseConf(args.StdinData)
 	if err != nil {
@@ -151,9 +162,12 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	if err := p.net.GuardReady(); err != nil {
 		return guardErr(codeNoGuard, err)
 	}
-	brIf, err := p.net.EnsureBridge(BridgeSpec{Name: c.Bridge, MTU: c.MTU, Gateways: c.Gateways()})
+	// The bridge is the agent's (see BridgeSpec); without it, or without
+	// this podCIDR's gateway on it (the agent has not caught up with a
+	// podCIDR change), the pod would have no way out.
+	brIf, err := p.net.BridgeReady(BridgeSpec{Name: c.Bridge, Gateways: c.Gateways()})
 	if err != nil {
-		return cniErr(types.ErrInternal, err, "set up bridge %s", c.Bridge)
+		return bridgeErr(err, c.Bridge)
 	}
 
 	m, store, err := p.ipam(c)
@@ -260,15 +274,6 @@ func prefixToIPNet(p netip.Prefix) net.IPNet {
 	return net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-func ipNetToPrefix(n net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
-}
-
 // Del removes the attachment and frees its addresses. It succeeds when
 // things are already gone (namespace, interface, reservation), and it works
 // from a config whose podCIDRs went bad, so a pod can always be deleted.
@@ -325,7 +330,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		if ipc.Interface == nil || *ipc.Interface != podIdx {
 			continue
 		}
-		pr, ok := ipNetToPrefix(ipc.Address)
+		pr, ok := nodenet.PrefixFromIPNet(ipc.Address)
 		if !ok {
 			return confErr("prevResult address %v", ipc.Address)
 		}
@@ -361,7 +366,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	}
 
 	bridge := BridgeSpec{Name: c.Bridge, Gateways: c.Gateways()}
-	if err := p.net.BridgeReady(bridge); err != nil {
+	if _, err := p.net.BridgeReady(bridge); err != nil {
 		return cniErr(types.ErrInternal, err, "bridge %s", c.Bridge)
 	}
 	spec := p.podSpec(c, args, held)
@@ -386,7 +391,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 	if err := p.net.GuardReady(); err != nil {
 		return guardErr(types.ErrPluginNotAvailable, err)
 	}
-	if err := p.net.BridgeReady(BridgeSpec{Name: c.Bridge, Gateways: c.Gateways()}); err != nil {
+	if _, err := p.net.BridgeReady(BridgeSpec{Name: c.Bridge, Gateways: c.Gateways()}); err != nil {
 		return cniErr(types.ErrPluginNotAvailable, err, "wgmesh is not ready: bridge %s", c.Bridge)
 	}
 	m, store, err := p.ipam(c)

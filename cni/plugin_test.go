@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/wgmesh/wgmesh/ipam"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 type harness struct {
@@ -27,12 +29,42 @@ type harness struct {
 	dataDir string
 	out     *bytes.Buffer
 	p       *Plugin
+	// agentDown stops add from playing the agent (see add).
+	agentDown bool
 }
 
+// newHarness starts with the agent's bridge in place for the default
+// config's podCIDR, as on a node where the agent runs.
 func newHarness(t *testing.T, netns ...string) *harness {
 	h := &harness{t: t, net: newFakeNet(netns...), dataDir: t.TempDir(), out: &bytes.Buffer{}}
 	h.p = New(Config{Network: h.net, Stdout: h.out})
+	h.net.agentBridge(DefaultBridge, netip.MustParsePrefix("10.244.1.1/24"))
 	return h
+}
+
+// agentCaughtUp plays the agent's data plane for a config: the bridge
+// carries the gateway of each of its podCIDRs, as the agent's pass after a
+// podCIDR change leaves it.
+func (h *harness) agentCaughtUp(conf []byte) {
+	var c struct {
+		Bridge   string
+		PodCIDRs []string
+	}
+	if json.Unmarshal(conf, &c) != nil {
+		return // a broken config: ADD fails before it looks at the bridge
+	}
+	if c.Bridge == "" {
+		c.Bridge = DefaultBridge
+	}
+	for _, s := range c.PodCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			continue
+		}
+		if gw, err := nodenet.Gateway(p); err == nil {
+			h.net.agentBridge(c.Bridge, gw)
+		}
+	}
 }
 
 // conf returns a plugin config with our dataDir; extra keys override.
@@ -57,7 +89,11 @@ func args(cid, netns string, conf []byte) *skel.CmdArgs {
 	return &skel.CmdArgs{ContainerID: cid, Netns: netns, IfName: "eth0", StdinData: conf}
 }
 
+// add runs ADD after the agent has caught up with conf, unless agentDown.
 func (h *harness) add(cid, netns string, conf []byte) (*current.Result, error) {
+	if !h.agentDown {
+		h.agentCaughtUp(conf)
+	}
 	h.out.Reset()
 	if err := h.p.Add(args(cid, netns, conf)); err != nil {
 		if h.out.Len() != 0 {
@@ -137,9 +173,6 @@ func TestAddResult(t *testing.T) {
 	if diff := cmp.Diff(wantSpec, pod, netipOpts); diff != "" {
 		t.Errorf("pod spec (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]netip.Prefix{netip.MustParsePrefix("10.244.1.1/24")}, h.net.bridge.gws, netipOpts); diff != "" {
-		t.Errorf("bridge gateways (-want +got):\n%s", diff)
-	}
 }
 
 func TestAddDualStackAndOldVersion(t *testing.T) {
@@ -212,7 +245,13 @@ func TestAddFailures(t *testing.T) {
 			msg: "wgmesh agent has not installed its fail-closed guard (nftables table inet wgmesh-guard) on this node yet; retry when the agent is running"},
 		{name: "guard unknown", setup: func(h *harness) { h.net.fail["GuardReady"] = errors.New("nf_tables: protocol not supported") }, code: types.ErrTryAgainLater,
 			msg: "cannot tell whether the wgmesh agent's fail-closed guard (nftables table inet wgmesh-guard) is installed; retry when the agent is running: nf_tables: protocol not supported"},
-		{name: "bridge fails", setup: func(h *harness) { h.net.fail["EnsureBridge"] = errors.New("EPERM") }, code: types.ErrInternal, msg: "set up bridge wgmesh-br0: EPERM"},
+		{name: "no bridge", setup: func(h *harness) { h.agentDown, h.net.bridge = true, nil }, code: types.ErrTryAgainLater,
+			msg: "wgmesh agent has not set up bridge wgmesh-br0 for this node's pods yet; retry when the agent is running; wgmesh-br0 does not exist: bridge is not ready"},
+		{name: "bridge down", setup: func(h *harness) { h.agentDown, h.net.bridge.up = true, false }, code: types.ErrTryAgainLater,
+			msg: "wgmesh agent has not set up bridge wgmesh-br0 for this node's pods yet; retry when the agent is running; wgmesh-br0 is down"},
+		{name: "bridge lacks gateway", setup: func(h *harness) { h.agentDown = true }, conf: map[string]any{"podCIDRs": []string{"10.244.2.0/24"}}, code: types.ErrTryAgainLater,
+			msg: "wgmesh agent has not set up bridge wgmesh-br0 for this node's pods yet; retry when the agent is running; wgmesh-br0 lacks gateway address 10.244.2.1/24"},
+		{name: "bridge unknown", setup: func(h *harness) { h.net.fail["BridgeReady"] = errors.New("netlink: EPERM") }, code: types.ErrInternal, msg: "inspect bridge wgmesh-br0: netlink: EPERM"},
 		{name: "attach fails", setup: func(h *harness) { h.net.fail["AttachPod"] = errors.New("no veth module") }, code: types.ErrInternal, msg: "attach pod: no veth module", attached: true},
 		{name: "interface exists", setup: func(h *harness) { h.net.ifExist[[2]string{"/run/netns/p1", "eth0"}] = true }, code: 4, msg: "interface eth0 already exists in network namespace /run/netns/p1", attached: true},
 		{name: "range exhausted", conf: map[string]any{"podCIDRs": []string{"10.244.1.4/30"}}, setup: func(h *harness) {
@@ -256,22 +295,16 @@ func TestAddFailures(t *testing.T) {
 					}
 				}
 			}
-			attached, bridged := false, false
-			for _, c := range h.net.calls {
-				attached = attached || c == "AttachPod"
-				bridged = bridged || c == "EnsureBridge"
-			}
+			attached := slices.Contains(h.net.calls, "AttachPod")
 			if attached != tt.attached {
 				t.Errorf("AttachPod called = %v, want %v (calls %v)", attached, tt.attached, h.net.calls)
 			}
-			// Without the guard nothing may be created, the bridge included:
-			// a bridge the plugin made would route pods out in plaintext.
-			if strings.HasPrefix(tt.name, "no guard") || strings.HasPrefix(tt.name, "guard") {
-				if bridged || h.net.bridge != nil {
-					t.Errorf("bridge set up without the guard (calls %v)", h.net.calls)
-				}
+			// Without the guard or the agent's bridge nothing may be
+			// reserved: the runtime retries, and a pod would have no way
+			// out (or one in plaintext).
+			if strings.Contains(tt.name, "guard") || strings.Contains(tt.name, "bridge") {
 				if got := h.records(); len(got) != 0 {
-					t.Errorf("addresses reserved without the guard: %v", got)
+					t.Errorf("addresses reserved: %v", got)
 				}
 			}
 		})
@@ -505,6 +538,7 @@ func mustOpen(t *testing.T, h *harness) ipam.Store {
 
 func TestStatus(t *testing.T) {
 	h := newHarness(t, "/run/netns/p1")
+	h.net.bridge = nil // the agent has not run yet
 	statusCode := func(conf []byte) uint {
 		t.Helper()
 		err := h.p.Status(&skel.CmdArgs{StdinData: conf})
@@ -523,9 +557,7 @@ func TestStatus(t *testing.T) {
 	if c := statusCode(h.conf(map[string]any{"mtu": "x"})); c != 7 {
 		t.Errorf("broken config: %d", c)
 	}
-	if _, err := h.net.EnsureBridge(BridgeSpec{Name: "wgmesh-br0", Gateways: []netip.Prefix{netip.MustParsePrefix("10.244.1.1/24")}}); err != nil {
-		t.Fatal(err)
-	}
+	h.net.agentBridge("wgmesh-br0", netip.MustParsePrefix("10.244.1.1/24"))
 	if c := statusCode(h.conf(nil)); c != 0 {
 		t.Errorf("ready: %d", c)
 	}
@@ -547,7 +579,7 @@ func TestStatus(t *testing.T) {
 	}
 	// Full range.
 	small := h.conf(map[string]any{"podCIDRs": []string{"10.244.1.4/30"}})
-	h.net.EnsureBridge(BridgeSpec{Name: "wgmesh-br0", Gateways: []netip.Prefix{netip.MustParsePrefix("10.244.1.5/30")}})
+	h.net.agentBridge("wgmesh-br0", netip.MustParsePrefix("10.244.1.5/30"))
 	if c := statusCode(small); c != 0 {
 		t.Errorf("small range, empty: %d", c)
 	}

@@ -23,9 +23,11 @@ import (
 	"strings"
 	"testing"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer/json"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -81,7 +83,7 @@ var wantRBAC = []string{
 func scheme(t testing.TB) *runtime.Scheme {
 	t.Helper()
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, rbacv1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, rbacv1.AddToScheme, admissionregistrationv1.AddToScheme} {
 		if err := add(s); err != nil {
 			t.Fatal(err)
 		}
@@ -150,6 +152,9 @@ type bundle struct {
 	crb *rbacv1.ClusterRoleBinding
 	cm  *corev1.ConfigMap
 	ds  *appsv1.DaemonSet
+	// Node-scoped trust (deploy/base/validatingadmissionpolicy*.yaml).
+	vap  *admissionregistrationv1.ValidatingAdmissionPolicy
+	vapb *admissionregistrationv1.ValidatingAdmissionPolicyBinding
 }
 
 func newBundle(objs []runtime.Object) (*bundle, error) {
@@ -180,12 +185,19 @@ func newBundle(objs []runtime.Object) (*bundle, error) {
 		case *appsv1.DaemonSet:
 			once("DaemonSet", b.ds != nil)
 			b.ds = o
+		case *admissionregistrationv1.ValidatingAdmissionPolicy:
+			once("ValidatingAdmissionPolicy", b.vap != nil)
+			b.vap = o
+		case *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
+			once("ValidatingAdmissionPolicyBinding", b.vapb != nil)
+			b.vapb = o
 		default:
 			errs = append(errs, fmt.Errorf("unexpected object %T", o))
 		}
 	}
-	if b.ns == nil || b.sa == nil || b.cr == nil || b.crb == nil || b.cm == nil || b.ds == nil {
-		errs = append(errs, fmt.Errorf("want one each of Namespace, ServiceAccount, ClusterRole, ClusterRoleBinding, ConfigMap, DaemonSet"))
+	if b.ns == nil || b.sa == nil || b.cr == nil || b.crb == nil || b.cm == nil || b.ds == nil || b.vap == nil || b.vapb == nil {
+		errs = append(errs, fmt.Errorf("want one each of Namespace, ServiceAccount, ClusterRole, ClusterRoleBinding, ConfigMap, DaemonSet, "+
+			"ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding"))
 	}
 	return b, errors.Join(errs...)
 }
@@ -252,6 +264,11 @@ func (b *bundle) violations() []string {
 	if !slices.Equal(b.crb.Subjects, wantSubj) {
 		bad("ClusterRoleBinding subjects %+v, want only %+v", b.crb.Subjects, wantSubj)
 	}
+
+	// Node-scoped trust: the policy binds the agent's own identity, is in
+	// force (Deny, all requests) and fails closed. What its CEL allows and
+	// denies is policy_test.go's subject.
+	v = append(v, b.trustViolations()...)
 
 	// Config file.
 	cfg, err := b.agentConfig()
@@ -755,6 +772,24 @@ func TestViolationsCatchBreakage(t *testing.T) {
 		{"binding to default SA", func(b *bundle) { b.crb.Subjects[0].Name = "default" }, "subjects"},
 		{"wrong SA in pod", func(b *bundle) { b.ds.Spec.Template.Spec.ServiceAccountName = "default" }, "serviceAccountName"},
 		{"configmap elsewhere", func(b *bundle) { b.cm.Namespace = "default" }, "ConfigMap is in namespace"},
+		{"policy fails open", func(b *bundle) { f := admissionregistrationv1.Ignore; b.vap.Spec.FailurePolicy = &f }, "want Fail"},
+		{"policy for another SA", func(b *bundle) { b.sa.Name = "other"; b.ds.Spec.Template.Spec.ServiceAccountName = "other" }, "matchConditions"},
+		{"policy for another namespace", func(b *bundle) { b.sa.Namespace = "kube-system" }, "matchConditions"},
+		{"policy matches more", func(b *bundle) {
+			b.vap.Spec.MatchConditions = append(b.vap.Spec.MatchConditions, admissionregistrationv1.MatchCondition{Name: "x", Expression: "false"})
+		}, "matchConditions"},
+		{"policy misses status", func(b *bundle) { b.vap.Spec.MatchConstraints.ResourceRules[0].Resources = []string{"nodes"} }, "nodes/status"},
+		{"policy one node only", func(b *bundle) { b.vap.Spec.MatchConstraints.ResourceRules[0].ResourceNames = []string{"node1"} }, "nodes/status"},
+		{"policy by label", func(b *bundle) {
+			b.vap.Spec.MatchConstraints.ObjectSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"a": "b"}}
+		}, "selector"},
+		{"binding audit only", func(b *bundle) {
+			b.vapb.Spec.ValidationActions = []admissionregistrationv1.ValidationAction{admissionregistrationv1.Audit}
+		}, "want exactly [Deny]"},
+		{"binding to other policy", func(b *bundle) { b.vapb.Spec.PolicyName = "other" }, "binds policy"},
+		{"binding narrowed", func(b *bundle) {
+			b.vapb.Spec.MatchResources = &admissionregistrationv1.MatchResources{ObjectSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"a": "b"}}}
+		}, "narrows the policy"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -883,4 +918,48 @@ func TestDaemonSetUsesImageBinaries(t *testing.T) {
 	if !bytes.Contains(dockerfile, []byte("< deploy/image-binaries.txt")) {
 		t.Error("Dockerfile does not build from deploy/image-binaries.txt")
 	}
+}
+
+// trustViolations checks the node-scoped trust policy and its binding.
+func (b *bundle) trustViolations() []string {
+	var v []string
+	bad := func(format string, args ...any) { v = append(v, fmt.Sprintf(format, args...)) }
+	p, pb := b.vap, b.vapb
+	if fp := p.Spec.FailurePolicy; fp == nil || *fp != admissionregistrationv1.Fail {
+		bad("ValidatingAdmissionPolicy %s failurePolicy %v, want Fail (trust must fail closed)", p.Name, fp)
+	}
+	wantUser := fmt.Sprintf("request.userInfo.username == 'system:serviceaccount:%s:%s'", b.sa.Namespace, b.sa.Name)
+	if mc := p.Spec.MatchConditions; len(mc) != 1 || mc[0].Expression != wantUser {
+		bad("ValidatingAdmissionPolicy %s matchConditions %+v, want exactly [%s] (the agent's ServiceAccount)", p.Name, mc, wantUser)
+	}
+	coversNodeUpdates := false
+	if mc := p.Spec.MatchConstraints; mc != nil {
+		for _, r := range mc.ResourceRules {
+			if slices.Contains(r.APIGroups, "") && (slices.Contains(r.APIVersions, "v1") || slices.Contains(r.APIVersions, "*")) &&
+				slices.Contains(r.Operations, admissionregistrationv1.Update) && slices.Contains(r.Resources, "nodes") &&
+				slices.Contains(r.Resources, "nodes/status") && len(r.ResourceNames) == 0 {
+				coversNodeUpdates = true
+			}
+		}
+		if mc.NamespaceSelector != nil && len(mc.NamespaceSelector.MatchLabels)+len(mc.NamespaceSelector.MatchExpressions) > 0 ||
+			mc.ObjectSelector != nil && len(mc.ObjectSelector.MatchLabels)+len(mc.ObjectSelector.MatchExpressions) > 0 {
+			bad("ValidatingAdmissionPolicy %s narrows its match with a selector", p.Name)
+		}
+	}
+	if !coversNodeUpdates {
+		bad("ValidatingAdmissionPolicy %s does not match UPDATE of every core/v1 nodes and nodes/status", p.Name)
+	}
+	if p.Spec.ParamKind != nil {
+		bad("ValidatingAdmissionPolicy %s has a paramKind: a missing parameter would change what it enforces", p.Name)
+	}
+	if pb.Spec.PolicyName != p.Name {
+		bad("ValidatingAdmissionPolicyBinding %s binds policy %q, want %q", pb.Name, pb.Spec.PolicyName, p.Name)
+	}
+	if !slices.Equal(pb.Spec.ValidationActions, []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}) {
+		bad("ValidatingAdmissionPolicyBinding %s validationActions %v, want exactly [Deny]", pb.Name, pb.Spec.ValidationActions)
+	}
+	if pb.Spec.ParamRef != nil || pb.Spec.MatchResources != nil {
+		bad("ValidatingAdmissionPolicyBinding %s narrows the policy (paramRef/matchResources)", pb.Name)
+	}
+	return v
 }

@@ -54,7 +54,7 @@ var allowedInPure = []string{"golang.zx2c4.com/wireguard/wgctrl/wgtypes"}
 
 // purePackages must satisfy forbiddenInPure.
 func isPure(p string) bool {
-	return p == module+"/mesh" || p == module+"/mesh/meshtest" ||
+	return p == module+"/mesh" || p == module+"/mesh/meshtest" || p == module+"/mesh/nodenet" ||
 		p == module+"/mesh/policy" || p == module+"/mesh/policy/policytest" ||
 		p == module+"/ipam" || strings.HasPrefix(p, module+"/ipam/")
 }
@@ -72,10 +72,16 @@ var meshAdapters = []string{
 // and the integration harnesses may import it.
 const agentAssembly = module + "/mesh/agent"
 
-// pendingShared are adapter subpackages that another adapter still uses
-// until they move out of it (issue 12, item 4 moves informerrun). Delete
-// an entry once it has moved; TestImportGraph fails on a stale one.
-var pendingShared = []string{module + "/mesh/kube/informerrun"}
+// stdlibOnly are leaves every part of wgmesh may import, the CNI plugin
+// binary included, so they must not bring anything along.
+var stdlibOnly = []string{module + "/mesh/nodenet"}
+
+// isStdlib: standard library import paths have no dot in their first
+// element (a module path starts with a domain).
+func isStdlib(path string) bool {
+	first, _, _ := strings.Cut(path, "/")
+	return !strings.Contains(first, ".")
+}
 
 func under(path, root string) bool { return path == root || strings.HasPrefix(path, root+"/") }
 
@@ -110,6 +116,13 @@ func violations(pkgs []listedPackage) []string {
 				}
 			}
 		}
+		if slices.Contains(stdlibOnly, p.ImportPath) {
+			for _, d := range p.Deps {
+				if !isStdlib(d) {
+					add("%s (standard library only) depends on %s", p.ImportPath, d)
+				}
+			}
+		}
 		if p.ImportPath == module+"/mesh" {
 			for _, d := range p.Deps {
 				for _, a := range meshAdapters {
@@ -125,7 +138,7 @@ func violations(pkgs []listedPackage) []string {
 			}
 			for _, d := range p.Deps {
 				for _, b := range meshAdapters {
-					if b != a && under(d, b) && !slices.Contains(pendingShared, d) {
+					if b != a && under(d, b) {
 						add("%s (adapter) depends on adapter %s", p.ImportPath, d)
 					}
 				}
@@ -236,9 +249,9 @@ func TestImportGraph(t *testing.T) {
 	for _, v := range violations(pkgs) {
 		t.Error(v)
 	}
-	for _, pending := range pendingShared {
-		if _, ok := byPath[pending]; !ok {
-			t.Errorf("%s is gone: delete it from pendingShared", pending)
+	for _, leaf := range stdlibOnly {
+		if _, ok := byPath[leaf]; !ok {
+			t.Errorf("go list did not report %s: the standard-library-only rule checks nothing", leaf)
 		}
 	}
 	if _, ok := byPath[agentAssembly]; !ok {
@@ -263,7 +276,10 @@ func TestImportGraphRulesCatchViolations(t *testing.T) {
 		{ImportPath: m("cmd/wgmesh-lab"), Deps: []string{m("integration/lab")}},
 		// Adapters keep to themselves; the assembly may use them all.
 		{ImportPath: m("mesh/dataplane"), Deps: []string{m("mesh"), m("mesh/wgdev")}},
-		{ImportPath: m("mesh/policy/kube"), Deps: []string{m("mesh/policy"), m("mesh/kube/informerrun"), m("mesh/kube/translate")}},
+		{ImportPath: m("mesh/policy/kube"), Deps: []string{m("mesh/policy"), m("mesh/internal/informerrun"), m("mesh/kube/translate")}},
+		{ImportPath: m("mesh/kube"), Deps: []string{m("mesh/internal/informerrun"), m("mesh/nodenet")}},
+		// The leaf keeps to the standard library.
+		{ImportPath: m("mesh/nodenet"), Deps: []string{"errors", "net/netip", "vendor/golang.org/x/net/dns/dnsmessage", "golang.org/x/sys/unix", m("mesh")}},
 		{ImportPath: m("mesh/metrics"), Deps: []string{m("mesh"), m("mesh/agent")}},
 		{ImportPath: m("mesh/agentstate/sub"), Deps: []string{m("mesh/metrics")}},
 		{ImportPath: m("mesh/agent"), Deps: []string{m("mesh/kube"), m("mesh/wgdev"), m("mesh/dataplane"), m("mesh/agentstate"), m("mesh/metrics")}},
@@ -274,6 +290,7 @@ func TestImportGraphRulesCatchViolations(t *testing.T) {
 		{ImportPath: m("ipamx"), Deps: []string{m("cni")}},
 		{ImportPath: m("mesh/show"), Deps: []string{"k8s.io/apimachinery/pkg/types", m("mesh/agentstate"), m("mesh/agentx")}},
 		{ImportPath: m("ipam/other"), Deps: []string{m("cnix"), "golang.zx2c4.com/wireguard/conntrack", "golang.zx2c4.com/wireguard/wgctrl/wgtypes"}},
+		{ImportPath: m("mesh/nodenetx"), Deps: []string{"golang.org/x/sys/unix"}},
 	}
 	want := []string{
 		m("cni") + " depends on command package " + m("cmd/wgmesh-cni"),
@@ -289,6 +306,8 @@ func TestImportGraphRulesCatchViolations(t *testing.T) {
 		m("mesh/kube") + " (product code) depends on test infrastructure " + m("integration/internal/netnstest"),
 		m("mesh/meshtest") + " (pure) depends on golang.zx2c4.com/wireguard/wgctrl",
 		m("mesh/metrics") + " depends on the agent assembly " + m("mesh/agent") + " (only cmd/* and integration/* may)",
+		m("mesh/nodenet") + " (standard library only) depends on " + m("mesh"),
+		m("mesh/nodenet") + " (standard library only) depends on golang.org/x/sys/unix",
 		m("mesh/policy") + " depends on the agent assembly " + m("mesh/agent") + " (only cmd/* and integration/* may)",
 		m("mesh/policy/kube") + " (adapter) depends on adapter " + m("mesh/kube/translate"),
 	}

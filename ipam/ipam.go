@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Config configures an IPAM.
@@ -156,7 +158,10 @@ func (m *IPAM) lease(a netip.Addr, isNew bool) Lease {
 	for _, pool := range m.pools {
 		if p, ok := pool.PrefixOf(a); ok {
 			l.Prefix = p
-			l.Gateway = Gateway(p)
+			// The pool's prefixes passed ValidatePrefix: each has room.
+			if gw, err := nodenet.Gateway(p); err == nil {
+				l.Gateway = gw.Addr()
+			}
 		}
 	}
 	return l

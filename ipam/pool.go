@@ -83,12 +83,6 @@ func ValidatePrefix(p netip.Prefix) error {
 	return nil
 }
 
-// Gateway is the address the node's bridge holds in p: the first address
-// after the network address.
-func Gateway(p netip.Prefix) netip.Addr {
-	return p.Masked().Addr().Next()
-}
-
 // Prefixes returns the pool's prefixes in allocation order.
 func (p *Pool) Prefixes() []netip.Prefix { return append([]netip.Prefix(nil), p.prefixes...) }
 

@@ -233,20 +233,6 @@ func TestPoolSizeAndUsable(t *testing.T) {
 	}
 }
 
-func TestGateway(t *testing.T) {
-	for in, want := range map[string]string{
-		"10.244.1.0/24":       "10.244.1.1",
-		"10.244.0.0/16":       "10.244.0.1",
-		"fd00:10:244:1::/64":  "fd00:10:244:1::1",
-		"10.244.1.128/25":     "10.244.1.129",
-		"fd00:10:244:1::/120": "fd00:10:244:1::1",
-	} {
-		if got := Gateway(pfx(in)); got != addr(want) {
-			t.Errorf("Gateway(%s) = %s, want %s", in, got, want)
-		}
-	}
-}
-
 func TestLastAddr(t *testing.T) {
 	for in, want := range map[string]string{
 		"10.244.1.0/24":    "10.244.1.255",

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Self is this node as the computation needs it.
@@ -30,7 +32,11 @@ type Self struct {
 // resolved by the caller beforehand.
 type Input struct {
 	Self Self
-	// Nodes is the full node list; the entry named Self.Name is skipped.
+	// Parsed is the node list parsed once (ParseNodes with Self.Name), as a
+	// reconcile pass has it. Its own entry is not read: Self is.
+	Parsed *NodeList
+	// Nodes is the raw node list, parsed by Compute when Parsed is nil
+	// (for one-off callers); the entry named Self.Name is skipped.
 	Nodes []RawNode
 	// DefaultKeepalive applies to peers when neither the peer's Node nor
 	// this node's (Self.Keepalive) has a keepalive annotation.
@@ -64,7 +70,6 @@ func ConfiguredFrom(dev *wgtypes.Device) map[wgtypes.Key][]netip.Prefix {
 
 type candidate struct {
 	node      Node
-	created   time.Time
 	incumbent bool
 }
 
@@ -76,19 +81,17 @@ type candidate struct {
 // device with that key and prefixes) wins, else the older node, else the
 // lexically smaller name; only the loser is excluded.
 func Compute(in Input) Desired {
+	list := in.Parsed
+	if list == nil {
+		l := ParseNodes(in.Nodes, in.Self.Name)
+		list = &l
+	}
 	var d Desired
+	d.Excluded = append(d.Excluded, list.Invalid...)
 	// Sized up front: growing these by appending was a third of Compute's
 	// time at 5000 nodes.
-	cands := make([]candidate, 0, len(in.Nodes))
-	for _, raw := range in.Nodes {
-		if raw.Name == in.Self.Name {
-			continue
-		}
-		n, err := ParseNode(raw)
-		if err != nil {
-			d.Excluded = append(d.Excluded, exclusion(raw.Name, err))
-			continue
-		}
+	cands := make([]candidate, 0, len(list.Nodes))
+	for _, n := range list.Nodes {
 		if n.PublicKey == in.Self.PublicKey {
 			d.Excluded = append(d.Excluded, Exclusion{Node: n.Name, Reason: ReasonSameKeyAsSelf,
 				Err: fmt.Errorf("public key %s is this node's own key", n.PublicKey)})
@@ -99,7 +102,7 @@ func Compute(in Input) Desired {
 				Err: fmt.Errorf("pod CIDR %s overlaps local pod CIDR %s", p, q)})
 			continue
 		}
-		cands = append(cands, candidate{node: n, created: raw.Created, incumbent: isIncumbent(n, in.Configured, in.KnownKeys)})
+		cands = append(cands, candidate{node: n, incumbent: isIncumbent(n, in.Configured, in.KnownKeys)})
 	}
 
 	slices.SortFunc(cands, func(a, b candidate) int {
@@ -109,7 +112,7 @@ func Compute(in Input) Desired {
 			}
 			return 1
 		}
-		if c := a.created.Compare(b.created); c != 0 {
+		if c := a.node.Created.Compare(b.node.Created); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.node.Name, b.node.Name)
@@ -280,19 +283,9 @@ func sortPrefixes(p []netip.Prefix) { slices.SortFunc(p, comparePrefix) }
 func prefixesFromIPNets(nets []net.IPNet) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(nets))
 	for _, n := range nets {
-		a, ok := netip.AddrFromSlice(n.IP)
-		if !ok {
-			continue
+		if p, ok := nodenet.PrefixFromIPNet(n); ok {
+			out = append(out, p.Masked())
 		}
-		ones, bits := n.Mask.Size()
-		if a.Is4In6() && bits == 128 {
-			ones -= 96 // a 16-byte mask on an IPv4 address
-		}
-		p := netip.PrefixFrom(a.Unmap(), ones)
-		if !p.IsValid() {
-			continue
-		}
-		out = append(out, p.Masked())
 	}
 	sortPrefixes(out)
 	return out

@@ -29,7 +29,7 @@ func computePairwise(in Input) []string {
 		if _, _, ok := firstOverlap(n.PodCIDRs, in.Self.PodCIDRs); ok {
 			continue
 		}
-		cands = append(cands, candidate{node: n, created: raw.Created, incumbent: isIncumbent(n, in.Configured, in.KnownKeys)})
+		cands = append(cands, candidate{node: n, incumbent: isIncumbent(n, in.Configured, in.KnownKeys)})
 	}
 	slices.SortFunc(cands, func(a, b candidate) int { // Compute's priority order
 		if a.incumbent != b.incumbent {
@@ -38,7 +38,7 @@ func computePairwise(in Input) []string {
 			}
 			return 1
 		}
-		if c := a.created.Compare(b.created); c != 0 {
+		if c := a.node.Created.Compare(b.node.Created); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.node.Name, b.node.Name)

@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"context"
 	"net/netip"
 	"slices"
 	"strings"
@@ -201,37 +200,4 @@ func TestComputeResolved(t *testing.T) {
 	if len(d.Excluded) != 0 {
 		t.Errorf("unexpected exclusions: %v", summary(d.Excluded))
 	}
-}
-
-func TestPickAddr(t *testing.T) {
-	a := netip.MustParseAddr
-	tests := []struct {
-		addrs []netip.Addr
-		prev  netip.Addr
-		want  netip.Addr
-	}{
-		{[]netip.Addr{a("198.51.100.9"), a("198.51.100.3")}, netip.Addr{}, a("198.51.100.3")},
-		{[]netip.Addr{a("198.51.100.9"), a("198.51.100.3")}, a("198.51.100.9"), a("198.51.100.9")},
-		{[]netip.Addr{a("2001:db8::1"), a("198.51.100.3")}, netip.Addr{}, a("198.51.100.3")},
-		{[]netip.Addr{a("198.51.100.4")}, a("198.51.100.9"), a("198.51.100.4")},
-	}
-	for _, tt := range tests {
-		if got := pickAddr(tt.addrs, tt.prev); got != tt.want {
-			t.Errorf("pickAddr(%v, %v) = %v, want %v", tt.addrs, tt.prev, got, tt.want)
-		}
-	}
-}
-
-// fakeResolver answers from a map and counts lookups.
-type fakeResolver struct {
-	answers map[string][]netip.Addr
-	calls   int
-}
-
-func (f *fakeResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
-	f.calls++
-	if a, ok := f.answers[host]; ok {
-		return a, nil
-	}
-	return nil, context.DeadlineExceeded
 }

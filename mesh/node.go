@@ -46,10 +46,18 @@ func ReasonOf(err error) Reason {
 	return ""
 }
 
+// parseHook, set only by tests, is called with the name of every Node
+// parsed (as a peer by ParseNode, or as the own entry by ParseNodes): a test
+// counts the calls to prove that a pass parses each Node once.
+var parseHook func(name string)
+
 // ParseNode validates a RawNode as a prospective peer. It checks every field
 // a peer needs and reports the first problem as a *NodeError.
 func ParseNode(raw RawNode) (Node, error) {
-	n := Node{Name: raw.Name}
+	if parseHook != nil {
+		parseHook(raw.Name)
+	}
+	n := Node{Name: raw.Name, Created: raw.Created}
 	fail := func(r Reason, err error) (Node, error) {
 		return Node{}, &NodeError{Node: raw.Name, Reason: r, Err: err}
 	}

@@ -7,11 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"net/netip"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -72,6 +69,13 @@ type Config struct {
 	OnReconcile func(Status)
 	// Now returns the current time; nil means time.Now. For tests.
 	Now func() time.Time
+	// KnownKeys maps each peer's node to the public key the previous run
+	// of the agent configured it with (from its state file, beside the
+	// peers restored onto the device). It carries incumbency across a
+	// restart: a node that rotated its key while the agent was down keeps
+	// its place against a conflicting node, whatever the restart timing.
+	// Optional.
+	KnownKeys map[string]wgtypes.Key
 }
 
 // Validate checks the config without doing any I/O.
@@ -154,30 +158,18 @@ type Reconciler struct {
 	log *slog.Logger
 
 	mu sync.Mutex // serialises passes and guards the fields below
-	// pub is our current public key: cfg.PublicKey until a rotation.
-	pub wgtypes.Key
-	// rotated is the rotation request we acted on last; it is published
-	// as AnnotationKeyRotated.
-	rotated    string
-	rotateWarn string // last logged problem with a rotation request
-	kaWarn     string // last logged problem with our own keepalive annotation
+	// The concerns of a pass, each with the state it keeps between passes.
+	dev      *countingDevice   // Config.Device, counting writes for Status.DeviceWrites
+	own      *ownObject        // our own Node: publishing, rotation
+	resolver *endpointResolver // endpoint names and their cache
+	// peerWarn holds the (reason, message) last reported per peer node, so
+	// events are emitted once per change and not on every resync.
+	peerWarn onceWarner
 	// knownKeys maps each configured peer's node to its key; see
 	// Input.KnownKeys.
 	knownKeys map[string]wgtypes.Key
 	// lastApplied is the endpoint we last wrote per peer; see DiffOptions.
 	lastApplied map[wgtypes.Key]netip.AddrPort
-	// warned is the (reason, message) last reported per node, so events
-	// are emitted once per change and not on every resync.
-	warned map[string]string
-	// resolved caches DNS results so a failed lookup keeps the last good
-	// address.
-	resolved  map[string]netip.Addr
-	selfIssue string // last logged problem with our own Node
-	ownIssue  string // last logged problem with our own annotations
-	// published is the last annotation patch we sent and publishedAt the
-	// resourceVersion of our Node it was computed from.
-	published   map[string]string
-	publishedAt string
 	status      Status
 
 	statusMu   sync.Mutex
@@ -190,15 +182,23 @@ func New(cfg Config) *Reconciler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	dev := &countingDevice{dev: cfg.Device}
 	return &Reconciler{
 		cfg:         cfg,
 		log:         log,
-		pub:         cfg.PublicKey,
-		knownKeys:   map[string]wgtypes.Key{},
+		dev:         dev,
+		own:         newOwnObject(cfg, dev, log),
+		resolver:    newEndpointResolver(cfg.Resolver, cfg.LookupTimeout, log),
+		knownKeys:   knownKeys(cfg.KnownKeys),
 		lastApplied: map[wgtypes.Key]netip.AddrPort{},
-		warned:      map[string]string{},
-		resolved:    map[string]netip.Addr{},
 	}
+}
+
+func knownKeys(seed map[string]wgtypes.Key) map[string]wgtypes.Key {
+	if seed == nil {
+		return map[string]wgtypes.Key{}
+	}
+	return maps.Clone(seed)
 }
 
 // PublicKey returns this node's current public key: Config.PublicKey until
@@ -291,6 +291,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 	start := r.now()
 	err := r.reconcile(ctx)
 	r.status.Reconciles++
+	r.status.DeviceWrites = r.dev.writes
 	r.status.Err = err
 	if err != nil {
 		r.status.Errors++
@@ -314,479 +315,6 @@ func (r *Reconciler) now() time.Time {
 		return r.cfg.Now()
 	}
 	return time.Now()
-}
-
-func (r *Reconciler) reconcile(ctx context.Context) error {
-	synced := r.cfg.Source.HasSynced()
-	raws, err := r.cfg.Source.Nodes()
-	if err != nil {
-		return fmt.Errorf("list nodes: %w", err)
-	}
-	var errs []error
-
-	var selfRaw *RawNode
-	for i := range raws {
-		if raws[i].Name == r.cfg.NodeName {
-			selfRaw = &raws[i]
-			break
-		}
-	}
-	// A rotation comes first so that this very pass publishes the new key.
-	if selfRaw != nil {
-		if err := r.rotateIfRequested(selfRaw); err != nil {
-			errs = append(errs, fmt.Errorf("rotate key: %w", err))
-		}
-	}
-	self := Self{Name: r.cfg.NodeName, PublicKey: r.pub}
-	selfIssue := ""
-	if selfRaw == nil {
-		selfIssue = "own Node not listed yet; configuring peers anyway, not publishing annotations"
-	} else {
-		if err := r.ensureOwnAnnotations(ctx, selfRaw); err != nil {
-			errs = append(errs, fmt.Errorf("publish own annotations: %w", err))
-		}
-		cidrs, err := ParsePodCIDRs(selfRaw.PodCIDRs)
-		if err != nil {
-			selfIssue = fmt.Sprintf("own pod CIDRs unusable (%v); configuring peers anyway", err)
-		}
-		self.PodCIDRs = cidrs
-		if ka, ok := selfRaw.Annotations[AnnotationKeepalive]; ok {
-			d, err := ParseKeepalive(ka)
-			if err != nil {
-				r.warnKeepalive(fmt.Sprintf("own annotation %s ignored: %v", AnnotationKeepalive, err))
-			} else {
-				self.Keepalive = &d
-				r.warnKeepalive("")
-			}
-		} else {
-			r.warnKeepalive("")
-		}
-	}
-	if selfIssue != r.selfIssue {
-		if selfIssue != "" {
-			r.log.Warn(selfIssue, "node", r.cfg.NodeName)
-		} else {
-			r.log.Info("own Node found with pod CIDRs", "node", r.cfg.NodeName, "pod_cidrs", self.PodCIDRs)
-		}
-		r.selfIssue = selfIssue
-	}
-
-	dev, err := r.cfg.Device.Device()
-	if err != nil {
-		// Without the device we know neither incumbents nor what to
-		// change; leave the dataplane as it is rather than guess.
-		errs = append(errs, fmt.Errorf("read device: %w", err))
-		r.updateStatus(synced, selfRaw != nil, self, Desired{}, nil)
-		return errors.Join(errs...)
-	}
-
-	d := Compute(Input{
-		Self:             self,
-		Nodes:            raws,
-		DefaultKeepalive: r.cfg.DefaultKeepalive,
-		Resolved:         r.resolve(ctx, raws),
-		Configured:       ConfiguredFrom(dev),
-		KnownKeys:        r.knownKeys,
-	})
-	r.report(d)
-
-	cfg := Diff(d, dev, DiffOptions{LastApplied: r.lastApplied, GC: synced, KnownKeys: r.knownKeys})
-	if !IsEmpty(cfg) {
-		r.status.DeviceWrites++
-		if err := r.cfg.Device.ConfigureDevice(cfg); err != nil {
-			errs = append(errs, fmt.Errorf("configure device: %w", err))
-		} else {
-			r.logChanges(d, cfg)
-			r.recordApplied(d, dev, cfg)
-			r.recordKeys(d)
-		}
-	} else {
-		r.recordApplied(d, dev, cfg)
-		r.recordKeys(d)
-		r.log.Debug("device already converged", "peers", len(d.Peers))
-	}
-
-	routes := routesFor(d, dev, synced, self.PodCIDRs)
-	if err := r.cfg.Dataplane.Apply(ctx, DataplaneState{
-		LocalPodCIDRs:  slices.Clone(self.PodCIDRs),
-		RemotePodCIDRs: routes,
-		MTU:            r.cfg.MTU,
-	}); err != nil {
-		errs = append(errs, fmt.Errorf("apply dataplane: %w", err))
-	}
-	r.updateStatus(synced, selfRaw != nil, self, d, routes)
-	return errors.Join(errs...)
-}
-
-func (r *Reconciler) updateStatus(synced, selfFound bool, self Self, d Desired, routes []netip.Prefix) {
-	r.status.Synced = synced
-	r.status.SelfFound = selfFound
-	r.status.PublicKey = r.pub
-	r.status.LocalPodCIDRs = self.PodCIDRs
-	r.status.Peers = d.Peers
-	r.status.Excluded = d.Excluded
-	r.status.Degraded = d.Degraded
-	r.status.Routes = routes
-}
-
-// ownAnnotations returns the annotations this node should carry.
-func (r *Reconciler) ownAnnotations(self *RawNode) (map[string]string, error) {
-	want := map[string]string{AnnotationPublicKey: r.pub.String()}
-	if r.rotated != "" {
-		want[AnnotationKeyRotated] = r.rotated
-	}
-	if r.cfg.EndpointOverride != "" {
-		ep, err := ParseEndpoint(r.cfg.EndpointOverride)
-		if err != nil {
-			return want, fmt.Errorf("endpoint override: %w", err)
-		}
-		want[AnnotationEndpoint] = ep.String()
-		return want, nil
-	}
-	for _, s := range self.InternalIPs {
-		if a, err := netip.ParseAddr(s); err == nil {
-			want[AnnotationEndpoint] = net.JoinHostPort(a.Unmap().String(), strconv.Itoa(r.cfg.ListenPort))
-			return want, nil
-		}
-	}
-	return want, errNoOwnEndpoint
-}
-
-var errNoOwnEndpoint = errors.New("own Node has no InternalIP and no endpoint override is set; not publishing an endpoint")
-
-// ensureOwnAnnotations publishes our key and endpoint if the Node does not
-// show them already, so an edit by someone else is reverted.
-func (r *Reconciler) ensureOwnAnnotations(ctx context.Context, self *RawNode) error {
-	want, err := r.ownAnnotations(self)
-	issue := ""
-	if err != nil {
-		issue = err.Error()
-	}
-	// Log a missing endpoint once per change of circumstance, not per pass.
-	if issue != r.ownIssue && issue != "" {
-		r.log.Warn(issue, "node", r.cfg.NodeName)
-	}
-	r.ownIssue = issue
-	if errors.Is(err, errNoOwnEndpoint) {
-		err = nil
-	}
-	patch := map[string]string{}
-	for k, v := range want {
-		if self.Annotations[k] != v {
-			patch[k] = v
-		}
-	}
-	if len(patch) == 0 {
-		r.publishedAt = ""
-		return err
-	}
-	// The cache still shows the very object version we patched: our patch
-	// is on its way, not overwritten. Publishing again would only add load.
-	if self.ResourceVersion != "" && self.ResourceVersion == r.publishedAt && maps.Equal(patch, r.published) {
-		return err
-	}
-	if perr := r.cfg.Source.Publish(ctx, patch); perr != nil {
-		r.publishedAt = ""
-		return errors.Join(err, perr)
-	}
-	r.publishedAt, r.published = self.ResourceVersion, patch
-	r.log.Info("published own annotations", "node", r.cfg.NodeName, "annotations", patch)
-	return err
-}
-
-// maxRotateRequest bounds the request value we echo into logs and the
-// answer annotation.
-const maxRotateRequest = 253
-
-// rotateIfRequested replaces this node's key when its Node carries a
-// rotation request (AnnotationRotateKey) not yet answered: a new private key
-// is generated, stored through Config.Keys (replacing the old one, which is
-// kept nowhere) and set on the device, which keeps its peers and listen
-// port. The caller publishes the new public key and the answer in the same
-// pass. Peers switch when they see the new key; until then this node cannot
-// start sessions with them.
-//
-// Order matters for crash safety: the key is stored before the device uses
-// it, so a restarted agent never comes up with a key other than the one in
-// use or about to be published. A crash after storing and before
-// publishing costs one extra rotation (the request is still unanswered).
-func (r *Reconciler) rotateIfRequested(self *RawNode) error {
-	req := strings.TrimSpace(self.Annotations[AnnotationRotateKey])
-	if req == "" || req == strings.TrimSpace(self.Annotations[AnnotationKeyRotated]) || req == r.rotated {
-		return nil
-	}
-	issue := ""
-	switch {
-	case len(req) > maxRotateRequest:
-		issue = fmt.Sprintf("key rotation request ignored: annotation %s is longer than %d bytes", AnnotationRotateKey, maxRotateRequest)
-	case r.cfg.Keys == nil:
-		issue = "key rotation requested but this agent has no key store; ignoring"
-	}
-	if issue != "" {
-		if issue != r.rotateWarn {
-			r.log.Warn(issue, "node", r.cfg.NodeName)
-			r.rotateWarn = issue
-		}
-		return nil
-	}
-	gen := r.cfg.GenerateKey
-	if gen == nil {
-		gen = wgtypes.GeneratePrivateKey
-	}
-	priv, err := gen()
-	if err != nil {
-		return fmt.Errorf("generate private key: %w", err)
-	}
-	if priv == (wgtypes.Key{}) {
-		return errors.New("generate private key: got the zero key")
-	}
-	if err := r.cfg.Keys.Save(priv); err != nil {
-		return fmt.Errorf("store new private key: %w", err)
-	}
-	r.status.DeviceWrites++
-	if err := r.cfg.Device.ConfigureDevice(wgtypes.Config{PrivateKey: &priv}); err != nil {
-		// The stored key is newer than the device's: the next pass
-		// rotates again (the request is unanswered) and a restart
-		// loads the stored one; either way the published key follows.
-		return fmt.Errorf("set new private key on the device: %w", err)
-	}
-	old := r.pub
-	r.pub = priv.PublicKey()
-	r.rotated = req
-	r.rotateWarn = ""
-	r.spendHandshakes()
-	r.log.Info("rotated private key; publishing the new public key", "node", r.cfg.NodeName,
-		"old_public_key", old.String(), "public_key", r.pub.String(), "request", req)
-	return nil
-}
-
-// warnKeepalive logs a problem with our own keepalive annotation once per
-// change ("" clears it).
-func (r *Reconciler) warnKeepalive(issue string) {
-	if issue != "" && issue != r.kaWarn {
-		r.log.Warn(issue, "node", r.cfg.NodeName)
-		r.cfg.Source.Warn(r.cfg.NodeName, string(ReasonBadKeepalive), issue)
-	}
-	r.kaWarn = issue
-}
-
-// spendHandshakes makes the device send a handshake initiation with the
-// new key to every peer now, before the key is published: the peers cannot
-// know the key yet and drop it, and WireGuard sends the next initiation
-// only after RekeyTimeout (5 s). Left to itself, the device would initiate
-// whenever its next packet for a peer came, possibly just as that peer,
-// having seen the new key, greets us (see Diff): two crossing initiations
-// each invalidate the other's response and both sides wait for that 5 s
-// retry. This way the peers' greetings are the only initiations. A
-// failure here only costs time, so it is logged, not returned.
-func (r *Reconciler) spendHandshakes() {
-	dev, err := r.cfg.Device.Device()
-	if err == nil {
-		cfg := InitiateHandshakes(dev)
-		if IsEmpty(cfg) {
-			return
-		}
-		r.status.DeviceWrites++
-		err = r.cfg.Device.ConfigureDevice(cfg)
-	}
-	if err != nil {
-		r.log.Warn("could not make the device initiate handshakes with the new key; peers may need up to 5 s longer to reach this node",
-			"node", r.cfg.NodeName, "err", err)
-	}
-}
-
-// recordKeys remembers which key each desired peer's node has on the
-// device now.
-func (r *Reconciler) recordKeys(d Desired) {
-	clear(r.knownKeys)
-	for _, p := range d.Peers {
-		r.knownKeys[p.Node] = p.PublicKey
-	}
-}
-
-// resolve returns addresses for the DNS-name endpoints among the nodes. A
-// failed lookup falls back to the last good address.
-func (r *Reconciler) resolve(ctx context.Context, raws []RawNode) map[string]netip.Addr {
-	needed := map[string]bool{}
-	for _, raw := range raws {
-		if raw.Name == r.cfg.NodeName {
-			continue
-		}
-		n, err := ParseNode(raw)
-		if err != nil {
-			continue
-		}
-		if _, ok := n.Endpoint.AddrPort(); !ok {
-			needed[n.Endpoint.Host] = true
-		}
-	}
-	for h := range r.resolved {
-		if !needed[h] {
-			delete(r.resolved, h)
-		}
-	}
-	if len(needed) == 0 || r.cfg.Resolver == nil {
-		return r.resolved
-	}
-	hosts := make([]string, 0, len(needed))
-	for h := range needed {
-		hosts = append(hosts, h)
-	}
-	slices.Sort(hosts)
-	timeout := cmp.Or(r.cfg.LookupTimeout, DefaultLookupTimeout)
-	for _, h := range hosts {
-		lctx, cancel := context.WithTimeout(ctx, timeout)
-		addrs, err := r.cfg.Resolver.LookupNetIP(lctx, "ip", h)
-		cancel()
-		if err == nil && len(addrs) == 0 {
-			err = errors.New("no addresses")
-		}
-		if err != nil {
-			if prev, ok := r.resolved[h]; ok {
-				r.log.Warn("endpoint lookup failed; keeping last address", "host", h, "addr", prev, "err", err)
-			} else {
-				r.log.Debug("endpoint lookup failed", "host", h, "err", err)
-			}
-			continue
-		}
-		r.resolved[h] = pickAddr(addrs, r.resolved[h])
-	}
-	return r.resolved
-}
-
-// pickAddr keeps the previous address while it is still among the answers,
-// so DNS round-robin does not rewrite the peer's endpoint on every pass;
-// otherwise it picks the smallest address, preferring IPv4.
-func pickAddr(addrs []netip.Addr, prev netip.Addr) netip.Addr {
-	var best netip.Addr
-	for _, a := range addrs {
-		a = a.Unmap()
-		if !a.IsValid() {
-			continue
-		}
-		if prev.IsValid() && a == prev {
-			return prev
-		}
-		if !best.IsValid() || a.Compare(best) < 0 {
-			best = a
-		}
-	}
-	return best
-}
-
-// report logs and raises an event for each excluded or degraded node, once
-// per change of (reason, message), and forgets nodes that recovered.
-func (r *Reconciler) report(d Desired) {
-	seen := map[string]bool{}
-	emit := func(e Exclusion, excluded bool) {
-		seen[e.Node] = true
-		msg := e.Err.Error()
-		key := string(e.Reason) + "\x00" + msg
-		if r.warned[e.Node] == key {
-			return
-		}
-		r.warned[e.Node] = key
-		if excluded {
-			r.log.Warn("node excluded from the mesh", "peer_node", e.Node, "reason", e.Reason, "err", msg)
-			r.cfg.Source.Warn(e.Node, string(e.Reason), "excluded from the wgmesh mesh: "+msg)
-		} else {
-			r.log.Warn("peer degraded", "peer_node", e.Node, "reason", e.Reason, "err", msg)
-			r.cfg.Source.Warn(e.Node, string(e.Reason), msg)
-		}
-	}
-	for _, e := range d.Excluded {
-		emit(e, true)
-	}
-	for _, e := range d.Degraded {
-		emit(e, false)
-	}
-	for n := range r.warned {
-		if !seen[n] {
-			r.log.Info("node no longer excluded or degraded", "peer_node", n)
-			delete(r.warned, n)
-		}
-	}
-}
-
-func (r *Reconciler) logChanges(d Desired, cfg wgtypes.Config) {
-	names := map[wgtypes.Key]string{}
-	for _, p := range d.Peers {
-		names[p.PublicKey] = p.Node
-	}
-	for _, pc := range cfg.Peers {
-		switch {
-		case pc.Remove:
-			r.log.Info("removed peer", "key", pc.PublicKey.String())
-		case pc.UpdateOnly:
-			r.log.Info("updated peer", "peer_node", names[pc.PublicKey], "key", pc.PublicKey.String(),
-				"endpoint", pc.Endpoint, "allowed_ips_replaced", pc.ReplaceAllowedIPs)
-		default:
-			r.log.Info("added peer", "peer_node", names[pc.PublicKey], "key", pc.PublicKey.String(), "endpoint", pc.Endpoint)
-		}
-	}
-}
-
-// recordApplied remembers, per desired peer, the endpoint that the device
-// now holds because we wrote it or because it already matched the
-// published one; roamed endpoints leave the memory unchanged.
-func (r *Reconciler) recordApplied(d Desired, dev *wgtypes.Device, cfg wgtypes.Config) {
-	written := map[wgtypes.Key]bool{}
-	for _, pc := range cfg.Peers {
-		if pc.Endpoint != nil && !pc.Remove {
-			written[pc.PublicKey] = true
-		}
-	}
-	devEP := map[wgtypes.Key]netip.AddrPort{}
-	for _, p := range dev.Peers {
-		if ap, ok := addrPortOf(p.Endpoint); ok {
-			devEP[p.PublicKey] = ap
-		}
-	}
-	want := map[wgtypes.Key]bool{}
-	for _, p := range d.Peers {
-		want[p.PublicKey] = true
-		if !p.Endpoint.IsValid() {
-			continue
-		}
-		if written[p.PublicKey] || devEP[p.PublicKey] == p.Endpoint {
-			r.lastApplied[p.PublicKey] = p.Endpoint
-		}
-	}
-	for k := range r.lastApplied {
-		if !want[k] {
-			delete(r.lastApplied, k)
-		}
-	}
-}
-
-// routesFor returns the remote prefixes to route through the device: the
-// desired ones, plus, before the source has synced, those of device peers
-// that Diff kept (so a restart does not drop routes of nodes not listed
-// yet). Prefixes overlapping a desired route or a local one are left out.
-func routesFor(d Desired, dev *wgtypes.Device, synced bool, local []netip.Prefix) []netip.Prefix {
-	routes := slices.Clone(d.Routes)
-	if !synced && dev != nil {
-		want := map[wgtypes.Key]bool{}
-		for _, p := range d.Peers {
-			want[p.PublicKey] = true
-		}
-		for _, p := range dev.Peers {
-			if want[p.PublicKey] {
-				continue
-			}
-			for _, q := range prefixesFromIPNets(p.AllowedIPs) {
-				if _, _, clash := firstOverlap([]netip.Prefix{q}, routes); clash {
-					continue
-				}
-				if _, _, clash := firstOverlap([]netip.Prefix{q}, local); clash {
-					continue
-				}
-				routes = append(routes, q)
-			}
-		}
-	}
-	sortPrefixes(routes)
-	return routes
 }
 
 func cloneStatus(s Status) Status {

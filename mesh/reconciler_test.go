@@ -541,3 +541,51 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestIncumbencySurvivesRestart: n1 is on the device; while the agent is
+// down n1 rotates its key and an older node n9 claims part of n1's pod
+// CIDR. The restarted agent finds only n1's old key on the device (restored
+// from its state file); with the node→key record restored too, n1 keeps its
+// place, and without it the impostor would take it.
+func TestIncumbencySurvivesRestart(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		restored  map[string]wgtypes.Key
+		winner    string
+		excluded  string
+		winnerKey wgtypes.Key
+	}{
+		{name: "known keys restored", restored: map[string]wgtypes.Key{"n1": key(1)}, winner: "n1", excluded: "n9", winnerKey: key(11)},
+		{name: "nothing restored", restored: nil, winner: "n9", excluded: "n1", winnerKey: key(9)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			first := newFixture(t, nil, selfNode(), node(1))
+			first.reconcile(t)
+
+			rotated := node(1)
+			rotated.Annotations[mesh.AnnotationPublicKey] = key(11).String()
+			rotated.Created = time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+			n9 := node(9)
+			n9.PodCIDRs = []string{"10.244.1.0/25"}
+			n9.Created = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+			// The restarted agent: same device (its peers restored), a
+			// fresh reconciler seeded from the state file.
+			src := meshtest.NewSource("n0", selfNode(), rotated, n9)
+			cfg := first.cfg
+			cfg.Source = src
+			cfg.KnownKeys = tt.restored
+			r := mesh.New(cfg)
+			if err := r.Reconcile(context.Background()); err != nil {
+				t.Fatalf("Reconcile: %v", err)
+			}
+			st := r.Status()
+			if len(st.Peers) != 1 || st.Peers[0].Node != tt.winner || st.Peers[0].PublicKey != tt.winnerKey {
+				t.Fatalf("peers = %+v, want only %s with key %s", st.Peers, tt.winner, tt.winnerKey)
+			}
+			if len(st.Excluded) != 1 || st.Excluded[0].Node != tt.excluded || st.Excluded[0].Reason != mesh.ReasonOverlappingCIDR {
+				t.Errorf("excluded = %+v, want %s (overlapping CIDR)", st.Excluded, tt.excluded)
+			}
+		})
+	}
+}

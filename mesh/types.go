@@ -67,6 +67,9 @@ type Node struct {
 	// Keepalive is the node's requested persistent keepalive; nil means
 	// "use the agent's default".
 	Keepalive *time.Duration
+	// Created is RawNode.Created: conflicts are settled in favour of the
+	// older node.
+	Created time.Time
 }
 
 // Peer is one WireGuard peer this node should have.

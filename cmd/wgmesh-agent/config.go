@@ -15,6 +15,7 @@ import (
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Config keys: each is a flag (--key), an environment variable
@@ -79,7 +80,7 @@ func registerFlags(fs *pflag.FlagSet) {
 	fs.String(keyConfig, "", "optional config file (YAML, JSON or TOML); flags and WGMESH_* env override it")
 	fs.String(keyNodeName, "", "this node's Node object name (required; downward API spec.nodeName in a DaemonSet)")
 	fs.String(keyKubeconfig, "", "kubeconfig path; empty = in-cluster config")
-	fs.String(keyInterface, "wgmesh0", "WireGuard interface name")
+	fs.String(keyInterface, nodenet.Interface, "WireGuard interface name")
 	fs.Int(keyListenPort, 51820, "WireGuard UDP listen port")
 	fs.String(keyKeyFile, "/var/lib/wgmesh/private.key", "private key file; created once (mode 0600) if absent")
 	fs.String(keyMTU, mtuAuto, `WireGuard and pod MTU: "auto" (default-route interface MTU - 80) or a number`)

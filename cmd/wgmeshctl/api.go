@@ -7,8 +7,6 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -30,14 +28,9 @@ type apiQuery struct {
 // names are not resolved: such peers show as degraded without a desired
 // endpoint.
 func desiredFromAPI(ctx context.Context, q apiQuery) (*agentstate.State, error) {
-	rc, err := clientcmd.BuildConfigFromFlags("", q.kubeconfig)
+	c, err := apiClient(q.kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", q.kubeconfig, err)
-	}
-	rc.UserAgent = "wgmeshctl"
-	c, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	list, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -47,25 +40,31 @@ func desiredFromAPI(ctx context.Context, q apiQuery) (*agentstate.State, error) 
 	for i := range list.Items {
 		raws = append(raws, kube.RawNode(&list.Items[i]))
 	}
+	return desiredState(q, raws)
+}
+
+// desiredState runs the agent's reconcile computation on the listed Nodes,
+// the same parse (mesh.ParseNodes) and mesh.Compute, with the device's
+// peers as the incumbents. The agent's --keepalive default is not known
+// here: peers without a keepalive annotation (theirs or ours) show none.
+func desiredState(q apiQuery, raws []mesh.RawNode) (*agentstate.State, error) {
 	self, err := selfNode(q, raws)
 	if err != nil {
 		return nil, err
 	}
-	var selfCIDRs []string
-	created := map[string]time.Time{}
-	for _, r := range raws {
-		created[r.Name] = r.Created
-		if r.Name == self {
-			selfCIDRs = r.PodCIDRs
-		}
-	}
-	local, _ := mesh.ParsePodCIDRs(selfCIDRs)
+	nodes := mesh.ParseNodes(raws, self)
+	me := nodes.Self(q.device.PublicKey)
 	d := mesh.Compute(mesh.Input{
-		Self:       mesh.Self{Name: self, PublicKey: q.device.PublicKey, PodCIDRs: local},
-		Nodes:      raws,
+		Self:       me,
+		Parsed:     &nodes,
 		Configured: mesh.ConfiguredFrom(q.device),
 	})
-	st := mesh.Status{Synced: true, LocalPodCIDRs: local, Peers: d.Peers, Excluded: d.Excluded, Degraded: d.Degraded}
+	created := map[string]time.Time{}
+	for _, n := range nodes.Nodes {
+		created[n.Name] = n.Created
+	}
+	st := mesh.Status{Synced: true, SelfFound: nodes.Own != nil, LocalPodCIDRs: me.PodCIDRs,
+		Peers: d.Peers, Excluded: d.Excluded, Degraded: d.Degraded}
 	s := agentstate.FromStatus(agentstate.Info{Node: self, Interface: q.device.Name, PublicKey: q.device.PublicKey,
 		ListenPort: q.device.ListenPort}, st, q.prev)
 	// The agent's record of its last pass, if there is one, still tells

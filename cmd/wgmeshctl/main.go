@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/wgmesh/wgmesh/mesh/agentstate"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 	"github.com/wgmesh/wgmesh/mesh/show"
 )
 
@@ -112,7 +113,7 @@ file (--config /etc/wgmesh/agent.yaml) or WGMESH_* variables, like the agent's.
 	root.SetErr(stderr)
 	pf := root.PersistentFlags()
 	pf.String(keyConfig, "", "agent config file to take interface, run-dir and node-name from")
-	pf.StringP(keyInterface, "i", "wgmesh0", "WireGuard interface")
+	pf.StringP(keyInterface, "i", nodenet.Interface, "WireGuard interface")
 	pf.String(keyRunDir, agentstate.DefaultRunDir, "the agent's run-dir (holds "+agentstate.FileName+")")
 	pf.String(keyStateFile, "", "agent state file (default <run-dir>/"+agentstate.FileName+")")
 	pf.String(keyNodeName, "", "this node's name, for --kubeconfig (default: from the state file or the device's public key)")

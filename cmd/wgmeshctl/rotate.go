@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,12 +12,11 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/agentstate"
+	"github.com/wgmesh/wgmesh/mesh/kube"
 )
 
 // ErrRotationTimeout is returned when the agent did not answer a rotation
@@ -120,18 +118,18 @@ func newRotateKeyCommand(stdout io.Writer, cfg func() *viper.Viper) *cobra.Comma
 	return cmd
 }
 
+// userAgent names wgmeshctl to the API server and as field manager.
+const userAgent = "wgmeshctl"
+
 // apiClient builds a client from an explicit kubeconfig path, else the
 // usual $KUBECONFIG / ~/.kube/config rules, else the in-cluster service
 // account.
 func apiClient(kubeconfig string) (kubernetes.Interface, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = kubeconfig
-	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	c, err := kube.NewClient(kube.ClientConfig{Kubeconfig: kubeconfig, DefaultRules: true, UserAgent: userAgent})
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config (pass --kubeconfig): %w", err)
+		return nil, fmt.Errorf("%w (pass --kubeconfig)", err)
 	}
-	rc.UserAgent = "wgmeshctl"
-	return kubernetes.NewForConfig(rc)
+	return c, nil
 }
 
 // newRequestID returns a value no Node had before: the time and 6 random
@@ -148,30 +146,21 @@ func newRequestID(now time.Time) (string, error) {
 // waits until the agent answers it.
 func rotateKey(ctx context.Context, c kubernetes.Interface, o rotateOptions) (rotateResult, error) {
 	res := rotateResult{Node: o.node, Request: o.request}
-	nodes := c.CoreV1().Nodes()
-	n, err := nodes.Get(ctx, o.node, metav1.GetOptions{})
-	if err != nil {
-		return res, fmt.Errorf("get node %q: %w", o.node, err)
-	}
-	res.OldKey = n.Annotations[mesh.AnnotationPublicKey]
 	if res.Request == "" {
+		var err error
 		if res.Request, err = newRequestID(time.Now()); err != nil {
 			return res, fmt.Errorf("request id: %w", err)
 		}
 	}
-	if res.Request == n.Annotations[mesh.AnnotationRotateKey] || res.Request == n.Annotations[mesh.AnnotationKeyRotated] {
-		return res, fmt.Errorf("request id %q was already used on node %q: pick a new one", res.Request, o.node)
+	start := time.Now()
+	n, err := kube.RequestKeyRotation(ctx, c, o.node, res.Request, userAgent)
+	if n != nil {
+		res.OldKey = n.Annotations[mesh.AnnotationPublicKey]
 	}
-	patch, err := json.Marshal(map[string]any{
-		"metadata": map[string]any{"annotations": map[string]string{mesh.AnnotationRotateKey: res.Request}},
-	})
 	if err != nil {
 		return res, err
 	}
-	start := time.Now()
-	if _, err := nodes.Patch(ctx, o.node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "wgmeshctl"}); err != nil {
-		return res, fmt.Errorf("annotate node %q: %w", o.node, err)
-	}
+	nodes := c.CoreV1().Nodes()
 	if o.wait <= 0 {
 		return res, nil
 	}

@@ -14,6 +14,8 @@ import (
 
 	"github.com/wgmesh/wgmesh/cni"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // CNIConfig shapes the CNI benchmark.
@@ -67,9 +69,10 @@ func BenchCNI(t testing.TB, tools Tools, cfg CNIConfig) *CNIResult {
 	}
 	prefix := netnstest.Prefix(t)
 	n := &cniNode{ns: netnstest.NewNS(t, prefix+"-cni"), podCIDR: netip.MustParsePrefix("10.244.64.0/18")}
-	// The plugin serves pods only once the agent's fail-closed guard is
-	// in place, as on a real node.
-	runDataplaneRoleIn(t, tools.Self, n.ns, DataplaneRoleConfig{Interface: "wgmesh0", PrepareOnly: true})
+	// The plugin serves pods only once the agent's fail-closed guard and
+	// bridge are in place, as on a real node.
+	runDataplaneRoleIn(t, tools.Self, n.ns, DataplaneRoleConfig{Interface: nodenet.Interface, PrepareOnly: true,
+		State: mesh.DataplaneState{LocalPodCIDRs: []netip.Prefix{n.podCIDR}, MTU: 1420}})
 	dir := t.TempDir()
 	confDir := filepath.Join(dir, "net.d")
 	if _, err := cni.WriteConflist(confDir, cni.NodeConf{MTU: 1420, PodCIDRs: []netip.Prefix{n.podCIDR}, DataDir: filepath.Join(dir, "data")}); err != nil {
@@ -84,8 +87,8 @@ func BenchCNI(t testing.TB, tools Tools, cfg CNIConfig) *CNIResult {
 	for i := range total {
 		n.pods = append(n.pods, netnstest.NewNS(t, fmt.Sprintf("%s-c%d", prefix, i)))
 	}
-	// The iproute2 floor needs the bridge the plugin makes; one ADD/DEL
-	// creates it (and warms the page cache for both methods).
+	// One ADD/DEL warms the page cache for both methods (the iproute2
+	// floor uses the agent's bridge too).
 	warm := RuntimeConf(prefix+"-warm", n.pods[0])
 	ctx := context.Background()
 	if _, err := n.runner.Add(ctx, warm); err != nil {

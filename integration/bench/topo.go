@@ -512,7 +512,10 @@ type DataplaneRoleConfig struct {
 	Interface string
 	State     mesh.DataplaneState
 	// PrepareOnly installs just the fail-closed guard (what the agent does
-	// first thing at start), e.g. for a node that only runs CNI.
+	// first thing at start) and, if State has LocalPodCIDRs, the pod bridge
+	// for them (dataplane.EnsureBridge: the agent's data plane owns the
+	// bridge and the plugin refuses ADD without it), e.g. for a node that
+	// only runs CNI.
 	PrepareOnly bool
 }
 
@@ -538,7 +541,10 @@ func runDataplaneRole(raw []byte) error {
 		return err
 	}
 	if cfg.PrepareOnly {
-		return nil
+		if len(cfg.State.LocalPodCIDRs) == 0 {
+			return nil
+		}
+		return dp.EnsureBridge(cfg.State.LocalPodCIDRs, cfg.State.MTU)
 	}
 	return dp.Apply(ctx, cfg.State)
 }

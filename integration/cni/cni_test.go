@@ -23,11 +23,13 @@ func TestPodLifecycle(t *testing.T) {
 	gw := netip.MustParseAddr("10.244.101.1")
 	hostVeth := func(p *pod) string { return cni.HostVethName(p.id, "eth0") }
 
-	// STATUS: no bridge yet.
+	// STATUS: the agent has not made the bridge yet.
+	n.removeBridge()
 	err := n.status()
-	if err == nil || cniCode(t, err) != types.ErrPluginNotAvailable || !strings.Contains(err.Error(), "wgmesh-br0 does not exist yet") {
-		t.Fatalf("STATUS before any pod: %v, want code 50", err)
+	if err == nil || cniCode(t, err) != types.ErrPluginNotAvailable || !strings.Contains(err.Error(), "wgmesh-br0 does not exist") {
+		t.Fatalf("STATUS before the agent's bridge: %v, want code 50", err)
 	}
+	n.addBridge()
 	// STATUS with a config that has no podCIDRs yet.
 	noCIDR, err := libcni.NetworkConfFromBytes([]byte(`{"cniVersion":"1.1.0","name":"wgmesh","plugins":[{"type":"wgmesh","podCIDRs":[],"dataDir":"` + n.dataDir + `"}]}`))
 	if err != nil {

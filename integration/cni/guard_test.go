@@ -12,14 +12,15 @@ import (
 )
 
 // TestAddRefusedWithoutGuard is a node after a reboot, before the agent's
-// first start: the conflist is on disk, the guard table is not. ADD must
-// fail with "try again later" and create nothing (no bridge, which would
-// route the pod out in plaintext; no veth; no address); STATUS reports the
-// plugin unavailable. Once the guard is back the runtime's retry succeeds,
-// and DEL works with or without the guard.
+// first start: the conflist is on disk, the guard table and the bridge are
+// not. ADD must fail with "try again later" and create nothing (no bridge,
+// which would route the pod out in plaintext; no veth; no address); STATUS
+// reports the plugin unavailable. Once the agent is back the runtime's retry
+// succeeds, and DEL works with or without the guard.
 func TestAddRefusedWithoutGuard(t *testing.T) {
 	n := newNode(t, "10.244.109.0/24", false)
 	n.removeGuard()
+	n.removeBridge()
 	p := n.newPod("noguard")
 
 	_, err := n.add(p)
@@ -48,7 +49,7 @@ func TestAddRefusedWithoutGuard(t *testing.T) {
 		t.Errorf("DEL after refused ADD: %v", err)
 	}
 
-	n.addGuard()
+	n.agentStart()
 	r := n.mustAdd(p)
 	if a := podAddr(t, r); a != netip.MustParseAddr("10.244.109.2") {
 		t.Errorf("address after retry %s, want 10.244.109.2", a)

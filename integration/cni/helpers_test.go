@@ -18,11 +18,13 @@ import (
 	"github.com/wgmesh/wgmesh/integration/internal/cninode"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
 	"github.com/wgmesh/wgmesh/ipam"
+	"github.com/wgmesh/wgmesh/mesh/dataplane"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // node is a network namespace playing a Kubernetes node: the plugin runs in
-// it and makes its bridge there. Its conflist, address store and libcni
-// cache live in the test's temp dirs.
+// it and attaches pods to the bridge the agent's data plane makes there. Its
+// conflist, address store and libcni cache live in the test's temp dirs.
 type node struct {
 	t        testing.TB
 	prefix   string
@@ -45,11 +47,12 @@ func requireSetup(t testing.TB) {
 	}
 }
 
-// newNode makes the node namespace and writes the agent's conflist for
-// podCIDR with cni.WriteConflist, then loads it the way runtimes do. It
-// stands in for the agent's fail-closed guard with an empty table of its
-// name: the plugin only checks that the table exists (the guard's rules are
-// tested in integration/datapath). The table goes with the namespace.
+// nodeMTU is the MTU of the node's conflist and bridge.
+const nodeMTU = 1400
+
+// newNode makes the node namespace, plays the agent's start there
+// (agentStart) and writes the agent's conflist for podCIDR with
+// cni.WriteConflist, then loads it the way runtimes do.
 func newNode(t testing.TB, podCIDR string, portmap bool) *node {
 	t.Helper()
 	requireSetup(t)
@@ -62,8 +65,8 @@ func newNode(t testing.TB, podCIDR string, portmap bool) *node {
 	}
 	t.Cleanup(func() { h.Close() })
 	n.handle = h
-	n.addGuard()
-	if _, err := cni.WriteConflist(n.confDir, cni.NodeConf{MTU: 1400, PodCIDRs: []netip.Prefix{n.podCIDR}, DataDir: n.dataDir, PortMap: portmap}); err != nil {
+	n.agentStart()
+	if _, err := cni.WriteConflist(n.confDir, cni.NodeConf{MTU: nodeMTU, PodCIDRs: []netip.Prefix{n.podCIDR}, DataDir: n.dataDir, PortMap: portmap}); err != nil {
 		t.Fatal(err)
 	}
 	n.list, err = libcni.LoadNetworkConf(n.confDir, cni.NetworkName)
@@ -76,10 +79,38 @@ func newNode(t testing.TB, podCIDR string, portmap bool) *node {
 
 func (n *node) path() string { return "/run/netns/" + n.ns.Name }
 
+// agentStart makes what the agent's start leaves for the plugin: the
+// fail-closed guard and the bridge (see addGuard and addBridge).
+func (n *node) agentStart() {
+	n.t.Helper()
+	n.addGuard()
+	n.addBridge()
+}
+
 // addGuard and removeGuard make and drop the guard table in the node
-// namespace, as the agent's start and a reboot do.
+// namespace, as the agent's start and a reboot do. An empty table of its
+// name stands in for the guard: the plugin only checks that the table
+// exists (the guard's rules are tested in integration/datapath). The table
+// goes with the namespace.
 func (n *node) addGuard()    { n.ns.MustRun(n.t, "nft", "add", "table", "inet", cni.GuardTable) }
 func (n *node) removeGuard() { n.ns.MustRun(n.t, "nft", "delete", "table", "inet", cni.GuardTable) }
+
+// addBridge makes the pod bridge with the agent's own code
+// (dataplane.EnsureBridge, run in the node namespace): the agent's data
+// plane is the bridge's only owner, the plugin only checks it. The bridge
+// goes with the namespace; removeBridge deletes it, as a reboot does.
+func (n *node) addBridge() {
+	n.t.Helper()
+	dp, err := dataplane.New(dataplane.Config{WGInterface: nodenet.Interface})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	if err := n.handle.Do(func(ns.NetNS) error { return dp.EnsureBridge([]netip.Prefix{n.podCIDR}, nodeMTU) }); err != nil {
+		n.t.Fatalf("the agent's bridge: %v", err)
+	}
+}
+
+func (n *node) removeBridge() { n.ns.MustRun(n.t, "ip", "link", "del", cni.DefaultBridge) }
 
 // pod is a pod network namespace.
 type pod struct {

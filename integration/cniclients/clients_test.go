@@ -17,11 +17,14 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/wgmesh/wgmesh/cni"
 	"github.com/wgmesh/wgmesh/integration/internal/cninode"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
 	"github.com/wgmesh/wgmesh/ipam"
+	"github.com/wgmesh/wgmesh/mesh/dataplane"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // report is client/'s output (its Report type).
@@ -57,10 +60,13 @@ type node struct {
 	podCIDRs []netip.Prefix
 }
 
-// newNode makes the node namespace with the agent's guard table (an empty
-// table of its name: the plugin refuses ADD without it; its rules are
-// integration/datapath's business) and writes the conflist the way the
-// agent does, with cni.WriteConflist.
+// newNode makes the node namespace with what the agent's start leaves there
+// for the plugin, which refuses ADD without either: the guard table (an
+// empty table of its name; its rules are integration/datapath's business)
+// and the pod bridge, made by the agent's own code (dataplane.EnsureBridge
+// run in the node namespace; the agent's data plane is the bridge's only
+// owner). It writes the conflist the way the agent does, with
+// cni.WriteConflist.
 func newNode(t *testing.T, c *libcniClient, podCIDRs ...string) *node {
 	t.Helper()
 	netnstest.RequireRoot(t)
@@ -74,12 +80,31 @@ func newNode(t *testing.T, c *libcniClient, podCIDRs ...string) *node {
 	}
 	n.ns = netnstest.NewNS(t, n.prefix+"-node")
 	n.addGuard()
+	n.addBridge(1400)
 	// What cmd/wgmesh-agent passes (bridge and MTU from its flags and the
 	// WireGuard device), with the store in the test's temp dir.
 	if _, err := cni.WriteConflist(n.confDir, cni.NodeConf{MTU: 1400, PodCIDRs: n.podCIDRs, DataDir: n.dataDir}); err != nil {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// addBridge runs the agent's bridge code in the node namespace; the bridge
+// goes with the namespace.
+func (n *node) addBridge(mtu int) {
+	n.t.Helper()
+	dp, err := dataplane.New(dataplane.Config{WGInterface: nodenet.Interface})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	h, err := ns.GetNS("/run/netns/" + n.ns.Name)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.Do(func(ns.NetNS) error { return dp.EnsureBridge(n.podCIDRs, mtu) }); err != nil {
+		n.t.Fatalf("the agent's bridge: %v", err)
+	}
 }
 
 func (n *node) addGuard()    { n.ns.MustRun(n.t, "nft", "add", "table", "inet", cni.GuardTable) }

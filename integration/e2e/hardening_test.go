@@ -22,6 +22,7 @@ import (
 	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // The checked TCP stream's ends run as this test binary re-executed inside
@@ -339,7 +340,7 @@ func (p *pinger) stop(t *testing.T) int {
 // gateway is the bridge address of the pod's node (first address of its /24).
 func gateway(t *testing.T, podIP string) string {
 	t.Helper()
-	gw, err := dataplane.Gateway(netip.PrefixFrom(netip.MustParseAddr(podIP), 24))
+	gw, err := nodenet.Gateway(netip.PrefixFrom(netip.MustParseAddr(podIP), 24))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -212,8 +213,9 @@ func (l *Lab) writeAdminKubeconfig() error {
 }
 
 // RBACObjects decodes the shipped manifests (deploy/base) and returns the
-// objects the lab applies: the Namespace, ServiceAccount, ClusterRole and
-// ClusterRoleBinding, exactly as users get them.
+// objects the lab applies: the Namespace, ServiceAccount, ClusterRole,
+// ClusterRoleBinding and the node-scoped trust ValidatingAdmissionPolicy and
+// its binding, exactly as users get them.
 func RBACObjects() ([]runtime.Object, error) {
 	var objs []runtime.Object
 	err := fs.WalkDir(deploy.Base, "base", func(path string, d fs.DirEntry, err error) error {
@@ -242,7 +244,8 @@ func RBACObjects() ([]runtime.Object, error) {
 				continue
 			}
 			switch obj.(type) {
-			case *corev1.Namespace, *corev1.ServiceAccount, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding:
+			case *corev1.Namespace, *corev1.ServiceAccount, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding,
+				*admissionregistrationv1.ValidatingAdmissionPolicy, *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
 				objs = append(objs, obj)
 			}
 		}
@@ -279,7 +282,7 @@ func (l *Lab) applyRBAC(ctx context.Context, c kubernetes.Interface) error {
 	if err != nil {
 		return err
 	}
-	var haveSA, haveRole, haveBinding bool
+	var haveSA, haveRole, haveBinding, havePolicy, havePolicyBinding bool
 	for _, o := range objs {
 		var err error
 		switch obj := o.(type) {
@@ -294,25 +297,42 @@ func (l *Lab) applyRBAC(ctx context.Context, c kubernetes.Interface) error {
 		case *rbacv1.ClusterRoleBinding:
 			haveBinding = true
 			_, err = c.RbacV1().ClusterRoleBindings().Create(ctx, obj, metav1.CreateOptions{})
+		case *admissionregistrationv1.ValidatingAdmissionPolicy:
+			havePolicy = true
+			_, err = c.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, obj, metav1.CreateOptions{})
+		case *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
+			havePolicyBinding = true
+			_, err = c.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, obj, metav1.CreateOptions{})
 		}
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("apply %T: %w", o, err)
 		}
 	}
-	if !haveSA || !haveRole || !haveBinding {
-		return fmt.Errorf("deploy/base lacks the agent's ServiceAccount %s/%s, ClusterRole or ClusterRoleBinding",
-			AgentNamespace, AgentServiceAccount)
+	if !haveSA || !haveRole || !haveBinding || !havePolicy || !havePolicyBinding {
+		return fmt.Errorf("deploy/base lacks the agent's ServiceAccount %s/%s, ClusterRole, ClusterRoleBinding "+
+			"or its ValidatingAdmissionPolicy and binding", AgentNamespace, AgentServiceAccount)
 	}
 	return nil
 }
 
 // writeAgentKubeconfig requests a ServiceAccount token for the agent (the
 // TokenRequest API, as the kubelet does for a DaemonSet pod) and writes the
-// node's kubeconfig with it.
+// node's kubeconfig with it. The token is bound to the node's Node object:
+// like a DaemonSet pod's token it carries the node name
+// (authentication.kubernetes.io/node-name), which the shipped admission
+// policy compares with the Node being changed. It dies with that Node object
+// (the apiserver checks the bound object's UID on every request).
 func (l *Lab) writeAgentKubeconfig(ctx context.Context, c kubernetes.Interface, n *Node) error {
+	node, err := c.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("get node %s for its agent token: %w", n.Name, err)
+	}
 	exp := int64(agentTokenTTL / time.Second)
 	tr, err := c.CoreV1().ServiceAccounts(AgentNamespace).CreateToken(ctx, AgentServiceAccount,
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}},
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+			ExpirationSeconds: &exp,
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID},
+		}},
 		metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("request agent token: %w", err)

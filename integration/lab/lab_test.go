@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 )
@@ -164,9 +165,14 @@ func TestRBACObjects(t *testing.T) {
 			kinds["ClusterRole"]++
 		case *rbacv1.ClusterRoleBinding:
 			kinds["ClusterRoleBinding"]++
+		case *admissionregistrationv1.ValidatingAdmissionPolicy:
+			kinds["ValidatingAdmissionPolicy"]++
+		case *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
+			kinds["ValidatingAdmissionPolicyBinding"]++
 		}
 	}
-	want := map[string]int{"Namespace": 1, "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1}
+	want := map[string]int{"Namespace": 1, "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1,
+		"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1}
 	if d := cmp.Diff(want, kinds); d != "" {
 		t.Errorf("objects applied from deploy/base (-want +got):\n%s", d)
 	}

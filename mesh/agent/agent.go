@@ -12,8 +12,9 @@
 //  4. the kube client and the node source;
 //  5. the WireGuard device on the persistent TUN, with the previous run's
 //     peers from the state file, so a restarted agent carries traffic
-//     before it has read a single Node; then the wgctrl client on its UAPI
-//     socket;
+//     before it has read a single Node (their nodes' keys go to the
+//     reconciler: incumbency in a conflict survives the restart); then the
+//     wgctrl client on its UAPI socket;
 //  6. metrics, the state file writer and the reconciler;
 //  7. the goroutines: metrics server, node source, reconciler,
 //     NetworkPolicy engine.
@@ -39,8 +40,6 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/wgmesh/wgmesh/cni"
 	"github.com/wgmesh/wgmesh/mesh"
@@ -187,8 +186,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	planes := dataplane.Multi{dp, cniWriter(cfg, log)}
 
+	restored := restore(cfg, log)
 	dev, err := a.host.openDevice(wgdev.Config{Name: cfg.Interface, MTU: mtu, PrivateKey: key, ListenPort: cfg.ListenPort,
-		NoOffload: cfg.NoOffload, Logger: log, Peers: restorePeers(cfg, log)})
+		NoOffload: cfg.NoOffload, Logger: log, Peers: restored.Peers})
 	if err != nil {
 		return err
 	}
@@ -230,6 +230,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Resolver:         net.DefaultResolver,
 		Logger:           log,
 		Resync:           cfg.Resync,
+		KnownKeys:        restored.KnownKeys,
 		OnReconcile: func(s mesh.Status) {
 			limit.observe(len(s.Peers))
 			prom.Observe(s)
@@ -319,19 +320,9 @@ func (a *Agent) nodeSource() (kubernetes.Interface, NodeSource, error) {
 	return client, source, nil
 }
 
+// kubeClient: the given kubeconfig, else the pod's service account.
 func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
-	var rc *rest.Config
-	var err error
-	if kubeconfig == "" {
-		rc, err = rest.InClusterConfig()
-	} else {
-		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config: %w", err)
-	}
-	rc.UserAgent = kube.DefaultComponent
-	return kubernetes.NewForConfig(rc)
+	return kube.NewClient(kube.ClientConfig{Kubeconfig: kubeconfig, UserAgent: kube.DefaultComponent})
 }
 
 // startNetworkPolicy wires the NetworkPolicy engine (pod, namespace and
@@ -395,21 +386,23 @@ func cniWriter(cfg Config, log *slog.Logger) mesh.Dataplane {
 	})
 }
 
-// restorePeers returns the peers the previous run of the agent had, from its
-// state file, so that a restarted agent carries traffic before it has read
-// the node list. Any problem just means starting without them.
-func restorePeers(cfg Config, log *slog.Logger) []wgtypes.PeerConfig {
+// restore returns what the previous run of the agent left in its state
+// file: its peers, so that a restarted agent carries traffic before it has
+// read the node list, and the node each peer's key belonged to, so that
+// incumbency in a conflict survives the restart. Any problem just means
+// starting without them.
+func restore(cfg Config, log *slog.Logger) agentstate.Restored {
 	path := agentstate.Path(cfg.RunDir)
-	peers, err := agentstate.RestorePeers(path, cfg.NodeName, cfg.Interface)
+	r, err := agentstate.Restore(path, cfg.NodeName, cfg.Interface)
 	switch {
 	case err == nil:
-		log.Info("restoring the previous run's peers", "state_file", path, "restored_peers", len(peers))
-		return peers
+		log.Info("restoring the previous run's peers", "state_file", path, "restored_peers", len(r.Peers))
+		return r
 	case errors.Is(err, agentstate.ErrNoState):
-		return nil
+		return agentstate.Restored{}
 	default:
 		log.Warn("not restoring peers from the state file", "err", err)
-		return nil
+		return agentstate.Restored{}
 	}
 }
 

@@ -13,7 +13,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-func TestRestorePeers(t *testing.T) {
+func TestRestore(t *testing.T) {
 	k1, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +31,7 @@ func TestRestorePeers(t *testing.T) {
 	if err := Write(path, s); err != nil {
 		t.Fatal(err)
 	}
-	got, err := RestorePeers(path, "node-a", "wgmesh0")
+	got, err := Restore(path, "node-a", "wgmesh0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,22 +47,26 @@ func TestRestorePeers(t *testing.T) {
 		},
 		{PublicKey: k2.PublicKey(), ReplaceAllowedIPs: true, AllowedIPs: []net.IPNet{{IP: net.IP{10, 244, 3, 0}, Mask: net.CIDRMask(24, 32)}}},
 	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("RestorePeers (-want +got):\n%s", diff)
+	if diff := cmp.Diff(want, got.Peers); diff != "" {
+		t.Errorf("Restore peers (-want +got):\n%s", diff)
+	}
+	wantKeys := map[string]wgtypes.Key{"node-b": k1.PublicKey(), "node-c": k2.PublicKey()}
+	if diff := cmp.Diff(wantKeys, got.KnownKeys); diff != "" {
+		t.Errorf("Restore known keys (-want +got):\n%s", diff)
 	}
 
 	for _, tt := range []struct{ node, iface string }{{"node-b", "wgmesh0"}, {"node-a", "wg1"}} {
-		if _, err := RestorePeers(path, tt.node, tt.iface); !errors.Is(err, ErrOtherOwner) {
-			t.Errorf("RestorePeers(%s, %s) error = %v, want ErrOtherOwner", tt.node, tt.iface, err)
+		if _, err := Restore(path, tt.node, tt.iface); !errors.Is(err, ErrOtherOwner) {
+			t.Errorf("Restore(%s, %s) error = %v, want ErrOtherOwner", tt.node, tt.iface, err)
 		}
 	}
-	if _, err := RestorePeers(filepath.Join(t.TempDir(), "none.json"), "node-a", "wgmesh0"); !errors.Is(err, ErrNoState) || !errors.Is(err, fs.ErrNotExist) {
+	if _, err := Restore(filepath.Join(t.TempDir(), "none.json"), "node-a", "wgmesh0"); !errors.Is(err, ErrNoState) || !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("missing file: error = %v, want ErrNoState", err)
 	}
 	if err := os.WriteFile(path, []byte(`{"version":1,"node":"node-a","peers":[{"node":"x","publicKey":"junk"}]}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := RestorePeers(path, "node-a", "wgmesh0"); !errors.Is(err, ErrBadState) {
+	if _, err := Restore(path, "node-a", "wgmesh0"); !errors.Is(err, ErrBadState) {
 		t.Errorf("bad peer: error = %v, want ErrBadState", err)
 	}
 }

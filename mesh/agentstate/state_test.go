@@ -177,3 +177,38 @@ func TestFromStatusFollowsRotatedKey(t *testing.T) {
 		t.Errorf("state public key %s, want the rotated %s", got, key(t, 7))
 	}
 }
+
+// A crash can leave the state file truncated: the restarting agent restores
+// nothing from it (a clear error) and its first pass replaces it whole.
+func TestWriterReplacesCorruptFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	info := Info{Node: "node-a", Interface: "wgmesh0", PublicKey: key(t, 1)}
+	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	NewWriter(WriterConfig{Path: path, Info: info}).Observe(status(t, t0))
+	whole, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, whole[:len(whole)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Restore(path, "node-a", "wgmesh0"); !errors.Is(err, ErrBadState) || got.Peers != nil || got.KnownKeys != nil {
+		t.Fatalf("Restore of a truncated file = %+v, %v; want nothing and ErrBadState", got, err)
+	}
+
+	t1 := t0.Add(time.Hour)
+	NewWriter(WriterConfig{Path: path, Info: info}).Observe(status(t, t1))
+	got, err := Read(path)
+	if err != nil {
+		t.Fatalf("after the first pass: %v", err)
+	}
+	for _, p := range got.Peers {
+		// Nothing was carried from the unreadable file.
+		if !p.Since.Equal(t1) {
+			t.Errorf("peer %s since = %v, want %v", p.Node, p.Since, t1)
+		}
+	}
+	if len(got.Peers) != 2 {
+		t.Errorf("state has %d peers, want 2", len(got.Peers))
+	}
+}

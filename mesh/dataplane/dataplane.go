@@ -1,5 +1,7 @@
 // Package dataplane makes a node's kernel networking match the mesh: the pod
-// bridge with its gateway addresses, the WireGuard link state, a route per
+// bridge with its gateway addresses (this package is the bridge's only
+// owner; the CNI plugin refuses ADD until the bridge is ready rather than
+// making it, see EnsureBridge), the WireGuard link state, a route per
 // remote pod prefix through the WireGuard interface, forwarding sysctls and
 // wgmesh's nftables rules, and keeps the node fail-closed: a catch-all
 // unreachable route per cluster pod range and a guard table that drops pod
@@ -17,16 +19,19 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Defaults for Config fields left zero.
 const (
-	DefaultBridge = "wgmesh-br0"
-	DefaultTable  = "wgmesh"
-	// DefaultGuardTable holds the fail-closed guard (see Guard).
-	DefaultGuardTable = "wgmesh-guard"
+	DefaultBridge = nodenet.Bridge
+	DefaultTable  = nodenet.MainTable
+	// DefaultGuardTable holds the fail-closed guard (see Guard); the CNI
+	// plugin looks for it by this name.
+	DefaultGuardTable = nodenet.GuardTable
 	// DefaultRouteProtocol tags the routes we create (rtm_protocol), so we
 	// find and delete our stale routes and never touch anybody else's. 157
 	// is not assigned in iproute2's rt_protos.
@@ -53,8 +58,6 @@ var (
 	// ErrRouteConflict: a route to the destination exists that we did not
 	// create; we do not replace it.
 	ErrRouteConflict = errors.New("a route to this destination exists and is not ours")
-	// ErrNoGateway: the prefix has no room for a gateway address.
-	ErrNoGateway = errors.New("prefix too small for a gateway address")
 )
 
 // Config configures a Dataplane.
@@ -137,9 +140,11 @@ func (r Route) same(want Route) bool {
 // System is the host's networking as the planner sees it. Every method is
 // one small, idempotent-friendly kernel operation.
 type System interface {
-	// EnsureBridge creates the bridge if missing, sets its MTU (unless
-	// mtu is 0) and sets it up. It fails with ErrNotBridge if a link of
-	// that name is not a bridge.
+	// EnsureBridge creates the bridge if missing, with a fixed MAC, pins
+	// the MAC of one that exists (an unset bridge MAC follows the lowest
+	// port's and changes as pods come and go, stranding the pods' ARP
+	// entries for the gateway), sets its MTU (unless mtu is 0) and sets it
+	// up. It fails with ErrNotBridge if a link of that name is not a bridge.
 	EnsureBridge(name string, mtu int) error
 	// EnsureLinkUp sets an existing link up and, unless mtu is 0, its MTU.
 	// It fails with ErrNoLink if the link does not exist.
@@ -215,17 +220,6 @@ func New(cfg Config) (*Dataplane, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Dataplane{cfg: cfg, log: log}, nil
-}
-
-// Gateway is the bridge address for a pod prefix: its first host address,
-// with the prefix's length (10.244.1.0/24 → 10.244.1.1/24). The CNI side
-// hands the same address to pods as their default gateway.
-func Gateway(pod netip.Prefix) (netip.Prefix, error) {
-	pod = pod.Masked()
-	if pod.Bits() >= pod.Addr().BitLen()-1 {
-		return netip.Prefix{}, fmt.Errorf("%s: %w", pod, ErrNoGateway)
-	}
-	return netip.PrefixFrom(pod.Addr().Next(), pod.Bits()), nil
 }
 
 // Prepare makes the node fail-closed before anything else happens: it adds
@@ -309,9 +303,7 @@ func (d *Dataplane) Apply(ctx context.Context, s mesh.DataplaneState) error {
 	}
 
 	// Bridge first: its addresses are the routes' source addresses.
-	if err := sys.EnsureBridge(cfg.Bridge, s.MTU); err != nil {
-		errs = append(errs, fmt.Errorf("bridge %s: %w", cfg.Bridge, err))
-	} else if err := d.syncAddrs(cfg.Bridge, gateways); err != nil {
+	if err := d.ensureBridge(gateways, s.MTU); err != nil {
 		errs = append(errs, err)
 	}
 
@@ -343,11 +335,32 @@ func (d *Dataplane) Apply(ctx context.Context, s mesh.DataplaneState) error {
 	return errors.Join(errs...)
 }
 
+// EnsureBridge makes the pod bridge ready for the CNI plugin, as every
+// Apply does: it exists (created with a fixed MAC), is up with mtu (unless
+// 0), carries exactly the gateways of podCIDRs (nodenet.Gateway) and the
+// node forwards for them. The agent's data plane is the bridge's only
+// owner: the plugin checks the bridge and answers "try again later" while
+// it is not ready. Exported for harnesses that run the plugin without the
+// agent, so their bridge is the agent's, not a lookalike.
+func (d *Dataplane) EnsureBridge(podCIDRs []netip.Prefix, mtu int) error {
+	gateways, err := gatewaysFor(podCIDRs)
+	return errors.Join(err,
+		d.ensureBridge(gateways, mtu),
+		d.syncSysctls(mesh.DataplaneState{LocalPodCIDRs: podCIDRs}))
+}
+
+func (d *Dataplane) ensureBridge(gateways []netip.Prefix, mtu int) error {
+	if err := d.cfg.System.EnsureBridge(d.cfg.Bridge, mtu); err != nil {
+		return fmt.Errorf("bridge %s: %w", d.cfg.Bridge, err)
+	}
+	return d.syncAddrs(d.cfg.Bridge, gateways)
+}
+
 func gatewaysFor(local []netip.Prefix) ([]netip.Prefix, error) {
 	var gws []netip.Prefix
 	var errs []error
 	for _, p := range local {
-		gw, err := Gateway(p)
+		gw, err := nodenet.Gateway(p)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("local pod cidr: %w", err))
 			continue
@@ -391,8 +404,11 @@ func (d *Dataplane) syncAddrs(link string, want []netip.Prefix) error {
 
 // sysctlsFor lists the forwarding switches the node needs. IPv6 forwarding
 // is turned on only for IPv6 pod ranges: on an IPv4-only node it would
-// needlessly stop the host accepting router advertisements.
-func sysctlsFor(s mesh.DataplaneState) [][2]string {
+// needlessly stop the host accepting router advertisements. The bridge
+// never takes router advertisements: we route for it. (A bridge name with
+// a dot cannot be written as a dotted key; forwarding already makes the
+// kernel ignore advertisements there.)
+func sysctlsFor(s mesh.DataplaneState, bridge string) [][2]string {
 	out := [][2]string{{"net.ipv4.ip_forward", "1"}}
 	for _, p := range slices.Concat(s.LocalPodCIDRs, s.RemotePodCIDRs) {
 		if p.Addr().Is6() && !p.Addr().Is4In6() {
@@ -400,12 +416,15 @@ func sysctlsFor(s mesh.DataplaneState) [][2]string {
 			break
 		}
 	}
+	if !strings.Contains(bridge, ".") && slices.ContainsFunc(s.LocalPodCIDRs, func(p netip.Prefix) bool { return p.Addr().Is6() && !p.Addr().Is4In6() }) {
+		out = append(out, [2]string{"net.ipv6.conf." + bridge + ".accept_ra", "0"})
+	}
 	return out
 }
 
 func (d *Dataplane) syncSysctls(s mesh.DataplaneState) error {
 	var errs []error
-	for _, kv := range sysctlsFor(s) {
+	for _, kv := range sysctlsFor(s, d.cfg.Bridge) {
 		cur, err := d.cfg.System.Sysctl(kv[0])
 		if err == nil && cur == kv[1] {
 			continue

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/wgmesh/wgmesh/mesh"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // fakeLink is an interface of the fake host.
@@ -374,6 +375,54 @@ func TestApplyPodCIDRChangeMovesGatewayAndRouteSources(t *testing.T) {
 	}
 }
 
+// EnsureBridge is the bridge part of Apply alone, for harnesses that run
+// the CNI plugin without the agent: it touches nothing but the bridge and
+// forwarding, converges, and removes a stale gateway.
+func TestEnsureBridge(t *testing.T) {
+	sys := newFakeSystem()
+	dp := newTestDataplane(t, sys)
+	if err := dp.EnsureBridge(pfx("10.244.1.0/24", "fd00:10:244:1::/64"), 1400); err != nil {
+		t.Fatal(err)
+	}
+	br := sys.links[DefaultBridge]
+	if br == nil || !br.bridge || !br.up || br.mtu != 1400 {
+		t.Fatalf("bridge %+v, want an up bridge with mtu 1400", br)
+	}
+	if diff := cmp.Diff(pfx("10.244.1.1/24", "fd00:10:244:1::1/64"), br.addrs, cmpopts.EquateComparable(netip.Prefix{})); diff != "" {
+		t.Errorf("bridge addrs (-want +got):\n%s", diff)
+	}
+	wantSysctls := map[string]string{"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1", "net.ipv6.conf." + DefaultBridge + ".accept_ra": "0"}
+	if diff := cmp.Diff(wantSysctls, sys.sysctls); diff != "" {
+		t.Errorf("sysctls (-want +got):\n%s", diff)
+	}
+	if len(sys.routes) != 0 || sys.firewall != nil || sys.guard != nil {
+		t.Errorf("EnsureBridge went beyond the bridge: routes %v, firewall %v, guard %v", sys.routes, sys.firewall, sys.guard)
+	}
+	sys.writes = nil
+	if err := dp.EnsureBridge(pfx("10.244.1.0/24", "fd00:10:244:1::/64"), 1400); err != nil {
+		t.Fatal(err)
+	}
+	if len(sys.writes) != 0 {
+		t.Errorf("second EnsureBridge changed %v", sys.writes)
+	}
+	// The podCIDR changes: the old gateway goes.
+	if err := dp.EnsureBridge(pfx("10.244.7.0/24"), 1400); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(pfx("10.244.7.1/24"), br.addrs, cmpopts.EquateComparable(netip.Prefix{})); diff != "" {
+		t.Errorf("bridge addrs after change (-want +got):\n%s", diff)
+	}
+
+	foreign := newFakeSystem()
+	foreign.links[DefaultBridge] = &fakeLink{mtu: 1500}
+	if err := newTestDataplane(t, foreign).EnsureBridge(pfx("10.244.1.0/24"), 1400); !errors.Is(err, ErrNotBridge) {
+		t.Errorf("EnsureBridge over a non-bridge = %v, want ErrNotBridge", err)
+	}
+	if err := newTestDataplane(t, newFakeSystem()).EnsureBridge(pfx("10.244.1.0/31"), 1400); !errors.Is(err, nodenet.ErrNoGateway) {
+		t.Errorf("EnsureBridge of a /31 = %v, want ErrNoGateway", err)
+	}
+}
+
 func TestApplyDualStack(t *testing.T) {
 	sys := newFakeSystem()
 	dp := newTestDataplane(t, sys)
@@ -387,6 +436,9 @@ func TestApplyDualStack(t *testing.T) {
 	}
 	if sys.sysctls["net.ipv6.conf.all.forwarding"] != "1" {
 		t.Error("ipv6 forwarding not enabled for IPv6 pod ranges")
+	}
+	if sys.sysctls["net.ipv6.conf."+DefaultBridge+".accept_ra"] != "0" {
+		t.Error("the bridge still accepts router advertisements")
 	}
 	srcs := map[string]string{}
 	for _, r := range sys.ours() {
@@ -461,33 +513,6 @@ func TestNewValidates(t *testing.T) {
 				t.Fatalf("New error = %v, want ok=%v", err, tt.ok)
 			}
 		})
-	}
-}
-
-func TestGateway(t *testing.T) {
-	tests := []struct {
-		in, want string
-		err      bool
-	}{
-		{"10.244.1.0/24", "10.244.1.1/24", false},
-		{"10.244.1.77/24", "10.244.1.1/24", false},
-		{"10.244.0.0/16", "10.244.0.1/16", false},
-		{"fd00:10:244:1::/64", "fd00:10:244:1::1/64", false},
-		{"10.244.1.0/31", "", true},
-		{"10.244.1.0/32", "", true},
-		{"fd00::/128", "", true},
-	}
-	for _, tt := range tests {
-		got, err := Gateway(netip.MustParsePrefix(tt.in))
-		if tt.err {
-			if !errors.Is(err, ErrNoGateway) {
-				t.Errorf("Gateway(%s) error = %v, want ErrNoGateway", tt.in, err)
-			}
-			continue
-		}
-		if err != nil || got.String() != tt.want {
-			t.Errorf("Gateway(%s) = %v, %v; want %s", tt.in, got, err, tt.want)
-		}
 	}
 }
 

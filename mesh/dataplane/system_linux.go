@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"bytes"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -8,17 +10,26 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // NewSystem returns the System of the running kernel, acting in the
 // network namespace of the calling process.
-func NewSystem() System { return &linuxSystem{procSys: "/proc/sys"} }
+func NewSystem() System { return &linuxSystem{procSys: "/proc/sys", pinned: map[string]bool{}} }
 
 type linuxSystem struct {
 	procSys string
+
+	mu sync.Mutex
+	// pinned are the bridges whose MAC this System has set: setting it
+	// again on every pass would flush the bridge's neighbour entries each
+	// time (the kernel announces a MAC change even when it is the same).
+	pinned map[string]bool
 }
 
 // dumpRetries bounds retries of netlink dumps interrupted by concurrent
@@ -51,15 +62,25 @@ func linkByName(name string) (netlink.Link, error) {
 
 func (s *linuxSystem) EnsureBridge(name string, mtu int) error {
 	link, err := linkByName(name)
+	created := false
 	if errors.Is(err, ErrNoLink) {
+		s.mu.Lock()
+		delete(s.pinned, name) // gone: whoever makes it next decides
+		s.mu.Unlock()
 		la := netlink.NewLinkAttrs()
 		la.Name = name
 		if mtu > 0 {
 			la.MTU = mtu
 		}
-		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil && !errors.Is(err, unix.EEXIST) {
+		// A MAC set explicitly stays put (see System.EnsureBridge).
+		if la.HardwareAddr, err = randomMAC(); err != nil {
+			return err
+		}
+		err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la})
+		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("create bridge: %w", err)
 		}
+		created = err == nil
 		link, err = linkByName(name)
 	}
 	if err != nil {
@@ -68,7 +89,38 @@ func (s *linuxSystem) EnsureBridge(name string, mtu int) error {
 	if link.Type() != "bridge" {
 		return fmt.Errorf("%s is a %s: %w", name, link.Type(), ErrNotBridge)
 	}
+	if err := s.pinMAC(link, created); err != nil {
+		return err
+	}
 	return setUpWithMTU(link, mtu)
+}
+
+// pinMAC sets the MAC of a bridge found in place (made by an older agent,
+// or by hand) to its current value once per System, which marks it set by
+// the administrator so it no longer follows the ports.
+func (s *linuxSystem) pinMAC(link netlink.Link, created bool) error {
+	name := link.Attrs().Name
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pinned[name] {
+		return nil
+	}
+	if mac := link.Attrs().HardwareAddr; !created && len(mac) == 6 && !bytes.Equal(mac, make([]byte, 6)) {
+		if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+			return fmt.Errorf("pin MAC of bridge %s: %w", name, err)
+		}
+	}
+	s.pinned[name] = true
+	return nil
+}
+
+func randomMAC() (net.HardwareAddr, error) {
+	mac := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(mac); err != nil {
+		return nil, fmt.Errorf("bridge MAC: %w", err)
+	}
+	mac[0] = mac[0]&^0x01 | 0x02 // unicast, locally administered
+	return mac, nil
 }
 
 func (s *linuxSystem) EnsureLinkUp(name string, mtu int) error {
@@ -107,7 +159,7 @@ func (s *linuxSystem) Addrs(name string) ([]netip.Prefix, error) {
 		if a.Scope != unix.RT_SCOPE_UNIVERSE || a.IPNet == nil {
 			continue
 		}
-		p, ok := prefixFromIPNet(a.IPNet, false)
+		p, ok := nodenet.PrefixFromIPNet(*a.IPNet)
 		if !ok || p.Addr().IsLinkLocalUnicast() {
 			continue
 		}
@@ -161,10 +213,11 @@ func (s *linuxSystem) Routes(protocol int) ([]Route, error) {
 		if r.Dst == nil {
 			continue
 		}
-		dst, ok := prefixFromIPNet(r.Dst, true)
+		dst, ok := nodenet.PrefixFromIPNet(*r.Dst)
 		if !ok {
 			continue
 		}
+		dst = dst.Masked()
 		var typ RouteType
 		switch r.Type {
 		case unix.RTN_UNICAST:
@@ -308,24 +361,6 @@ func (s *linuxSystem) SetSysctl(key, value string) error {
 		return err
 	}
 	return os.WriteFile(p, []byte(value), 0o644)
-}
-
-// prefixFromIPNet converts; masked selects the network form.
-func prefixFromIPNet(n *net.IPNet, masked bool) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	a = a.Unmap()
-	ones, bits := n.Mask.Size()
-	if bits != a.BitLen() {
-		return netip.Prefix{}, false
-	}
-	p := netip.PrefixFrom(a, ones)
-	if masked {
-		p = p.Masked()
-	}
-	return p, true
 }
 
 func ipNet(p netip.Prefix, masked bool) *net.IPNet {

@@ -5,7 +5,6 @@ package kube
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,16 +13,14 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/wgmesh/wgmesh/mesh"
-	"github.com/wgmesh/wgmesh/mesh/kube/informerrun"
+	"github.com/wgmesh/wgmesh/mesh/internal/informerrun"
 	"github.com/wgmesh/wgmesh/mesh/kube/translate"
 )
 
@@ -126,25 +123,12 @@ func (s *Source) Changed() <-chan struct{} { return s.run.Changed() }
 // HasSynced reports whether the informer completed its initial list.
 func (s *Source) HasSynced() bool { return s.run.HasSynced() }
 
-// Publish merges annotations into this node's own Node with a JSON merge
-// patch on metadata.annotations: other fields and other annotations are
-// never written, so there is no conflict with the kubelet.
+// Publish merges annotations into this node's own Node (patchAnnotations).
 func (s *Source) Publish(ctx context.Context, annotations map[string]string) error {
 	if len(annotations) == 0 {
 		return nil
 	}
-	patch, err := json.Marshal(map[string]any{
-		"metadata": map[string]any{"annotations": annotations},
-	})
-	if err != nil {
-		return fmt.Errorf("encode annotation patch: %w", err)
-	}
-	_, err = s.cfg.Client.CoreV1().Nodes().Patch(ctx, s.cfg.NodeName, types.MergePatchType, patch,
-		metav1.PatchOptions{FieldManager: s.cfg.Component})
-	if err != nil {
-		return fmt.Errorf("patch node %q annotations: %w", s.cfg.NodeName, err)
-	}
-	return nil
+	return patchAnnotations(ctx, s.cfg.Client, s.cfg.NodeName, s.cfg.Component, annotations)
 }
 
 // Warn records a Warning event on the named Node. Before Run (or after it

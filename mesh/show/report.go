@@ -18,6 +18,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgmesh/wgmesh/mesh/agentstate"
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // DefaultHandshakeTimeout is how long a peer may go without a handshake
@@ -396,16 +397,7 @@ func addrPort(a *net.UDPAddr) (netip.AddrPort, bool) {
 func prefixesOf(nets []net.IPNet) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(nets))
 	for _, n := range nets {
-		a, ok := netip.AddrFromSlice(n.IP)
-		if !ok {
-			continue
-		}
-		ones, bits := n.Mask.Size()
-		if a.Is4In6() && bits == 128 {
-			ones -= 96
-		}
-		p := netip.PrefixFrom(a.Unmap(), ones)
-		if p.IsValid() {
+		if p, ok := nodenet.PrefixFromIPNet(n); ok {
 			out = append(out, p.Masked())
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -121,7 +122,9 @@ func waitHandshakeAfter(t *testing.T, sock string, after time.Time, what string)
 }
 
 // drainBind opens b, discards what is waiting for it (at least one packet,
-// waiting up to wait for the first) and closes it again.
+// waiting up to wait for the first) and closes it again. It returns only
+// after its readers have stopped: the next Open of b (the device's) must
+// not race a reader of this one.
 func drainBind(t *testing.T, b conn.Bind, wait time.Duration) int {
 	t.Helper()
 	fns, _, err := b.Open(0)
@@ -129,16 +132,27 @@ func drainBind(t *testing.T, b conn.Bind, wait time.Duration) int {
 		t.Fatal(err)
 	}
 	got := make(chan struct{}, 64)
+	done := make(chan struct{})
+	var readers sync.WaitGroup
 	for _, fn := range fns {
-		go func() {
+		readers.Go(func() {
 			bufs, sizes, eps := [][]byte{make([]byte, 2048)}, make([]int, 1), make([]conn.Endpoint, 1)
 			for {
 				if _, err := fn(bufs, sizes, eps); err != nil {
 					return // closed
 				}
-				got <- struct{}{}
+				select {
+				case got <- struct{}{}:
+				case <-done:
+					return
+				}
 			}
-		}()
+		})
+	}
+	stop := func() {
+		close(done)
+		b.Close()
+		readers.Wait()
 	}
 	n := 0
 	timeout := time.After(wait)
@@ -147,7 +161,7 @@ func drainBind(t *testing.T, b conn.Bind, wait time.Duration) int {
 		case <-got:
 			n++
 		case <-timeout:
-			b.Close()
+			stop()
 			return 0
 		}
 	}
@@ -157,7 +171,7 @@ func drainBind(t *testing.T, b conn.Bind, wait time.Duration) int {
 		case <-got:
 			n++
 		case <-quiet:
-			b.Close()
+			stop()
 			return n
 		}
 	}

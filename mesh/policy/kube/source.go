@@ -21,7 +21,7 @@ import (
 	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/wgmesh/wgmesh/mesh/kube/informerrun"
+	"github.com/wgmesh/wgmesh/mesh/internal/informerrun"
 	"github.com/wgmesh/wgmesh/mesh/policy"
 )
 

@@ -18,12 +18,14 @@ import (
 	"cmp"
 	"errors"
 	"log/slog"
+
+	"github.com/wgmesh/wgmesh/mesh/nodenet"
 )
 
 // Defaults for Config fields left empty.
 const (
-	DefaultTable  = "wgmesh-policy"
-	DefaultBridge = "wgmesh-br0"
+	DefaultTable  = nodenet.PolicyTable
+	DefaultBridge = nodenet.Bridge
 )
 
 // Config configures a Dataplane.

@@ -3,7 +3,8 @@
 // share: run a shared informer factory and an event broadcaster for the
 // lifetime of a context, signal the owner's level-triggered loop when the
 // caches first sync and on every event (bursts coalesce), and hand out the
-// event recorder only while it runs.
+// event recorder only while it runs. It sits under mesh/internal, not in
+// either adapter, because adapters never import each other.
 package informerrun
 
 import (
