@@ -139,7 +139,6 @@ func convergeOnce(t testing.TB, tools Tools, nodes, run int) []float64 {
 		if err := WriteSpec(shared, raws); err != nil {
 			t.Fatal(err)
 		}
-		firsts := make([]time.Time, len(existing))
 		t.Cleanup(func() {
 			if t.Failed() {
 				for i, p := range pingers {
@@ -147,22 +146,7 @@ func convergeOnce(t testing.TB, tools Tools, nodes, run int) []float64 {
 				}
 			}
 		})
-		netnstest.Eventually(t, 30*time.Second, "every existing node reaches the new pod", func() error {
-			var missing []string
-			for i, p := range pingers {
-				if firsts[i].IsZero() {
-					if ts, ok := ProbeReply(p.Output()); ok {
-						firsts[i] = ts
-					} else {
-						missing = append(missing, existing[i].Name)
-					}
-				}
-			}
-			if len(missing) > 0 {
-				return fmt.Errorf("no reply yet in %v", missing)
-			}
-			return nil
-		})
+		firsts := waitFirstReplies(t, "every existing node reaches the new pod", pingers)
 		for i, f := range firsts {
 			d := f.Sub(t0)
 			if d < 0 {
@@ -209,6 +193,30 @@ func ProbeReply(out string) (time.Time, bool) {
 		}
 	}
 	return time.Time{}, false
+}
+
+// waitFirstReplies waits until every prober has had a reply and returns
+// the time of each one's first.
+func waitFirstReplies(t testing.TB, what string, probers []*Background) []time.Time {
+	t.Helper()
+	firsts := make([]time.Time, len(probers))
+	netnstest.Eventually(t, 30*time.Second, what, func() error {
+		var missing []string
+		for i, p := range probers {
+			if firsts[i].IsZero() {
+				if ts, ok := ProbeReply(p.Output()); ok {
+					firsts[i] = ts
+				} else {
+					missing = append(missing, p.Name)
+				}
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("no reply yet in %v", missing)
+		}
+		return nil
+	})
+	return firsts
 }
 
 // runSub runs f as a subtest when t is a *testing.T, so its cleanups run

@@ -201,23 +201,7 @@ func ConvergeLab(t testing.TB, tools Tools, nodes, runs int) ConvergenceResult {
 			if _, err := c.CoreV1().Nodes().Create(ctx, again, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}
-			firsts := make([]time.Time, len(existing))
-			netnstest.Eventually(t, 30*time.Second, "every existing node reaches the re-joined pod", func() error {
-				var missing []string
-				for i, p := range pingers {
-					if firsts[i].IsZero() {
-						if ts, ok := ProbeReply(p.Output()); ok {
-							firsts[i] = ts
-						} else {
-							missing = append(missing, existing[i].node)
-						}
-					}
-				}
-				if len(missing) > 0 {
-					return fmt.Errorf("no reply yet in %v", missing)
-				}
-				return nil
-			})
+			firsts := waitFirstReplies(t, "every existing node reaches the re-joined pod", pingers)
 			var ms []float64
 			for _, f := range firsts {
 				if f.Before(t0) {

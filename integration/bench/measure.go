@@ -10,10 +10,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/integration/internal/pingout"
 )
 
 // clkTck is USER_HZ, the unit of /proc/<pid>/stat times. It is 100 on
@@ -24,7 +26,7 @@ const clkTck = 100
 type Background struct {
 	Name string
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *netnstest.SyncBuffer
 	done chan struct{}
 	err  error
 }
@@ -35,7 +37,7 @@ func StartIn(t testing.TB, r Runner, name string, env []string, argv ...string) 
 	t.Helper()
 	cmd := r.Command(context.Background(), argv...)
 	cmd.Env = append(os.Environ(), env...)
-	b := &Background{Name: name, cmd: cmd, out: &lockedBuffer{}, done: make(chan struct{})}
+	b := &Background{Name: name, cmd: cmd, out: &netnstest.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = b.out, b.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -80,23 +82,6 @@ func (b *Background) Exited() bool {
 	default:
 		return false
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // StartServers starts iperf3 and the RR server in pod-b and waits until
@@ -304,10 +289,11 @@ func Ping(p *Pair, count int, interval time.Duration) (PingResult, error) {
 	if err != nil {
 		return PingResult{}, err
 	}
-	rtts, sent, err := ParsePing(out)
-	if err != nil {
-		return PingResult{}, err
+	po := pingout.Parse(out)
+	if !po.Summary {
+		return PingResult{}, fmt.Errorf("no ping summary in %q", out)
 	}
+	rtts, sent := po.RTTs(), po.Sent
 	if len(rtts) == 0 {
 		return PingResult{}, fmt.Errorf("no ping replies: %s", out)
 	}
@@ -349,7 +335,7 @@ func UnderlayCapture(p *Pair, dur time.Duration) (mean, maxLen float64, packets 
 	ctx, cancel := context.WithTimeout(context.Background(), dur+time.Minute)
 	defer cancel()
 	cmd := n.NS.Command(ctx, "tcpdump", "-n", "-i", "eth0", "-c", "2000", "-l", "-Q", "out", "udp", "port", strconv.Itoa(listenPort))
-	var out lockedBuffer
+	var out netnstest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -4,10 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // IperfResult is what one iperf3 client run reports.
@@ -57,26 +55,6 @@ func ParseIperf(out []byte) (IperfResult, error) {
 		return r, fmt.Errorf("iperf3 measured nothing: %.3f Gbit/s over %.2fs", r.Gbps, r.Seconds)
 	}
 	return r, nil
-}
-
-var pingTime = regexp.MustCompile(`icmp_seq=(\d+) .*time=([0-9.]+) ms`)
-
-// ParsePing returns the round-trip times of the replies in ping's output and
-// how many requests were sent (from the summary line).
-func ParsePing(out string) (rtts []time.Duration, sent int, err error) {
-	for _, m := range pingTime.FindAllStringSubmatch(out, -1) {
-		ms, perr := strconv.ParseFloat(m[2], 64)
-		if perr != nil {
-			return nil, 0, perr
-		}
-		rtts = append(rtts, time.Duration(ms*float64(time.Millisecond)))
-	}
-	sm := regexp.MustCompile(`(\d+) packets transmitted, (\d+) (packets )?received`).FindStringSubmatch(out)
-	if sm == nil {
-		return rtts, 0, fmt.Errorf("no ping summary in %q", out)
-	}
-	sent, _ = strconv.Atoi(sm[1])
-	return rtts, sent, nil
 }
 
 // ParseEthtoolFeatures reads `ethtool -k` output into feature → on/off,

@@ -45,26 +45,6 @@ func TestParseIperf(t *testing.T) {
 	}
 }
 
-func TestParsePing(t *testing.T) {
-	out := `PING 10.244.2.2 (10.244.2.2) 56(84) bytes of data.
-64 bytes from 10.244.2.2: icmp_seq=1 ttl=62 time=0.512 ms
-64 bytes from 10.244.2.2: icmp_seq=2 ttl=62 time=1.25 ms
-
---- 10.244.2.2 ping statistics ---
-3 packets transmitted, 2 received, 33.3333% packet loss, time 2003ms
-`
-	rtts, sent, err := ParsePing(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff([]time.Duration{512 * time.Microsecond, 1250 * time.Microsecond}, rtts); diff != "" || sent != 3 {
-		t.Errorf("sent %d, rtts (-want +got)\n%s", sent, diff)
-	}
-	if _, _, err := ParsePing("ping: connect: Network is unreachable"); err == nil {
-		t.Error("no error for output without a summary")
-	}
-}
-
 func TestParseEthtoolFeatures(t *testing.T) {
 	out := `Features for wgmesh0:
 rx-checksumming: off [fixed]

@@ -17,11 +17,11 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/cni/pkg/invoke"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/wgmesh/wgmesh/cni"
+	"github.com/wgmesh/wgmesh/integration/internal/cninode"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
 	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh"
@@ -415,7 +415,7 @@ func NewCNIRunner(t testing.TB, binDir, confDir string, node *netnstest.NS) *CNI
 	cache := t.TempDir()
 	return &CNIRunner{
 		List:  list,
-		CNI:   libcni.NewCNIConfigWithCacheDir([]string{binDir}, cache, &nodeExec{DefaultExec: invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}}, node: h}),
+		CNI:   libcni.NewCNIConfigWithCacheDir([]string{binDir}, cache, cninode.NewExec(h)),
 		Node:  h,
 		Cache: cache,
 	}
@@ -472,25 +472,6 @@ func AttachCNI(t testing.TB, binDir string, n *Node, id string) netip.Addr {
 		}
 	})
 	return ip
-}
-
-// nodeExec runs CNI plugins inside the node namespace: libcni forks the
-// plugin from the calling thread and ns.Do locks that thread into the
-// node namespace, so the plugin starts there as on a real node, while the
-// harness itself stays in its own namespace.
-type nodeExec struct {
-	invoke.DefaultExec
-	node ns.NetNS
-}
-
-func (e *nodeExec) ExecPlugin(ctx context.Context, path string, stdin []byte, env []string) ([]byte, error) {
-	var out []byte
-	err := e.node.Do(func(ns.NetNS) error {
-		var err error
-		out, err = e.DefaultExec.ExecPlugin(ctx, path, stdin, env)
-		return err
-	})
-	return out, err
 }
 
 // Run runs argv via r and returns its combined output.

@@ -13,6 +13,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/wgmesh/wgmesh/cni"
+	"github.com/wgmesh/wgmesh/integration/internal/cninode"
 )
 
 // TestPodLifecycle walks two pods through everything a runtime does:
@@ -119,7 +120,7 @@ func TestPodLifecycle(t *testing.T) {
 	// libcni cache), so libcni's own GC cannot DEL it: only the plugin's GC
 	// can free its address and remove its veth.
 	p3 := n.newPod("p3")
-	forgetful := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), newNodeExec(n.handle))
+	forgetful := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), cninode.NewExec(n.handle))
 	if _, err := forgetful.AddNetworkList(ctx(t), n.list, n.rt(p3)); err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +273,7 @@ func TestAddAfterCrashedAdd(t *testing.T) {
 	}
 	// Same again with the address still reserved from the crashed try
 	// (ADD whose process died before its rollback): same address back.
-	forgetful := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), newNodeExec(n.handle))
+	forgetful := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), cninode.NewExec(n.handle))
 	res, err := forgetful.AddNetworkList(ctx(t), n.list, n.rt(p))
 	if err != nil {
 		t.Fatal(err)

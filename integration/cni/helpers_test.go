@@ -5,19 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/wgmesh/wgmesh/cni"
+	"github.com/wgmesh/wgmesh/integration/internal/cninode"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
 	"github.com/wgmesh/wgmesh/ipam"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
@@ -75,7 +73,7 @@ func newNode(t testing.TB, podCIDR string, portmap bool) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, n.cacheDir, newNodeExec(h))
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, n.cacheDir, cninode.NewExec(h))
 	return n
 }
 
@@ -113,29 +111,6 @@ func (n *node) addBridge() {
 }
 
 func (n *node) removeBridge() { n.ns.MustRun(n.t, "ip", "link", "del", cni.DefaultBridge) }
-
-// nodeExec runs plugins inside the node namespace. libcni forks the plugin
-// from the calling thread, and ns.Do runs the call on a thread locked into
-// the node namespace, so the plugin process starts (and stays) there, as it
-// would on a real node; the test process itself never leaves its namespace.
-type nodeExec struct {
-	invoke.DefaultExec
-	node ns.NetNS
-}
-
-func newNodeExec(node ns.NetNS) *nodeExec {
-	return &nodeExec{DefaultExec: invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}}, node: node}
-}
-
-func (e *nodeExec) ExecPlugin(ctx context.Context, path string, stdin []byte, env []string) ([]byte, error) {
-	var out []byte
-	err := e.node.Do(func(ns.NetNS) error {
-		var err error
-		out, err = e.DefaultExec.ExecPlugin(ctx, path, stdin, env)
-		return err
-	})
-	return out, err
-}
 
 // pod is a pod network namespace.
 type pod struct {
@@ -185,20 +160,7 @@ func (n *node) status() error      { return n.cni.GetStatusNetworkList(ctx(n.t),
 // records reads the plugin's address store directly.
 func (n *node) records() []ipam.Allocation {
 	n.t.Helper()
-	dir := filepath.Join(n.dataDir, cni.NetworkName)
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	s, err := ipam.OpenDisk(dir)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	defer s.Close()
-	if err := s.Lock(); err != nil {
-		n.t.Fatal(err)
-	}
-	defer s.Unlock()
-	list, err := s.List()
+	list, err := cninode.Allocations(n.dataDir)
 	if err != nil {
 		n.t.Fatal(err)
 	}

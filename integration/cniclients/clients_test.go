@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -21,6 +20,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/wgmesh/wgmesh/cni"
+	"github.com/wgmesh/wgmesh/integration/internal/cninode"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
 	"github.com/wgmesh/wgmesh/ipam"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
@@ -167,20 +167,7 @@ func (n *node) mustOK(cacheDir string, p *pod, verb ...string) *report {
 // records reads the plugin's address store, by owner.
 func (n *node) records() map[ipam.Owner][]netip.Addr {
 	n.t.Helper()
-	dir := filepath.Join(n.dataDir, cni.NetworkName)
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	s, err := ipam.OpenDisk(dir)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	defer s.Close()
-	if err := s.Lock(); err != nil {
-		n.t.Fatal(err)
-	}
-	defer s.Unlock()
-	list, err := s.List()
+	list, err := cninode.Allocations(n.dataDir)
 	if err != nil {
 		n.t.Fatal(err)
 	}

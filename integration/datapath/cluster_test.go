@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgmesh/wgmesh/integration/internal/filesource"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/integration/internal/pingout"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
 )
@@ -53,10 +55,7 @@ func newCluster(t *testing.T, specs ...nodeSpec) *cluster {
 		t.Fatal(err)
 	}
 
-	c.ul = netnstest.NewNS(t, prefix+"-ul")
-	c.ul.MustRun(t, "ip", "link", "add", "br0", "type", "bridge")
-	c.ul.MustRun(t, "ip", "addr", "add", "198.51.100.1/24", "dev", "br0")
-	c.ul.MustRun(t, "ip", "link", "set", "br0", "up")
+	c.ul = newUnderlay(t, prefix)
 
 	for i, s := range specs {
 		suffix := string(rune('a' + i))
@@ -100,6 +99,17 @@ func newCluster(t *testing.T, specs ...nodeSpec) *cluster {
 	return c
 }
 
+// newUnderlay makes the namespace both topologies' nodes hang off: a bridge
+// br0 with 198.51.100.1/24, their default gateway.
+func newUnderlay(t *testing.T, prefix string) *netnstest.NS {
+	t.Helper()
+	ul := netnstest.NewNS(t, prefix+"-ul")
+	ul.MustRun(t, "ip", "link", "add", "br0", "type", "bridge")
+	ul.MustRun(t, "ip", "addr", "add", "198.51.100.1/24", "dev", "br0")
+	ul.MustRun(t, "ip", "link", "set", "br0", "up")
+	return ul
+}
+
 // writeSpec publishes the node list (plus extra spec-only nodes).
 func (c *cluster) writeSpec(extra ...mesh.RawNode) {
 	c.t.Helper()
@@ -116,18 +126,11 @@ func (c *cluster) writeSpec(extra ...mesh.RawNode) {
 	}
 }
 
-// setAnnotations replaces a (spec-only) node's published annotations.
+// setAnnotations sets a (spec-only) node's published annotations, as the
+// node's own Publish would.
 func (c *cluster) setAnnotations(node string, ann map[string]string) {
 	c.t.Helper()
-	raw, err := json.Marshal(ann)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	tmp := filepath.Join(c.annDir, "."+node+".tmp")
-	if err := os.WriteFile(tmp, raw, 0o644); err != nil {
-		c.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(c.annDir, node+".json")); err != nil {
+	if err := filesource.Annotate(c.annDir, node, ann); err != nil {
 		c.t.Fatal(err)
 	}
 }
@@ -169,7 +172,7 @@ func (c *cluster) waitPeered(n, other *testNode) {
 		if n.agent.Exited() {
 			c.t.Fatalf("%s agent exited early:\n%s", n.name, n.agent.Output())
 		}
-		dump, err := wgShow(n, "dump")
+		dump, err := wgShow(n.agent, "dump")
 		if err != nil {
 			return err
 		}
@@ -244,5 +247,5 @@ func startPinger(t *testing.T, ns *netnstest.NS, dst string, args ...string) *ne
 
 // pingReplies counts the echo replies a running ping has reported.
 func pingReplies(p *netnstest.Proc) int {
-	return strings.Count(p.Output(), "bytes from")
+	return len(pingout.Parse(p.Output()).Replies)
 }

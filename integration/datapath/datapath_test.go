@@ -115,7 +115,7 @@ func TestTwoNodeDatapath(t *testing.T) {
 
 	for i, n := range nodes {
 		other := nodes[1-i]
-		out, err := wgShow(n)
+		out, err := wgShow(n.agent)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -210,8 +210,8 @@ func indexOf(nodes []*testNode, n *testNode) int {
 
 // wgShow runs the stock wg tool inside the node agent's network and mount
 // namespaces, where its UAPI socket lives.
-func wgShow(n *testNode, args ...string) (string, error) {
-	argv := append([]string{"--target", strconv.Itoa(n.agent.Pid()), "--mount", "--net", "wg", "show", wgIface}, args...)
+func wgShow(agent *netnstest.Proc, args ...string) (string, error) {
+	argv := append([]string{"--target", strconv.Itoa(agent.Pid()), "--mount", "--net", "wg", "show", wgIface}, args...)
 	out, err := exec.Command("nsenter", argv...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("wg show: %w: %s", err, out)

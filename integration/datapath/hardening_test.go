@@ -15,6 +15,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/integration/internal/pingout"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
 )
@@ -335,13 +336,12 @@ func waitReplies(t *testing.T, p *netnstest.Proc, n int, timeout time.Duration) 
 func pingsSent(t *testing.T, p *netnstest.Proc) int {
 	t.Helper()
 	p.Stop(syscall.SIGINT, 5*time.Second)
-	m := regexp.MustCompile(`(\d+) packets transmitted`).FindStringSubmatch(p.Output())
-	if m == nil {
+	o := pingout.Parse(p.Output())
+	if !o.Summary {
 		t.Errorf("%s printed no summary:\n%s", p.Name, p.Output())
 		return 0
 	}
-	n, _ := strconv.Atoi(m[1])
-	return n
+	return o.Sent
 }
 
 // waitRoute waits until `ip route get dst` on n mentions want.

@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/wgmesh/wgmesh/integration/internal/pingout"
 	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh"
 )
@@ -756,13 +757,11 @@ func TestAPIServerOutage(t *testing.T) {
 		}
 
 		_ = pinger.Wait()
-		m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(pingOut.String())
-		if m == nil {
+		po := pingout.Parse(pingOut.String())
+		if !po.Summary {
 			t.Fatalf("no ping summary:\n%s", pingOut.String())
 		}
-		var sent, recv int
-		fmt.Sscan(m[1], &sent)
-		fmt.Sscan(m[2], &recv)
+		sent, recv := po.Sent, po.Received
 		t.Logf("outage %d: pod traffic during the outage: %d/%d echo replies", i+1, recv, sent)
 		if sent < count*3/4 || sent-recv > sent/100 {
 			t.Errorf("outage %d: pod traffic disturbed by the apiserver outage: %d of %d lost", i+1, sent-recv, sent)

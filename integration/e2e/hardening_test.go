@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/integration/internal/pingout"
 	"github.com/wgmesh/wgmesh/integration/internal/reexec"
 	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh"
@@ -316,7 +317,7 @@ func startHostPinger(t *testing.T, l *lab.Lab, node, dst, src string) *pinger {
 	return &pinger{startLineCmd(t, argv, "PING")}
 }
 
-func replies(p *pinger) int { return strings.Count(p.c.output(), "bytes from") }
+func replies(p *pinger) int { return len(pingout.Parse(p.c.output()).Replies) }
 
 // waitReplies waits until the pinger has n replies; it returns how long.
 func waitReplies(t *testing.T, p *pinger, n int) time.Duration {
@@ -333,13 +334,7 @@ func waitReplies(t *testing.T, p *pinger, n int) time.Duration {
 func (p *pinger) stop(t *testing.T) int {
 	t.Helper()
 	_ = p.c.cmd.Process.Signal(syscall.SIGINT)
-	out := p.c.wait(5 * time.Second)
-	var sent int
-	if i := strings.Index(out, " packets transmitted"); i > 0 {
-		f := strings.Fields(out[:i])
-		fmt.Sscan(f[len(f)-1], &sent)
-	}
-	return sent
+	return pingout.Parse(p.c.wait(5 * time.Second)).Sent
 }
 
 // gateway is the bridge address of the pod's node (first address of its /24).

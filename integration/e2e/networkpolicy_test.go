@@ -3,12 +3,8 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,12 +17,13 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/wgmesh/wgmesh/integration/internal/echo"
 	"github.com/wgmesh/wgmesh/integration/lab"
 )
 
-// The test binary doubles as the TCP echo server and client run inside the
-// lab's pods (the pods have no tools of their own): with npHelperEnv set it
-// does that and exits before TestMain.
+// The test binary doubles as the TCP echo server and client (internal/echo)
+// run inside the lab's pods (the pods have no tools of their own): with
+// npHelperEnv set it does that and exits before TestMain.
 const npHelperEnv = "WGMESH_E2E_NP_HELPER"
 
 func init() {
@@ -34,63 +31,11 @@ func init() {
 	case "":
 		return
 	case "serve":
-		os.Exit(npServe(os.Args[1:]))
+		os.Exit(echo.Serve(os.Args[1:]))
 	case "connect":
-		os.Exit(npConnect(os.Args[1:]))
+		os.Exit(echo.Connect(os.Args[1:]))
 	}
 	os.Exit(2)
-}
-
-// npServe echoes one line per TCP connection on each port argument.
-func npServe(ports []string) int {
-	for _, port := range ports {
-		ln, err := net.Listen("tcp", ":"+port)
-		if err != nil {
-			fmt.Println(err)
-			return 1
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					c.SetDeadline(time.Now().Add(5 * time.Second))
-					line, _ := bufio.NewReader(c).ReadString('\n')
-					io.WriteString(c, line)
-				}()
-			}
-		}()
-	}
-	fmt.Println("ready")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
-	return 0
-}
-
-// npConnect ADDR PORT TIMEOUT_MS exits 0 when the echo comes back.
-func npConnect(args []string) int {
-	if len(args) != 3 {
-		return 2
-	}
-	ms, _ := strconv.Atoi(args[2])
-	timeout := time.Duration(ms) * time.Millisecond
-	c, err := net.DialTimeout("tcp", net.JoinHostPort(args[0], args[1]), timeout)
-	if err != nil {
-		return 1
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	io.WriteString(c, "ping\n")
-	buf := make([]byte, 8)
-	n, err := c.Read(buf)
-	if err != nil || string(buf[:n]) != "ping\n" {
-		return 1
-	}
-	return 0
 }
 
 // npPod is one pod of the policy test.
@@ -259,7 +204,11 @@ func (e *npEnv) addPod(ctx context.Context, name, node string, opt lab.PodOption
 func (e *npEnv) serve(pod string, ports ...string) {
 	e.t.Helper()
 	p := e.pods[pod]
-	argv, err := e.l.PodCommand(p.node, p.name, append([]string{e.exe}, ports...)...)
+	argv := []string{e.exe}
+	for _, port := range ports {
+		argv = append(argv, "tcp:"+port)
+	}
+	argv, err := e.l.PodCommand(p.node, p.name, argv...)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -281,7 +230,7 @@ func (e *npEnv) serve(pod string, ports ...string) {
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			if sc.Text() == "ready" {
+			if sc.Text() == echo.Ready {
 				ready <- true
 			}
 		}
@@ -300,7 +249,7 @@ func (e *npEnv) serve(pod string, ports ...string) {
 // reach runs one connection attempt from pod to ip:port.
 func (e *npEnv) reach(from, ip string, port int, timeout time.Duration) bool {
 	p := e.pods[from]
-	argv, err := e.l.PodCommand(p.node, p.name, e.exe, ip, strconv.Itoa(port), strconv.Itoa(int(timeout/time.Millisecond)))
+	argv, err := e.l.PodCommand(p.node, p.name, e.exe, "tcp", ip, strconv.Itoa(port), strconv.Itoa(int(timeout/time.Millisecond)))
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,6 +19,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgmesh/wgmesh/integration/internal/pingout"
 	"github.com/wgmesh/wgmesh/integration/internal/secretscan"
 	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh"
@@ -318,8 +317,6 @@ func rnStartPing(t *testing.T, l *lab.Lab, from, to lab.PodRef, interval time.Du
 	return &rnPinger{from: from.Node, to: to.Node, c: startLineCmd(t, argv, "PING"), interval: interval}
 }
 
-var rnReply = regexp.MustCompile(`^\[(\d+\.\d+)\] \d+ bytes from`)
-
 // stop ends the ping and returns the longest time without a reply in
 // [from, to] (less one interval) and the last reply's time.
 func (p *rnPinger) stop(t *testing.T, from, to time.Time) (time.Duration, time.Time) {
@@ -327,23 +324,6 @@ func (p *rnPinger) stop(t *testing.T, from, to time.Time) (time.Duration, time.T
 	if p.c.cmd.Process != nil {
 		p.c.cmd.Process.Signal(os.Interrupt)
 	}
-	out := p.c.wait(5 * time.Second)
-	var gap time.Duration
-	prev, last := from, time.Time{}
-	sc := bufio.NewScanner(strings.NewReader(out))
-	for sc.Scan() {
-		m := rnReply.FindStringSubmatch(sc.Text())
-		if m == nil {
-			continue
-		}
-		sec, _ := strconv.ParseFloat(m[1], 64)
-		at := time.Unix(0, int64(sec*1e9))
-		if at.Before(from) || at.After(to) {
-			continue
-		}
-		gap = max(gap, at.Sub(prev))
-		prev, last = at, at
-	}
-	gap = max(gap, to.Sub(prev))
-	return max(0, gap-p.interval), last
+	g := pingout.Parse(p.c.wait(5*time.Second)).Gap(from, to, p.interval)
+	return g.Max, g.Last
 }

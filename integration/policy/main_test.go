@@ -10,22 +10,17 @@
 package policy_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
-	"os/signal"
-	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/wgmesh/wgmesh/integration/internal/echo"
 	"github.com/wgmesh/wgmesh/mesh/policy"
 	"github.com/wgmesh/wgmesh/mesh/policy/nft"
 )
@@ -35,98 +30,15 @@ func TestMain(m *testing.M) {
 	case "":
 		os.Exit(m.Run())
 	case "serve":
-		os.Exit(serve(os.Args[1:]))
+		os.Exit(echo.Serve(os.Args[1:]))
 	case "connect":
-		os.Exit(connect(os.Args[1:]))
+		os.Exit(echo.Connect(os.Args[1:]))
 	case "apply":
 		os.Exit(applyHelper(os.Stdin))
 	default:
 		fmt.Fprintln(os.Stderr, "unknown POLICY_HELPER")
 		os.Exit(2)
 	}
-}
-
-// serve listens on "tcp:PORT" / "udp:PORT" arguments and echoes one line
-// (TCP) or datagram (UDP) back, until SIGTERM. It prints "ready" once all
-// sockets listen.
-func serve(args []string) int {
-	for _, a := range args {
-		proto, port, _ := strings.Cut(a, ":")
-		switch proto {
-		case "tcp":
-			ln, err := net.Listen("tcp", ":"+port)
-			if err != nil {
-				fmt.Println(err)
-				return 1
-			}
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					go func() {
-						defer c.Close()
-						c.SetDeadline(time.Now().Add(5 * time.Second))
-						line, _ := bufio.NewReader(c).ReadString('\n')
-						io.WriteString(c, line)
-					}()
-				}
-			}()
-		case "udp":
-			pc, err := net.ListenPacket("udp", ":"+port)
-			if err != nil {
-				fmt.Println(err)
-				return 1
-			}
-			go func() {
-				buf := make([]byte, 1500)
-				for {
-					n, from, err := pc.ReadFrom(buf)
-					if err != nil {
-						return
-					}
-					pc.WriteTo(buf[:n], from)
-				}
-			}()
-		}
-	}
-	fmt.Println("ready")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
-	return 0
-}
-
-// connect PROTO ADDR PORT [TIMEOUT_MS] exits 0 if a line (TCP) or
-// datagram (UDP) comes back, 1 otherwise.
-func connect(args []string) int {
-	if len(args) < 3 {
-		return 2
-	}
-	timeout := 800 * time.Millisecond
-	if len(args) > 3 {
-		ms, _ := strconv.Atoi(args[3])
-		timeout = time.Duration(ms) * time.Millisecond
-	}
-	c, err := net.DialTimeout(args[0], net.JoinHostPort(args[1], args[2]), timeout)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	if _, err := io.WriteString(c, "hello\n"); err != nil {
-		fmt.Println(err)
-		return 1
-	}
-	buf := make([]byte, 16)
-	n, err := c.Read(buf)
-	if err != nil || string(buf[:n]) != "hello\n" {
-		fmt.Println("no echo:", err)
-		return 1
-	}
-	return 0
 }
 
 // applyRequest is what the apply helper reads from stdin.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgmesh/wgmesh/integration/internal/echo"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
 	"github.com/wgmesh/wgmesh/mesh/policy"
 	"github.com/wgmesh/wgmesh/mesh/policy/policytest"
@@ -79,7 +80,7 @@ func (tp *topo) serve(pod string, ports ...string) {
 	tp.t.Helper()
 	proc := tp.pods[pod].Start(tp.t, "serve-"+pod, []string{"POLICY_HELPER=serve"}, append([]string{tp.exe}, ports...)...)
 	netnstest.Eventually(tp.t, 5*time.Second, "echo helper in "+pod+" ready", func() error {
-		if strings.Contains(proc.Output(), "ready") {
+		if strings.Contains(proc.Output(), echo.Ready) {
 			return nil
 		}
 		if proc.Exited() {

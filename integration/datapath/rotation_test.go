@@ -1,4 +1,4 @@
-package hardening
+package datapath
 
 import (
 	"bytes"
@@ -26,9 +26,9 @@ const maxRotationOutage = 2 * time.Second
 // rotate-key does it, with the wgmesh.io/rotate-key annotation.
 func TestKeyRotation(t *testing.T) {
 	tp := newTopo(t,
-		nodeSpec{name: "a"},
-		nodeSpec{name: "b"},
-		nodeSpec{name: "c", nat: true, annotations: map[string]string{mesh.AnnotationKeepalive: "2"}},
+		topoSpec{name: "a"},
+		topoSpec{name: "b"},
+		topoSpec{name: "c", nat: true, annotations: map[string]string{mesh.AnnotationKeepalive: "2"}},
 	)
 	tp.waitMesh(20 * time.Second)
 	for _, n := range []*hnode{tp.node("a"), tp.node("b")} {
@@ -124,11 +124,11 @@ func testRotation(t *testing.T, tp *topo, name string, pairs [][2]string) {
 	var report []string
 	for _, p := range pingers {
 		st := p.stop(t, t0.Add(-500*time.Millisecond), t1)
-		report = append(report, fmt.Sprintf("%s->%s %dms", p.from, p.to, st.maxGap.Milliseconds()))
-		if st.lastReply.Before(t0.Add(swapped)) {
-			t.Errorf("%s->%s: no reply after the peers swapped (last %s)", p.from, p.to, st.lastReply.Format(time.StampMilli))
+		report = append(report, fmt.Sprintf("%s->%s %dms", p.from, p.to, st.Max.Milliseconds()))
+		if st.Last.Before(t0.Add(swapped)) {
+			t.Errorf("%s->%s: no reply after the peers swapped (last %s)", p.from, p.to, st.Last.Format(time.StampMilli))
 		}
-		worst = max(worst, st.maxGap)
+		worst = max(worst, st.Max)
 	}
 	t.Logf("rotation of %s: answered after %s, all peers swapped after %s; outage per path (longest gap between ping replies, 10 ms pings): %s",
 		name, answered.Round(time.Millisecond), swapped.Round(time.Millisecond), strings.Join(report, ", "))
@@ -138,7 +138,7 @@ func testRotation(t *testing.T, tp *topo, name string, pairs [][2]string) {
 
 	// The device uses the new key; the key file holds it, 0600, alone,
 	// and the old key is nowhere in the directory.
-	if out, err := n.wg("public-key"); err != nil || strings.TrimSpace(out) != newPub {
+	if out, err := wgShow(n.agent, "public-key"); err != nil || strings.TrimSpace(out) != newPub {
 		t.Errorf("device public key %q (%v), want %s", strings.TrimSpace(out), err, newPub)
 	}
 	if n.publicKey(t) != newPub {

@@ -1,14 +1,4 @@
-// Package secrets checks that the node's private key never leaves its key
-// file. The agent as shipped (mesh/agent: key file with rotation, the
-// client-go node source over a fake API server, reconciler, state file,
-// Prometheus metrics on its listener, NetworkPolicy engine, wireguard-go
-// device and dataplane) runs in a network namespace of its own through a
-// join, a bad node, an unresolvable peer and two key rotations, with every
-// log line captured at debug level in both formats; then the logs, the
-// state file, the /metrics output, every API object (Nodes, Events) and
-// every wgmeshctl rendering are searched for every private key the node
-// had. Needs root (the namespace, the TUN, nftables).
-package secrets
+package datapath
 
 import (
 	"bytes"
@@ -91,6 +81,16 @@ func inNamespace(t *testing.T) bool {
 	return false
 }
 
+// TestPrivateKeyNeverLeaves checks that the node's private key never
+// leaves its key file. The agent as shipped (mesh/agent: key file with
+// rotation, the client-go node source over a fake API server, reconciler,
+// state file, Prometheus metrics on its listener, NetworkPolicy engine,
+// wireguard-go device and dataplane) runs in a network namespace of its own
+// through a join, a bad node, an unresolvable peer and two key rotations,
+// with every log line captured at debug level in both formats; then the
+// logs, the state file, the /metrics output, every API object (Nodes,
+// Events) and every wgmeshctl rendering are searched for every private key
+// the node had.
 func TestPrivateKeyNeverLeaves(t *testing.T) {
 	if !inNamespace(t) {
 		return

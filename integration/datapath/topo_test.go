@@ -1,14 +1,12 @@
-package hardening
+package datapath
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,19 +17,20 @@ import (
 
 	"github.com/wgmesh/wgmesh/integration/internal/filesource"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/integration/internal/pingout"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
 
+// The topology's agents resync every second and poll the node files every
+// 50 ms, so that roaming and re-resolution show within seconds.
 const (
-	wgIface    = "wgmesh0"
-	listenPort = 51820
-	resync     = time.Second
-	poll       = 50 * time.Millisecond
+	resync = time.Second
+	poll   = 50 * time.Millisecond
 )
 
-// nodeSpec describes one node of a topology.
-type nodeSpec struct {
+// topoSpec describes one node of a topology.
+type topoSpec struct {
 	name string
 	// nat puts the node behind its own router namespace that masquerades
 	// 203.0.113.0/24 onto the underlay.
@@ -44,7 +43,7 @@ type nodeSpec struct {
 
 // hnode is a running node.
 type hnode struct {
-	nodeSpec
+	topoSpec
 	idx     int
 	ns      *netnstest.NS
 	router  *netnstest.NS // NAT router, nil for a public node
@@ -75,7 +74,7 @@ type topo struct {
 // newTopo builds the underlay (a bridge on 198.51.100.0/24 in its own
 // namespace), the nodes (public ones at 198.51.100.(10+i); NAT'd ones at
 // 203.0.113.2 behind a router at 198.51.100.(10+i)) and starts their agents.
-func newTopo(t *testing.T, specs ...nodeSpec) *topo {
+func newTopo(t *testing.T, specs ...topoSpec) *topo {
 	t.Helper()
 	netnstest.RequireRoot(t)
 	netnstest.RequireTools(t, "ip", "wg", "ping", "nft", "nsenter", "sysctl")
@@ -89,16 +88,13 @@ func newTopo(t *testing.T, specs ...nodeSpec) *topo {
 	if err := os.MkdirAll(tp.annDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	tp.ul = netnstest.NewNS(t, tp.prefix+"-ul")
-	tp.ul.MustRun(t, "ip", "link", "add", "br0", "type", "bridge")
-	tp.ul.MustRun(t, "ip", "addr", "add", "198.51.100.1/24", "dev", "br0")
-	tp.ul.MustRun(t, "ip", "link", "set", "br0", "up")
+	tp.ul = newUnderlay(t, tp.prefix)
 
 	var raws []mesh.RawNode
 	for i, s := range specs {
 		idx := i + 1
 		n := &hnode{
-			nodeSpec: s,
+			topoSpec: s,
 			idx:      idx,
 			seenAs:   netip.MustParseAddr(fmt.Sprintf("198.51.100.%d", 10+idx)),
 			podCIDR:  netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", idx)),
@@ -158,8 +154,8 @@ func (tp *topo) start(n *hnode) {
 	t := tp.t
 	t.Helper()
 	env, err := childEnv("node", nodeConfig{
-		Name: n.name, Interface: wgIface, ListenPort: listenPort, KeyFile: n.keyFile,
-		Spec: tp.spec, AnnDir: tp.annDir, Resync: resync, Poll: poll, Hosts: n.hosts,
+		Name: n.name, Interface: wgIface, ListenPort: listenPort, KeyFile: n.keyFile, MTU: 1420,
+		Spec: tp.spec, AnnDir: tp.annDir, Resync: resync, Poll: poll, Hosts: n.hosts, DebugJSON: true,
 		// Not beside the key file: a rotation must leave that directory
 		// holding the key alone.
 		RunDir: filepath.Join(tp.dir, n.name+"-run"), CNIConfDir: filepath.Join(tp.dir, n.name+"-net.d"),
@@ -215,7 +211,7 @@ func (n *hnode) peers(t *testing.T) map[string]wgPeer {
 }
 
 func (n *hnode) peersE() (map[string]wgPeer, error) {
-	out, err := n.wg("dump")
+	out, err := wgShow(n.agent, "dump")
 	if err != nil {
 		return nil, err
 	}
@@ -232,17 +228,6 @@ func (n *hnode) peersE() (map[string]wgPeer, error) {
 		m[p.key] = p
 	}
 	return m, nil
-}
-
-// wg runs the stock wg tool in the node's network and mount namespaces
-// (where its UAPI socket is).
-func (n *hnode) wg(args ...string) (string, error) {
-	argv := append([]string{"--target", strconv.Itoa(n.agent.Pid()), "--mount", "--net", "wg", "show", wgIface}, args...)
-	out, err := exec.Command("nsenter", argv...).CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("wg show: %w: %s", err, out)
-	}
-	return string(out), nil
 }
 
 func (n *hnode) publicKey(t *testing.T) string {
@@ -299,20 +284,8 @@ func startPing(t *testing.T, from *hnode, to *hnode, interval time.Duration) *pi
 	return &pinger{from: from.name, to: to.name, proc: p, interval: interval}
 }
 
-var replyLine = regexp.MustCompile(`^\[(\d+\.\d+)\] \d+ bytes from [0-9.]+: icmp_seq=(\d+)`)
-
-// pingStats summarises replies received between from and to.
-type pingStats struct {
-	received int
-	// maxGap is the longest time without a reply, minus one interval: how
-	// long the path was down.
-	maxGap    time.Duration
-	gapAt     time.Time
-	lastReply time.Time
-}
-
-// stop ends the ping and evaluates replies in [from, to].
-func (p *pinger) stop(t *testing.T, from, to time.Time) pingStats {
+// stop ends the ping and evaluates its replies in [from, to].
+func (p *pinger) stop(t *testing.T, from, to time.Time) pingout.Gap {
 	t.Helper()
 	if err := p.proc.Stop(syscall.SIGINT, 5*time.Second); err != nil {
 		// ping exits 1 when replies were missing: that is data here.
@@ -320,32 +293,5 @@ func (p *pinger) stop(t *testing.T, from, to time.Time) pingStats {
 			t.Fatalf("%s: %v", p.proc.Name, err)
 		}
 	}
-	var st pingStats
-	prev := from
-	maxSeq := 0
-	sc := bufio.NewScanner(strings.NewReader(p.proc.Output()))
-	for sc.Scan() {
-		m := replyLine.FindStringSubmatch(sc.Text())
-		if m == nil {
-			continue
-		}
-		sec, _ := strconv.ParseFloat(m[1], 64)
-		at := time.Unix(0, int64(sec*1e9))
-		if at.Before(from) || at.After(to) {
-			continue
-		}
-		seq, _ := strconv.Atoi(m[2])
-		maxSeq = max(maxSeq, seq)
-		st.received++
-		if gap := at.Sub(prev); gap > st.maxGap {
-			st.maxGap, st.gapAt = gap, prev
-		}
-		prev = at
-		st.lastReply = at
-	}
-	if gap := to.Sub(prev); gap > st.maxGap {
-		st.maxGap, st.gapAt = gap, prev
-	}
-	st.maxGap = max(0, st.maxGap-p.interval)
-	return st
+	return pingout.Parse(p.proc.Output()).Gap(from, to, p.interval)
 }

@@ -1,4 +1,4 @@
-package hardening
+package datapath
 
 import (
 	"encoding/json"
@@ -23,9 +23,9 @@ import (
 // peer back to the working address, where it then stays.
 func TestNATRoaming(t *testing.T) {
 	tp := newTopo(t,
-		nodeSpec{name: "a", hosts: "127.0.0.1 localhost\n198.51.100.13 c.nat.wgmesh.test\n"},
-		nodeSpec{name: "b"},
-		nodeSpec{name: "c", nat: true, annotations: map[string]string{mesh.AnnotationKeepalive: "2"}},
+		topoSpec{name: "a", hosts: "127.0.0.1 localhost\n198.51.100.13 c.nat.wgmesh.test\n"},
+		topoSpec{name: "b"},
+		topoSpec{name: "c", nat: true, annotations: map[string]string{mesh.AnnotationKeepalive: "2"}},
 	)
 	a, b, c := tp.node("a"), tp.node("b"), tp.node("c")
 	tp.waitMesh(20 * time.Second)
@@ -55,10 +55,10 @@ func TestNATRoaming(t *testing.T) {
 	t.Logf("a's peer c: endpoint %s (published 203.0.113.2:51820)", roamed)
 
 	// Reached by the others, and reaches them.
-	ping(t, a, c)
-	ping(t, b, c)
-	ping(t, c, a)
-	ping(t, c, b)
+	a.ping(t, c)
+	b.ping(t, c)
+	c.ping(t, a)
+	c.ping(t, b)
 
 	// Several resyncs (1 s each) later the roamed endpoint is still there
 	// and the agents never wrote it.
@@ -113,7 +113,7 @@ func TestNATRoaming(t *testing.T) {
 	if ep := a.peers(t)[c.publicKey(t)].endpoint; ep != roamed {
 		t.Errorf("resync overwrote the roamed endpoint again: %s", ep)
 	}
-	ping(t, a, c)
+	a.ping(t, c)
 	assertNoPrivateKeys(t, tp)
 }
 
@@ -150,10 +150,12 @@ func writeHosts(t *testing.T, n *hnode, content string) {
 	os.Chtimes(n.hosts, later, later)
 }
 
-func ping(t *testing.T, from, to *hnode) {
+// ping pings to's pod gateway from n, three times, and fails the test
+// unless replies come back.
+func (n *hnode) ping(t *testing.T, to *hnode) {
 	t.Helper()
-	out, err := from.ns.Run("ping", "-c", "3", "-i", "0.2", "-W", "2", to.wgAddr.String())
+	out, err := n.ns.Run("ping", "-c", "3", "-i", "0.2", "-W", "2", to.wgAddr.String())
 	if err != nil {
-		t.Fatalf("%s -> %s: %v\n%s", from.name, to.name, err, out)
+		t.Fatalf("%s -> %s: %v\n%s", n.name, to.name, err, out)
 	}
 }
