@@ -196,6 +196,10 @@ func createKubeletMountNS(ctx context.Context, n *Node) error {
 	script.WriteString("set -e\n")
 	script.WriteString("umount --recursive --lazy /run/netns 2>/dev/null || true\n")
 	script.WriteString("mount -t tmpfs -o mode=0755,size=1m wgmesh-lab-netns /run/netns\n")
+	// A Kubernetes node forwards IPv4 (kubeadm's preflight insists): the
+	// node provisioner's job, not the agent's, whose container sees /proc/sys
+	// read-only (deploy/base/daemonset.yaml). This is the node's own netns.
+	script.WriteString("echo 1 > /proc/sys/net/ipv4/ip_forward\n")
 	// A fresh sysfs shows the node's network devices (the kubelet and
 	// cAdvisor read /sys/class/net); the cgroup mounts move over to it.
 	fmt.Fprintf(&script, "mount --rbind /sys/fs/cgroup %q\n", stash)

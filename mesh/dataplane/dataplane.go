@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/nodenet"
@@ -450,6 +451,11 @@ func (d *Dataplane) syncSysctls(s mesh.DataplaneState) error {
 			continue
 		}
 		if err := d.cfg.System.SetSysctl(kv[0], kv[1]); err != nil {
+			if errors.Is(err, syscall.EROFS) {
+				// The agent's container sees /proc/sys read-only (it is
+				// not privileged): forwarding is the node's to enable.
+				err = fmt.Errorf("%w; enable it on the node (sysctl -w %s=%s), as every Kubernetes node needs", err, kv[0], kv[1])
+			}
 			errs = append(errs, fmt.Errorf("sysctl %s=%s: %w", kv[0], kv[1], err))
 			continue
 		}
