@@ -24,9 +24,16 @@ import (
 // failure the agents' and apiserver's last log lines are attached to t.
 func newLab(t *testing.T, nodes, pods int) *lab.Lab {
 	t.Helper()
+	return upLab(t, "e", lab.UpOptions{Nodes: nodes, Pods: pods}, 5*time.Minute)
+}
+
+// upLab is newLab with the name prefix, the Up options and Up's time limit
+// given; the kubelet mode also checks that Down left no cgroup behind.
+func upLab(t *testing.T, prefix string, opts lab.UpOptions, limit time.Duration) *lab.Lab {
+	t.Helper()
 	var b [3]byte
 	_, _ = rand.Read(b[:])
-	name := "e" + hex.EncodeToString(b[:])
+	name := prefix + hex.EncodeToString(b[:])
 	stateDir := filepath.Join("/run/wgmesh-e2e", name)
 	l := lab.New(lab.Config{
 		Name:     name,
@@ -34,7 +41,7 @@ func newLab(t *testing.T, nodes, pods int) *lab.Lab {
 		BinDir:   binDir,
 		Log:      slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -44,12 +51,17 @@ func newLab(t *testing.T, nodes, pods int) *lab.Lab {
 			t.Errorf("lab down: %v", err)
 		}
 		assertCleanedUp(t, name, stateDir)
+		if opts.Kubelet {
+			if left, _ := filepath.Glob("/sys/fs/cgroup/*/wgmesh-lab-" + name); len(left) > 0 {
+				t.Errorf("lab down left cgroups %v", left)
+			}
+		}
 	})
 	start := time.Now()
-	if err := l.Up(ctx, lab.UpOptions{Nodes: nodes, Pods: pods}); err != nil {
-		t.Fatalf("lab up: %v", err)
+	if err := l.Up(ctx, opts); err != nil {
+		t.Fatalf("lab up (kubelet %v): %v", opts.Kubelet, err)
 	}
-	t.Logf("lab %s up (%d nodes x %d pods) in %s", name, nodes, pods, time.Since(start).Round(time.Millisecond))
+	t.Logf("lab %s up (%d nodes x %d pods, kubelet %v) in %s", name, opts.Nodes, opts.Pods, opts.Kubelet, time.Since(start).Round(time.Millisecond))
 	return l
 }
 

@@ -2,10 +2,7 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -26,41 +23,12 @@ import (
 
 // newKubeletLab is newLab for the kubelet mode: real containerd, kubelet and
 // kube-proxy per node, wgmesh installed by kubectl apply -k
-// deploy/overlays/lab. It also checks that down left no cgroup behind.
+// deploy/overlays/lab.
 func newKubeletLab(t *testing.T, nodes, pods int) *lab.Lab {
 	t.Helper()
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	name := "k" + hex.EncodeToString(b[:])
-	stateDir := filepath.Join("/run/wgmesh-e2e", name)
-	l := lab.New(lab.Config{
-		Name:     name,
-		StateDir: stateDir,
-		BinDir:   binDir,
-		Log:      slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
-	})
 	// Up takes ~25 s for 3 nodes on an idle 2-core box; 8 minutes leaves
 	// room for a loaded CI machine importing images into three containerds.
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpLogs(t, l)
-		}
-		if err := l.Down(context.Background()); err != nil {
-			t.Errorf("lab down: %v", err)
-		}
-		assertCleanedUp(t, name, stateDir)
-		if left, _ := filepath.Glob("/sys/fs/cgroup/*/wgmesh-lab-" + name); len(left) > 0 {
-			t.Errorf("lab down left cgroups %v", left)
-		}
-	})
-	start := time.Now()
-	if err := l.Up(ctx, lab.UpOptions{Nodes: nodes, Pods: pods, Kubelet: true}); err != nil {
-		t.Fatalf("lab up --kubelet: %v", err)
-	}
-	t.Logf("kubelet lab %s up (%d nodes x %d pods) in %s", name, nodes, pods, time.Since(start).Round(time.Millisecond))
-	return l
+	return upLab(t, "k", lab.UpOptions{Nodes: nodes, Pods: pods, Kubelet: true}, 8*time.Minute)
 }
 
 // TestRealNodes runs wgmesh under the real node stack: kubelets register
