@@ -70,7 +70,7 @@ demo: deps build tools
 # The same on the real node stack (containerd, kubelet, kube-proxy per node; wgmesh installed
 # with kubectl apply -k deploy/overlays/lab). ~25 s to Ready nodes on 2 cores.
 demo-kubelet: deps build tools
-	@integration/lab/demo-kubelet.sh $(BIN)
+	@integration/lab/demo.sh $(BIN) --kubelet
 
 # Keep a lab up to play with (see integration/lab/README.md); remove it with lab-down.
 lab-up: deps build tools

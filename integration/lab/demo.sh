@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# demo.sh BINDIR — what `make demo` runs (as root): bring up a 3-node lab with
-# 2 pods per node on a real kube-apiserver, print the pod ping matrix and the
-# WireGuard state of node 1, then tear the lab down again (also on Ctrl-C or
-# failure). BINDIR must hold wgmesh-agent, wgmesh-cni, wgmesh-lab and the
-# control-plane tools (integration/tools/build.sh BINDIR).
+# demo.sh BINDIR [--kubelet] — what `make demo` (and, with --kubelet, `make
+# demo-kubelet`) runs as root: bring up a 3-node lab on a real kube-apiserver,
+# print the pod ping matrix and the mesh, then tear the lab down again (also on
+# Ctrl-C or failure). BINDIR must hold the wgmesh binaries (make build) and the
+# tools (integration/tools/build.sh BINDIR). With --kubelet every node runs the
+# real node stack (containerd + runc, kubelet, kube-proxy), wgmesh is installed
+# with `kubectl apply -k deploy/overlays/lab`, and each node gets one agnhost pod.
 set -euo pipefail
 
-bin="${1:?usage: demo.sh BINDIR}"
-lab=("$bin/wgmesh-lab" --name demo --bin-dir "$bin")
+bin="${1:?usage: demo.sh BINDIR [--kubelet]}"
+kubelet=false
+[[ "${2:-}" == --kubelet ]] && kubelet=true
+name=demo
+$kubelet && name=demok
+lab=("$bin/wgmesh-lab" --name "$name" --bin-dir "$bin")
 
 if [[ $(id -u) -ne 0 ]]; then
-	echo "demo: needs root (network and mount namespaces): sudo make demo" >&2
+	echo "demo: needs root (network and mount namespaces, cgroups): sudo make demo" >&2
 	exit 1
 fi
 
@@ -20,6 +26,21 @@ cleanup() {
 	"${lab[@]}" down
 }
 trap cleanup EXIT
+
+if $kubelet; then
+	echo "==> starting a kubelet lab: 3 nodes x 1 agnhost pod"
+	"${lab[@]}" up --kubelet --nodes 3 --pods 1
+	echo
+	echo "==> nodes (registered by their kubelets, Ready once the wgmesh agent wrote the conflist)"
+	"${lab[@]}" kubectl -- get nodes -o wide
+	echo
+	echo "==> pods (the wgmesh DaemonSet and the lab's agnhost pods)"
+	"${lab[@]}" kubectl -- get pods -A -o wide
+	echo
+	echo "==> pod ping matrix"
+	"${lab[@]}" ping-matrix
+	exit 0
+fi
 
 echo "==> starting a lab: 3 nodes x 2 pods (kube-apiserver + etcd in an underlay namespace)"
 "${lab[@]}" up --nodes 3 --pods 2
