@@ -723,13 +723,9 @@ func stopKubeletNode(n *Node) error {
 // their agent wrote the conflist; then the pods.
 func (l *Lab) upKubelet(ctx context.Context, opt UpOptions, start time.Time) error {
 	log := l.cfg.Log
-	var names []string
-	for i := 0; i < opt.Nodes; i++ {
-		n, err := l.AddNode(ctx, NodeOptions{NoWait: true})
-		if err != nil {
-			return err
-		}
-		names = append(names, n.Name)
+	names, err := l.addNodesNoWait(ctx, opt.Nodes)
+	if err != nil {
+		return err
 	}
 	for _, name := range names {
 		if err := l.waitNodeRegistered(ctx, name, 2*time.Minute); err != nil {

@@ -237,13 +237,9 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 	}
 	// Start every node's agent first, then wait for them together: the
 	// agents come up in parallel.
-	var names []string
-	for i := 0; i < opt.Nodes; i++ {
-		n, err := l.AddNode(ctx, NodeOptions{NoWait: true})
-		if err != nil {
-			return err
-		}
-		names = append(names, n.Name)
+	names, err := l.addNodesNoWait(ctx, opt.Nodes)
+	if err != nil {
+		return err
 	}
 	for _, name := range names {
 		if err := l.WaitAgentReady(ctx, name, 2*time.Minute); err != nil {
@@ -492,4 +488,18 @@ func lookPath(name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s: %w", name, os.ErrNotExist)
+}
+
+// addNodesNoWait adds n nodes without waiting for any of them, so their
+// agents (or kubelets) start in parallel, and returns their names.
+func (l *Lab) addNodesNoWait(ctx context.Context, n int) ([]string, error) {
+	var names []string
+	for i := 0; i < n; i++ {
+		node, err := l.AddNode(ctx, NodeOptions{NoWait: true})
+		if err != nil {
+			return names, err
+		}
+		names = append(names, node.Name)
+	}
+	return names, nil
 }
