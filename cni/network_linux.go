@@ -35,9 +35,26 @@ func (n *Netlink) log() *slog.Logger {
 	return n.Logger
 }
 
+// isNotFound reports a link that is not there: never was, or vanished
+// between lookup and use (ENODEV), as a host veth does while the kernel
+// tears down its peer's dying namespace.
 func isNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
-	return errors.As(err, &nf)
+	return errors.As(err, &nf) || errors.Is(err, syscall.ENODEV)
+}
+
+// delLink deletes the named link of the current namespace; a link that is
+// gone, or goes while we delete it, is no error. (ip.DelLinkByName reports
+// the second case as an unwrappable error.)
+func delLink(name string) error {
+	l, err := netlinksafe.LinkByName(name)
+	if err == nil {
+		err = netlink.LinkDel(l)
+	}
+	if err != nil && !isNotFound(err) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
 }
 
 func (n *Netlink) ValidateNetNS(path string) error {
@@ -205,7 +222,7 @@ func (n *Netlink) AttachPod(s PodSpec) (host, pod *current.Interface, err error)
 	defer func() {
 		if err != nil && created {
 			// Deleting one end deletes the pair.
-			if derr := ip.DelLinkByName(s.HostVeth); derr != nil && !errors.Is(derr, ip.ErrLinkNotFound) {
+			if derr := delLink(s.HostVeth); derr != nil {
 				n.log().Error("rollback: delete veth", "name", s.HostVeth, "err", derr)
 			}
 		}
@@ -264,11 +281,7 @@ func (n *Netlink) DetachPod(s PodSpec) error {
 	var errs []error
 	if s.NetNS != "" {
 		err := ns.WithNetNSPath(s.NetNS, func(ns.NetNS) error {
-			err := ip.DelLinkByName(s.IfName)
-			if errors.Is(err, ip.ErrLinkNotFound) {
-				return nil
-			}
-			return err
+			return delLink(s.IfName)
 		})
 		var notExist ns.NSPathNotExistErr
 		var notNS ns.NSPathNotNSErr
@@ -283,7 +296,7 @@ func (n *Netlink) DetachPod(s PodSpec) error {
 	}
 	// Normally gone with its peer; still here when the pod end was never
 	// created in the namespace or the namespace was swapped.
-	if err := ip.DelLinkByName(s.HostVeth); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
+	if err := delLink(s.HostVeth); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
