@@ -5,14 +5,13 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/wgmesh/wgmesh/integration/internal/labbin"
 )
 
 // binDir holds the binaries the labs run, built once by TestMain.
@@ -51,43 +50,8 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-// buildBinaries builds the product binaries and the lab CLI into dir, and
-// takes kube-apiserver, etcd and kubectl from the tools cache (building them
-// on first use, which takes ~10 minutes on 2 cores).
-func buildBinaries(dir string) error {
-	root, err := repoRoot()
-	if err != nil {
-		return err
-	}
-	start := time.Now()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/wgmesh-agent", "./cmd/wgmesh-cni", "./cmd/wgmesh-lab",
-		// The kubelet mode's wgmesh image holds these too (deploy/image-binaries.txt).
-		"./cmd/wgmeshctl", "./deploy/install-cni")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %w\n%s", err, out)
-	}
-	fmt.Fprintf(os.Stderr, "e2e: built wgmesh binaries in %s\n", time.Since(start).Round(time.Millisecond))
-	start = time.Now()
-	cmd = exec.Command("bash", filepath.Join(root, "integration/tools/build.sh"), dir)
-	cmd.Dir = root
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("integration/tools/build.sh: %w", err)
-	}
-	fmt.Fprintf(os.Stderr, "e2e: control-plane tools ready in %s\n", time.Since(start).Round(time.Millisecond))
-	return nil
-}
+// buildBinaries builds the product binaries and the lab CLI into dir and
+// takes the kube tools from the tools cache (integration/internal/labbin).
+func buildBinaries(dir string) error { return labbin.Build(dir, "e2e", os.Stderr) }
 
-func repoRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	mod := string(bytes.TrimSpace(out))
-	if mod == "" || mod == os.DevNull {
-		return "", fmt.Errorf("not inside the wgmesh module")
-	}
-	return filepath.Dir(mod), nil
-}
+func repoRoot() (string, error) { return labbin.RepoRoot() }

@@ -1,0 +1,349 @@
+package soak
+
+import (
+	"fmt"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/wgmesh/wgmesh/cni"
+	"github.com/wgmesh/wgmesh/integration/internal/cninode"
+	"github.com/wgmesh/wgmesh/integration/lab"
+	"github.com/wgmesh/wgmesh/mesh/agent"
+)
+
+// agentSample is one reading of the witness agent's own metrics.
+type agentSample struct {
+	At         time.Time
+	RSS        float64 // process_resident_memory_bytes
+	Goroutines float64 // go_goroutines
+}
+
+// sampler reads the witness agent's /metrics every samplePeriod.
+type sampler struct {
+	t       *testing.T
+	argv    []string
+	mu      sync.Mutex
+	samples []agentSample
+	errs    int
+	quit    chan struct{}
+	done    chan struct{}
+}
+
+const samplePeriod = 10 * time.Second
+
+func startSampler(t *testing.T, l *lab.Lab, node string) *sampler {
+	port := strings.TrimPrefix(agent.DefaultMetricsAddress, ":")
+	argv, err := l.NodeCommand(node, "curl", "-sf", "-m", "5", "http://127.0.0.1:"+port+"/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sampler{t: t, argv: argv, quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		for {
+			select {
+			case <-s.quit:
+				return
+			case <-time.After(samplePeriod):
+				_, _ = s.read()
+			}
+		}
+	}()
+	t.Cleanup(s.stop)
+	return s
+}
+
+var metricLine = regexp.MustCompile(`(?m)^(process_resident_memory_bytes|go_goroutines) ([0-9.e+]+)$`)
+
+func (s *sampler) read() (agentSample, error) {
+	out, err := exec.Command(s.argv[0], s.argv[1:]...).Output()
+	if err != nil {
+		s.mu.Lock()
+		s.errs++
+		s.mu.Unlock()
+		return agentSample{}, fmt.Errorf("%v: %w", s.argv, err)
+	}
+	a := agentSample{At: time.Now()}
+	found := 0
+	for _, m := range metricLine.FindAllStringSubmatch(string(out), -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		if m[1] == "go_goroutines" {
+			a.Goroutines = v
+		} else {
+			a.RSS = v
+		}
+		found++
+	}
+	if found != 2 {
+		return agentSample{}, fmt.Errorf("metrics of the witness lack go_goroutines or process_resident_memory_bytes")
+	}
+	s.mu.Lock()
+	s.samples = append(s.samples, a)
+	s.mu.Unlock()
+	return a, nil
+}
+
+// sample reads now (the baseline and the final reading); a failure fails
+// the test: without them there is no drift figure.
+func (s *sampler) sample() agentSample {
+	a, err := s.read()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return a
+}
+
+func (s *sampler) stop() {
+	select {
+	case <-s.quit:
+	default:
+		close(s.quit)
+	}
+	<-s.done
+}
+
+func (s *sampler) all() ([]agentSample, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.samples), s.errs
+}
+
+// controlAddr is a pod-range address no lab node has (node indexes stop at
+// 239): the capture's positive control asks for it in the clear.
+const controlAddr = "10.244.255.254"
+
+// checkCapture proves the capture can see a plaintext pod address (an ARP
+// request for controlAddr from the underlay's own bridge), then stops it
+// and fails the test on any other frame that showed a pod address.
+func (s *soak) checkCapture(c *capture, pcap string) {
+	t := s.t
+	ul, br := s.l.Underlay()
+	if out, err := exec.Command("ip", "-n", ul, "route", "add", controlAddr+"/32", "dev", br).CombinedOutput(); err != nil {
+		t.Errorf("control route: %v: %s", err, out)
+	}
+	// No answer comes (nobody has the address): ping fails, ARP went out.
+	_ = exec.Command("ip", "netns", "exec", ul, "ping", "-n", "-c", "2", "-W", "1", controlAddr).Run()
+	if out, err := exec.Command("ip", "-n", ul, "route", "del", controlAddr+"/32", "dev", br).CombinedOutput(); err != nil {
+		t.Errorf("remove control route: %v: %s", err, out)
+	}
+	time.Sleep(500 * time.Millisecond)
+	summary := c.stop()
+	if m := regexp.MustCompile(`(\d+) packets? dropped by kernel`).FindStringSubmatch(summary); m == nil || m[1] != "0" {
+		t.Errorf("the capture may have missed frames (%q): no proof of 0 plaintext frames", strings.TrimSpace(summary))
+	}
+	out, err := exec.Command("tcpdump", "-r", pcap, "-n", "-e").CombinedOutput()
+	if err != nil {
+		t.Fatalf("read %s: %v: %s", pcap, err, out)
+	}
+	var control, bad []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		switch {
+		case line == "" || strings.HasPrefix(line, "reading from"):
+		case strings.Contains(line, controlAddr):
+			control = append(control, line)
+		default:
+			bad = append(bad, line)
+		}
+	}
+	t.Logf("underlay capture (%s): %d frames with a pod address besides %d of the positive control", plaintextFilter, len(bad), len(control))
+	if len(control) == 0 {
+		t.Errorf("the capture did not see the positive control (ARP for %s): it proves nothing\n%s", controlAddr, summary)
+	}
+	if len(bad) > 0 {
+		if len(bad) > 20 {
+			bad = append(bad[:20], fmt.Sprintf("... and %d more", len(bad)-20))
+		}
+		t.Errorf("pod addresses in the clear on the underlay:\n%s", strings.Join(bad, "\n"))
+	}
+}
+
+// ipamMismatch compares the node's address store with its pods (the lab's
+// runtime view) and the Pod objects bound to the node.
+func (s *soak) ipamMismatch(node string) []string {
+	n, ok := s.l.State().Nodes[node]
+	if !ok {
+		return []string{"no node " + node}
+	}
+	allocs, err := cninode.Allocations(n.NodePath(cni.DefaultDataDir))
+	if err != nil {
+		return []string{fmt.Sprintf("read address store: %v", err)}
+	}
+	stored := map[string]string{}
+	for _, a := range allocs {
+		stored[a.Addr.String()] = a.Owner.ContainerID
+	}
+	pods := map[string]string{}
+	for _, name := range n.PodNames() {
+		p := n.Pods[name]
+		pods[p.IP] = p.ContainerID
+	}
+	var out []string
+	for ip, owner := range stored {
+		if c, ok := pods[ip]; !ok || c != owner {
+			out = append(out, fmt.Sprintf("%s: %s stored for %s, no such pod (leaked)", node, ip, owner))
+		}
+	}
+	for ip := range pods {
+		if _, ok := stored[ip]; !ok {
+			out = append(out, fmt.Sprintf("%s: pod %s not in the store", node, ip))
+		}
+	}
+	c, err := s.l.Admin()
+	if err != nil {
+		return append(out, err.Error())
+	}
+	list, err := c.CoreV1().Pods("").List(s.ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		return append(out, fmt.Sprintf("list pods: %v", err))
+	}
+	api := map[string]bool{}
+	for _, p := range list.Items {
+		api[p.Status.PodIP] = true
+		if _, ok := pods[p.Status.PodIP]; !ok {
+			out = append(out, fmt.Sprintf("%s: Pod %s/%s (%s) has no pod", node, p.Namespace, p.Name, p.Status.PodIP))
+		}
+	}
+	for ip := range pods {
+		if !api[ip] {
+			out = append(out, fmt.Sprintf("%s: pod %s has no Pod object", node, ip))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (s *soak) checkIPAM() {
+	if err := s.l.Load(); err != nil {
+		s.t.Fatal(err)
+	}
+	total := 0
+	for _, node := range s.nodes() {
+		total += len(s.l.State().Nodes[node].Pods)
+		for _, m := range s.ipamMismatch(node) {
+			s.t.Errorf("address store: %s", m)
+		}
+	}
+	s.t.Logf("address stores checked on %d nodes against %d pods and their Pod objects", len(s.nodes()), total)
+}
+
+// report logs the figures (the markdown docs/reliability.md takes) and
+// fails the test on a broken or corrupted stream.
+func (s *soak) report(seed uint64, soaked time.Duration, baseline, final agentSample, smp *sampler) {
+	t := s.t
+	var b strings.Builder
+	fmt.Fprintf(&b, "seed %d, faults injected for %s, %d faults\n\n", seed, soaked.Round(time.Second), len(s.faults))
+	fmt.Fprintf(&b, "| fault | count | converged p50 | max | over the %s bound |\n|---|---|---|---|---|\n", *soakBound)
+	for _, kind := range faultKinds {
+		var ds []time.Duration
+		failed := 0
+		for _, f := range s.faults {
+			if f.Kind != kind {
+				continue
+			}
+			if !f.OK {
+				failed++
+				continue
+			}
+			ds = append(ds, f.Converged)
+		}
+		if len(ds)+failed == 0 {
+			continue
+		}
+		slices.Sort(ds)
+		p50, mx := "-", "-"
+		if len(ds) > 0 {
+			p50, mx = fmtDur(ds[(len(ds)-1)/2]), fmtDur(ds[len(ds)-1])
+		}
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %d |\n", kind, len(ds)+failed, p50, mx, failed)
+	}
+
+	var intact, removed int
+	var bytes int64
+	var worst *stream
+	for _, st := range s.finished {
+		switch {
+		case st.removed.Load():
+			removed++
+		case st.intact:
+			intact++
+			bytes += st.got.Bytes
+			if worst == nil || st.got.MaxGap > worst.got.MaxGap {
+				worst = st
+			}
+		case st.err == "" && st.got.Bytes > 0:
+			t.Errorf("%s CORRUPTED: sent %d bytes sha256 %s, received %d bytes sha256 %s; faults meanwhile: %s",
+				st, st.sent.Bytes, st.sent.SHA256, st.got.Bytes, st.got.SHA256, s.faultsDuring(st.start, st.end))
+		default:
+			t.Errorf("%s BROKEN (%s–%s): %s; faults meanwhile: %s", st, st.start.Format("15:04:05"), st.end.Format("15:04:05"),
+				st.err, s.faultsDuring(st.start, st.end))
+		}
+	}
+	fmt.Fprintf(&b, "\nstreams: %d started, %d intact (%d MiB checked), %d ended with their pod (node removal, pod churn), %d broken or corrupted\n",
+		len(s.finished), intact, bytes>>20, removed, len(s.finished)-intact-removed)
+	if worst != nil {
+		fmt.Fprintf(&b, "longest stall of an intact stream: %s (%s, faults meanwhile: %s)\n", worst.got.MaxGap.Round(time.Millisecond), worst,
+			s.faultsDuring(worst.start, worst.end))
+	}
+	if intact == 0 {
+		t.Errorf("no stream ran to its end intact: the soak checked no stream")
+	}
+
+	samples, errs := smp.all()
+	minG, maxG, maxRSS := baseline.Goroutines, baseline.Goroutines, baseline.RSS
+	for _, a := range samples {
+		minG, maxG, maxRSS = min(minG, a.Goroutines), max(maxG, a.Goroutines), max(maxRSS, a.RSS)
+	}
+	dg := final.Goroutines - baseline.Goroutines
+	drss := (final.RSS - baseline.RSS) / (1 << 20)
+	fmt.Fprintf(&b, "witness agent %s (never restarted), same mesh shape at both readings, %s apart: goroutines %.0f → %.0f (%+.0f; %.0f–%.0f over %d samples), RSS %.1f → %.1f MiB (%+.1f MiB; max %.1f MiB); %d failed readings\n",
+		s.witness, final.At.Sub(baseline.At).Round(time.Second), baseline.Goroutines, final.Goroutines, dg, minG, maxG, len(samples),
+		baseline.RSS/(1<<20), final.RSS/(1<<20), drss, maxRSS/(1<<20), errs)
+	t.Logf("soak figures:\n%s", b.String())
+
+	// Flat: the agent holds one goroutine set per peer and per watch, the
+	// same at both readings; a few come and go with in-flight requests
+	// (the metrics scrape itself, an HTTP/2 read loop). A leak per fault
+	// (dozens of faults) shows as far more than goroutineSlack.
+	if dg > goroutineSlack {
+		t.Errorf("witness goroutines grew by %.0f (> %d) over the soak", dg, goroutineSlack)
+	}
+	// RSS: Go keeps freed heap mapped for minutes, so RSS follows the peak
+	// heap, not the live one; rssSlack is two peak heaps of a small agent.
+	// A leak per fault or per stream grows without bound over 30 minutes.
+	if drss > rssSlackMiB {
+		t.Errorf("witness RSS grew by %.1f MiB (> %d MiB) over the soak", drss, rssSlackMiB)
+	}
+}
+
+const (
+	goroutineSlack = 10
+	rssSlackMiB    = 20
+)
+
+func (s *soak) faultsDuring(from, to time.Time) string {
+	var out []string
+	for _, f := range s.faults {
+		if f.Start.Before(to) && !f.Repaired.Before(from) {
+			out = append(out, fmt.Sprintf("%s %s on %s", f.Start.Format("15:04:05"), f.Kind, f.Target))
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
+}
+
+func fmtDur(d time.Duration) string {
+	if d < time.Second {
+		return d.Round(time.Millisecond).String()
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}

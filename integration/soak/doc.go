@@ -1,0 +1,14 @@
+// Package soak is wgmesh's chaos soak (issue 14.3): on a lab of its own
+// (integration/lab, agent mode: real kube-apiserver and etcd, the built
+// wgmesh-agent and wgmesh-cni, nodes as network + mount namespaces) it runs
+// checked TCP streams and pings between all pod pairs while it injects
+// faults at random (seeded): agent SIGKILL, apiserver restart, node add and
+// removal, key rotation, underlay link flap, underlay loss and jitter, an
+// underlay MTU change and pod churn. TestSoak asserts no pod address in the
+// clear on the underlay, no stream broken or corrupted but by the removal of
+// its pod, convergence after every fault within a bound, no leaked pod IP,
+// and a flat agent (RSS, goroutines). `make test` runs it for 5 minutes,
+// `make soak` for 30 (-soak.duration). Figures: docs/reliability.md.
+//
+// It needs root and fails, never skips, without it.
+package soak
