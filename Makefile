@@ -7,7 +7,7 @@ CMDS := wgmesh-agent wgmesh-cni wgmeshctl wgmesh-lab
 # The whole suite (unit + root/netns + end-to-end) must stay well inside CI's 90 minutes.
 TEST_TIMEOUT ?= 60m
 
-.PHONY: demo-kubelet conformance all deps build test test-unit lint vet-cniclient demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test
+.PHONY: demo-kubelet conformance all deps build test test-unit lint vet-cniclient demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test soak
 IMAGE ?= wgmesh:dev
 
 all: build
@@ -87,6 +87,18 @@ conformance: deps tools
 
 test-e2e: deps tools
 	$(GO) test -count=1 -timeout 45m -v ./integration/e2e/
+
+# The chaos soak (root; long): checked TCP streams and pings between all pod pairs of an agent
+# lab while faults are injected at random: agent SIGKILL, apiserver restart, node add/remove, key
+# rotation, link flap, netem loss+jitter, underlay MTU change, pod churn. The seed is printed;
+# SOAK_SEED=N repeats a schedule. make test runs the same test for 5 minutes (integration/soak).
+# Figures: docs/reliability.md. SOAK_TIMEOUT must exceed SOAK_DURATION by ~20 minutes.
+SOAK_DURATION ?= 30m
+SOAK_SEED ?= 0
+SOAK_TIMEOUT ?= 55m
+soak: deps tools
+	$(GO) test -count=1 -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' -v ./integration/soak/ \
+	    -args -soak.duration=$(SOAK_DURATION) -soak.seed=$(SOAK_SEED)
 
 # Container image (needs a Docker engine with BuildKit; none runs on the CI machine).
 image:

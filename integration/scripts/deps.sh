@@ -8,6 +8,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 want() { have "$1" || need_pkgs+=("$2"); }
 
 want ip iproute2
+# tc (iproute2) with the kernel's netem: the chaos soak's underlay loss and jitter.
+want tc iproute2
 want ping iputils-ping
 want nsenter util-linux
 want wg wireguard-tools
