@@ -91,13 +91,13 @@ test-e2e: deps tools
 # The chaos soak (root; long): checked TCP streams and pings between all pod pairs of an agent
 # lab while faults are injected at random: agent SIGKILL, apiserver restart, node add/remove, key
 # rotation, link flap, netem loss+jitter, underlay MTU change, pod churn. The seed is printed;
-# SOAK_SEED=N repeats a schedule. make test runs the same test for 5 minutes (integration/soak).
+# SOAK_SEED=N repeats a schedule. Build tag soak: not yet part of make test (see docs/reliability.md).
 # Figures: docs/reliability.md. SOAK_TIMEOUT must exceed SOAK_DURATION by ~20 minutes.
 SOAK_DURATION ?= 30m
 SOAK_SEED ?= 0
 SOAK_TIMEOUT ?= 55m
 soak: deps tools
-	$(GO) test -count=1 -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' -v ./integration/soak/ \
+	$(GO) test -count=1 -tags soak -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' -v ./integration/soak/ \
 	    -args -soak.duration=$(SOAK_DURATION) -soak.seed=$(SOAK_SEED)
 
 # Container image (needs a Docker engine with BuildKit; none runs on the CI machine).

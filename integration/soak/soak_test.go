@@ -1,3 +1,5 @@
+//go:build soak
+
 package soak
 
 import (
@@ -8,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
@@ -310,7 +313,7 @@ func (s *soak) service() {
 		}
 		break
 	}
-	keys := slices.Sorted(mapKeys(s.pods))
+	keys := slices.Sorted(maps.Keys(s.pods))
 	for _, a := range keys {
 		for _, b := range keys {
 			if a == b {
@@ -334,16 +337,6 @@ func (s *soak) service() {
 				}}
 				s.streams[pair] = st
 				go st.run(s.self, s.results)
-			}
-		}
-	}
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
 			}
 		}
 	}
