@@ -7,8 +7,10 @@
 // underlay MTU change and pod churn. TestSoak asserts no pod address in the
 // clear on the underlay, no stream broken or corrupted but by the removal of
 // its pod, convergence after every fault within a bound, no leaked pod IP,
-// and a flat agent (RSS, goroutines). `make test` runs it for 5 minutes,
-// `make soak` for 30 (-soak.duration). Figures: docs/reliability.md.
+// and a flat agent (RSS, goroutines). The tests carry the build tag soak:
+// `make soak` runs it for 30 minutes (-soak.duration; 5 by default), and
+// `make test` will run the 5-minute soak once a run has passed on the
+// shared machine (docs/reliability.md). Figures: docs/reliability.md.
 //
 // It needs root and fails, never skips, without it.
 package soak

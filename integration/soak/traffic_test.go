@@ -86,26 +86,6 @@ func (p *pinger) firstReplyAfter(t time.Time) (time.Time, bool) {
 	return p.replies[i], true
 }
 
-// longestSilence is the longest time between replies within [from, to]
-// (the window's ends count as replies only if there are replies at all).
-func (p *pinger) longestSilence(from, to time.Time) time.Duration {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	prev := from
-	var longest time.Duration
-	for _, r := range p.replies {
-		if r.Before(from) {
-			continue
-		}
-		if r.After(to) {
-			break
-		}
-		longest = max(longest, r.Sub(prev))
-		prev = r
-	}
-	return max(longest, to.Sub(prev))
-}
-
 // stop kills the ping (by its process group: nsenter and ping) and waits.
 func (p *pinger) stop() {
 	if p.cmd.Process != nil {
