@@ -190,7 +190,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	restored := restore(cfg, log)
 	dev, err := a.host.openDevice(wgdev.Config{Name: cfg.Interface, MTU: mtu, PrivateKey: key, ListenPort: cfg.ListenPort,
-		NoOffload: cfg.NoOffload, Logger: log, Peers: restored.Peers})
+		NoOffload: cfg.NoOffload, MaxInflight: cfg.MaxInflight, Logger: log, Peers: restored.Peers})
 	if err != nil {
 		return err
 	}
