@@ -20,8 +20,13 @@ import (
 // Past this bound we stop reading: the packets wait in the kernel instead (the
 // TUN's queue, the UDP socket's 7 MiB receive buffer) as one skb per GSO/GRO
 // batch, about 1/46 of the memory they take in wireguard-go, and TCP sees
-// the wait as delay, not loss. 512 × 64 KiB = 32 MiB per direction.
-const DefaultMaxInflight = 512
+// the wait as delay, not loss. 256 × 64 KiB = 16 MiB per direction: in the
+// bench sweep (docs/benchmarks.md) 256 held the peak RSS at 129 MiB where
+// 512 let it reach 160 and no bound 205, with throughput at or above both.
+// Buffers staged for a peer without a session (up to wireguard-go's 128
+// staged batches) count too: the bound is kept well above that, so that a
+// dead peer cannot take all of it.
+const DefaultMaxInflight = 256
 
 // inflightStall is how long a reader waits for the other end to release
 // buffers before it assumes the ones it counts were dropped inside
