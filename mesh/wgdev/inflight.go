@@ -43,26 +43,33 @@ const inflightStall = 10 * time.Millisecond
 // pool lets go is forgotten after inflightStall at the latest.
 type inflight struct {
 	limit int
+	stall time.Duration // inflightStall; tests set it
 
-	mu     sync.Mutex
-	held   map[uintptr]struct{}
-	wake   chan struct{} // closed when a waiter may go on
-	stalls uint64        // times a waiter forgot everything (for tests and debugging)
+	mu       sync.Mutex
+	held     map[uintptr]struct{}
+	wake     chan struct{} // closed when a waiter may go on
+	released uint64        // buffers released so far: progress, for wait
+	stalls   uint64        // times a waiter forgot everything (for tests and debugging)
 }
 
 func newInflight(limit int) *inflight {
-	return &inflight{limit: limit, held: make(map[uintptr]struct{}, limit), wake: make(chan struct{})}
+	return &inflight{limit: limit, stall: inflightStall, held: make(map[uintptr]struct{}, limit), wake: make(chan struct{})}
 }
 
-// wait blocks until fewer than limit buffers are held, or inflightStall
-// passed (then all are forgotten).
+// wait blocks until fewer than limit buffers are held. If for a whole
+// inflightStall nothing was released, the buffers it counts were dropped
+// inside wireguard-go or the process was descheduled; it then forgets them
+// all and goes on. A wait that sees releases keeps waiting: on a loaded
+// machine the other end may take longer than inflightStall for a batch, and
+// forgetting buffers still in flight would undo the bound.
 func (f *inflight) wait() {
 	f.mu.Lock()
 	if len(f.held) < f.limit {
 		f.mu.Unlock()
 		return
 	}
-	t := time.NewTimer(inflightStall)
+	mark := f.released
+	t := time.NewTimer(f.stall)
 	defer t.Stop()
 	for len(f.held) >= f.limit {
 		wake := f.wake
@@ -72,6 +79,11 @@ func (f *inflight) wait() {
 			f.mu.Lock()
 		case <-t.C:
 			f.mu.Lock()
+			if f.released != mark {
+				mark = f.released
+				t.Reset(f.stall)
+				continue
+			}
 			clear(f.held)
 			f.stalls++
 			f.signal()
@@ -107,6 +119,7 @@ func (f *inflight) release(bufs [][]byte) {
 			delete(f.held, bufAddr(b))
 		}
 	}
+	f.released += uint64(before - len(f.held))
 	if before >= f.limit && len(f.held) < f.limit {
 		f.signal()
 	}

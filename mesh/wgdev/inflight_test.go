@@ -91,6 +91,38 @@ func TestInflightForgetsAfterStall(t *testing.T) {
 	}
 }
 
+func TestInflightKeepsWaitingWhileReleasing(t *testing.T) {
+	f := newInflight(2)
+	// Long enough that the releases below, 0.4 s apart, each come well
+	// inside one stall period even on a loaded 2-core box.
+	f.stall = time.Second
+	bufs := buffers(4)
+	f.hold(bufs, 4) // a batch past the limit
+	done := make(chan struct{})
+	go func() { f.wait(); close(done) }()
+	for i, b := range bufs[:3] {
+		time.Sleep(400 * time.Millisecond)
+		f.release([][]byte{b})
+		if i < 2 {
+			select {
+			case <-done:
+				t.Fatalf("wait returned with %d of 4 released and the limit 2", i+1)
+			default:
+			}
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("wait did not return below the limit")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stalls != 0 || len(f.held) != 1 {
+		t.Errorf("stalls %d, held %d; want 0 (releases are progress: 1.2 s of them is no stall), 1", f.stalls, len(f.held))
+	}
+}
+
 // fakeBind receives the packets it is given, once.
 type fakeBind struct {
 	conn.Bind
