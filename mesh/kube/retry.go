@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -53,6 +54,11 @@ type retryingLW struct {
 	// at once as expired is resumed by a list (see relistOnExpiry).
 	known     func() []any
 	newObject func() runtime.Object
+	// relisted is when relistOnExpiry last relisted (unix nanoseconds):
+	// at most one relist per relistEvery, the rest goes to the reflector
+	// and its backoff, so an apiserver that expires every watch at once
+	// never sees a tight list-and-watch loop.
+	relisted *atomic.Int64
 	// noWatchList passes on what the client says about streaming lists
 	// (client-go asks the ListerWatcher; fake clientsets have none).
 	noWatchList bool
@@ -66,8 +72,13 @@ var (
 )
 
 func newRetryingLW(lw cache.ListerWatcherWithContext, client any, log *slog.Logger) retryingLW {
-	return retryingLW{lw: lw, log: log, sleep: sleepCtx, noWatchList: watchlist.DoesClientNotSupportWatchListSemantics(client)}
+	return retryingLW{lw: lw, log: log, sleep: sleepCtx, noWatchList: watchlist.DoesClientNotSupportWatchListSemantics(client),
+		relisted: new(atomic.Int64)}
 }
+
+// relistEvery bounds relistOnExpiry to one relist per agent per 10 s:
+// far more than apiserver restarts happen, far less than a loop would.
+const relistEvery = 10 * time.Second
 
 // IsWatchListSemanticsUnSupported is what client-go's reflector asks.
 func (r retryingLW) IsWatchListSemanticsUnSupported() bool { return r.noWatchList }
@@ -136,7 +147,7 @@ func (r retryingLW) relistOnExpiry(ctx context.Context, opts metav1.ListOptions,
 			if !ok {
 				return
 			}
-			if first && ev.Type == watch.Error && isExpired(ev.Object) {
+			if first && ev.Type == watch.Error && isExpired(ev.Object) && r.mayRelist() {
 				evs, err := r.relistEvents(ctx, opts)
 				if err != nil {
 					r.log.Warn("relisting after an expired watch failed; leaving it to the informer", "err", err)
@@ -158,6 +169,20 @@ func (r retryingLW) relistOnExpiry(ctx context.Context, opts metav1.ListOptions,
 		}
 	}()
 	return pw
+}
+
+// mayRelist reports whether relistOnExpiry may relist now, and if so
+// records that it does.
+func (r retryingLW) mayRelist() bool {
+	if r.relisted == nil {
+		return false
+	}
+	now := time.Now().UnixNano()
+	last := r.relisted.Load()
+	if last != 0 && now-last < int64(relistEvery) {
+		return false
+	}
+	return r.relisted.CompareAndSwap(last, now)
 }
 
 func isExpired(obj runtime.Object) bool {

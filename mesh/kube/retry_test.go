@@ -215,3 +215,34 @@ func TestRelistOnExpiredWatch(t *testing.T) {
 		t.Errorf("informer store after the relist (-want +got):\n%s", d)
 	}
 }
+
+// TestRelistOnExpiredWatchAtMostEvery10s: a second expiry soon after a
+// relist goes to the reflector (and its backoff) as it is: an apiserver
+// that expires every watch must not get a tight list-and-watch loop.
+func TestRelistOnExpiredWatchAtMostEvery10s(t *testing.T) {
+	lists := 0
+	r := newRetryingLW(&cache.ListWatch{
+		ListWithContextFunc: func(context.Context, metav1.ListOptions) (runtime.Object, error) {
+			lists++
+			return &v1.NodeList{ListMeta: metav1.ListMeta{ResourceVersion: "20"}}, nil
+		},
+	}, nil, slog.New(slog.DiscardHandler))
+	r.known = func() []any { return nil }
+	r.newObject = func() runtime.Object { return &v1.Node{} }
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i, want := range []watch.EventType{watch.Bookmark, watch.Error} {
+		fake := watch.NewFake()
+		w := r.relistOnExpiry(ctx, metav1.ListOptions{ResourceVersion: "11"}, fake)
+		go fake.Error(&apierrors.NewResourceExpired("too old resource version").ErrStatus)
+		// The reflector stops a watch after an error event.
+		ev := <-w.ResultChan()
+		w.Stop()
+		if ev.Type != want {
+			t.Errorf("expiry %d: first event %s, want %s", i+1, ev.Type, want)
+		}
+	}
+	if lists != 1 {
+		t.Errorf("%d lists, want 1", lists)
+	}
+}
