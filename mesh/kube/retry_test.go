@@ -206,13 +206,24 @@ func TestRelistOnExpiredWatch(t *testing.T) {
 		t.Errorf("lists %+v, want the initial one and one not older than the expired watch's 11", lists)
 	}
 	mu.Unlock()
-	got := map[string]string{}
-	for _, o := range informer.GetStore().List() {
-		n := o.(*v1.Node)
-		got[n.Name] = n.Annotations["wgmesh.io/public-key"]
+	// The relist's events reach the store through the reflector's own
+	// goroutine, which may run after the next watch has been opened: wait
+	// for them (5 s is far above the microseconds this takes, for a loaded
+	// 2-core box).
+	want := map[string]string{"a": "ka2", "c": "kc"}
+	var d string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		got := map[string]string{}
+		for _, o := range informer.GetStore().List() {
+			n := o.(*v1.Node)
+			got[n.Name] = n.Annotations["wgmesh.io/public-key"]
+		}
+		if d = cmp.Diff(want, got); d == "" || time.Now().After(deadline) {
+			break
+		}
 	}
-	if d := cmp.Diff(map[string]string{"a": "ka2", "c": "kc"}, got); d != "" {
-		t.Errorf("informer store after the relist (-want +got):\n%s", d)
+	if d != "" {
+		t.Errorf("informer store 5s after the relist (-want +got):\n%s", d)
 	}
 }
 
