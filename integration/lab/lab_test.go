@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -230,5 +232,44 @@ func TestProcLifecycle(t *testing.T) {
 	}
 	if p.Alive() {
 		t.Error("process alive after stop")
+	}
+}
+
+// TestDaemonsDoNotInheritDescriptors: a descriptor the lab inherited without
+// close-on-exec (as `flock LOCK cmd` passes its lock) must not reach the
+// daemons, which outlive the lab command and would hold the lock with them.
+func TestDaemonsDoNotInheritDescriptors(t *testing.T) {
+	dir := t.TempDir()
+	fd, err := syscall.Open(filepath.Join(dir, "lock"), syscall.O_CREAT|syscall.O_RDWR, 0o600) // no O_CLOEXEC, like flock(1)'s
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Close(fd) })
+	log := filepath.Join(dir, "fds.log")
+	p, err := startDetached([]string{"sh", "-c", "ls /proc/$$/fd"}, log, os.Environ())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.stop(syscall.SIGKILL, 5*time.Second) })
+	var fds []string
+	for deadline := time.Now().Add(10 * time.Second); p.Alive() && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	data, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if line != "" && !strings.HasPrefix(line, "====") {
+			fds = append(fds, line)
+		}
+	}
+	if len(fds) == 0 {
+		t.Fatalf("the daemon listed no descriptors; log:\n%s", data)
+	}
+	for _, f := range fds {
+		if f == strconv.Itoa(fd) {
+			t.Errorf("daemon inherited descriptor %d; it has %v", fd, fds)
+		}
 	}
 }

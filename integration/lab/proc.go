@@ -81,6 +81,7 @@ func startDetached(argv []string, logPath string, env []string) (Proc, error) {
 	cmd.Stderr = logf
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	closeInheritedOnExec()
 	if err := cmd.Start(); err != nil {
 		return Proc{}, fmt.Errorf("start %s: %w", argv[0], err)
 	}
@@ -96,6 +97,23 @@ func startDetached(argv []string, logPath string, env []string) (Proc, error) {
 	// the goroutine simply dies with the process.
 	go func() { _, _ = cmd.Process.Wait() }()
 	return Proc{PID: pid, StartTime: st, Log: logPath}, nil
+}
+
+// closeInheritedOnExec marks every descriptor this process inherited (all
+// above stderr) close-on-exec. os/exec passes such descriptors on to
+// children, and a lab daemon outlives the command that started it: a lock
+// fd from `flock LOCK go test ...` kept a left-up lab holding the test lock
+// for an hour. Descriptors Go opened itself are close-on-exec already.
+func closeInheritedOnExec() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }
 
 // errStillRunning is returned when a process survives SIGKILL (e.g. stuck in
