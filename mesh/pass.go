@@ -36,6 +36,10 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 		errs = append(errs, err)
 	}
 	resolved := r.resolver.resolve(ctx, list.Nodes)
+	ext, err := r.external(ctx, raws, list)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) == 0 {
 		if done, err := r.incremental(ctx, synced, list.Own != nil, self, resolved, delta); done {
 			r.incrementalPass = true
@@ -62,6 +66,7 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 		KnownKeys:        r.knownKeys,
 	})
 	r.report(d)
+	d = withExternal(d, ext, r.cfg.DefaultKeepalive)
 
 	cfg := Diff(d, dev, DiffOptions{LastApplied: r.lastApplied, GC: synced, KnownKeys: r.knownKeys})
 	if !IsEmpty(cfg) {

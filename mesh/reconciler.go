@@ -149,6 +149,10 @@ type Status struct {
 	Degraded []Exclusion
 	// Routes sent to the dataplane.
 	Routes []netip.Prefix
+	// RefusedPeers are the Peer objects (external peers) refused, with
+	// reasons, sorted by name; the valid ones are among Peers (named
+	// ExternalPeerNode).
+	RefusedPeers []Exclusion
 	// Reconciles counts passes; DeviceWrites counts ConfigureDevice calls;
 	// Errors counts failed passes.
 	Reconciles, DeviceWrites, Errors uint64
@@ -180,6 +184,8 @@ type Reconciler struct {
 	last   lastPass
 	// incrementalPass is set by a pass that took the incremental path.
 	incrementalPass bool
+	// ext is the external peers of the last pass (see external).
+	ext externalState
 	status          Status
 
 	statusMu   sync.Mutex
@@ -362,5 +368,6 @@ func cloneStatus(s Status) Status {
 	s.Excluded = slices.Clone(s.Excluded)
 	s.Degraded = slices.Clone(s.Degraded)
 	s.Routes = slices.Clone(s.Routes)
+	s.RefusedPeers = slices.Clone(s.RefusedPeers)
 	return s
 }
