@@ -185,8 +185,8 @@ type Reconciler struct {
 	// incrementalPass is set by a pass that took the incremental path.
 	incrementalPass bool
 	// ext is the external peers of the last pass (see external).
-	ext externalState
-	status          Status
+	ext    externalState
+	status Status
 
 	statusMu   sync.Mutex
 	statusCopy Status
