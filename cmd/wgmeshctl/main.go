@@ -226,6 +226,7 @@ the device or the desired state cannot be read). Usable as a probe.
 	}
 	root.AddCommand(showCmd, showconfCmd, graphCmd, checkCmd)
 	root.AddCommand(newRotateKeyCommand(stdout, func() *viper.Viper { return v })) // rotate.go
+	root.AddCommand(newPeerConfigCommand(stdout, stderr))                          // peerconfig.go
 	return root
 }
 
