@@ -67,6 +67,8 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 	})
 	r.report(d)
 	d = withExternal(d, ext, r.cfg.DefaultKeepalive)
+	plan := r.relays.plan(r.cfg.NodeName, r.passStart, list, d, dev)
+	d = withRelays(d, plan.via)
 
 	cfg := Diff(d, dev, DiffOptions{LastApplied: r.lastApplied, GC: synced, KnownKeys: r.knownKeys})
 	if !IsEmpty(cfg) {
@@ -83,6 +85,17 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 		r.log.Debug("device already converged", "peers", len(d.Peers))
 	}
 
+	if len(plan.probe) > 0 {
+		// Try the direct paths of relayed pairs: a failure only delays
+		// going direct again.
+		if err := r.dev.ConfigureDevice(probeConfig(d, plan.probe)); err != nil {
+			r.log.Warn("could not try the direct path of relayed peers", "peer_nodes", plan.probe, "err", err)
+		}
+	}
+	if len(plan.via) > 0 {
+		r.log.Debug("relayed peers", "via", plan.via)
+	}
+
 	routes := routesFor(d, dev, synced, self.PodCIDRs)
 	if err := r.cfg.Dataplane.Apply(ctx, DataplaneState{
 		LocalPodCIDRs:  slices.Clone(self.PodCIDRs),
@@ -96,7 +109,9 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 	// write that added, removed or re-addressed peers can change the
 	// next Compute's answer (which node a loser is reported against)
 	// with no Node changed: the next pass must be a full one too.
-	if len(errs) == 0 && !changesIncumbents(cfg) {
+	// With pairs relayed, the incremental path would put a relayed node's
+	// prefixes back on its own peer: every pass is a full one then.
+	if len(errs) == 0 && !changesIncumbents(cfg) && len(plan.via) == 0 {
 		r.remember(synced, self, resolved, d, routes)
 	}
 	return errors.Join(errs...)
