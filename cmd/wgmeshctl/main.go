@@ -60,6 +60,7 @@ const outputHelp = `Output fields (-o json|yaml; stable: fields are added, never
     node, publicKey, health, problems[] {health, detail}, onDevice,
     endpoint, allowedIPs                  what the device has (as wg show)
     desiredEndpoint, desiredAllowedIPs    what the node publishes
+    relayedVia                            the relay node this peer is reached through (absent: direct)
     latestHandshake, handshakeAgeSeconds  absent when there was none
     rxBytes, txBytes, persistentKeepaliveSeconds, desiredSince,
     degraded[] {reason, message}
