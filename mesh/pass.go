@@ -67,8 +67,19 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 	})
 	r.report(d)
 	d = withExternal(d, ext, r.cfg.DefaultKeepalive)
+	prevVia := r.relays.via
 	plan := r.relays.plan(r.cfg.NodeName, r.passStart, list, d, dev)
 	d = withRelays(d, plan.via)
+	for far, relay := range plan.via {
+		if prevVia[far] != relay {
+			r.log.Info("no handshake on the direct path; relaying", "peer_node", far, "relay", relay)
+		}
+	}
+	for far := range prevVia {
+		if _, still := plan.via[far]; !still {
+			r.log.Info("direct path again", "peer_node", far)
+		}
+	}
 
 	cfg := Diff(d, dev, DiffOptions{LastApplied: r.lastApplied, GC: synced, KnownKeys: r.knownKeys})
 	if !IsEmpty(cfg) {
@@ -91,9 +102,6 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 		if err := r.dev.ConfigureDevice(probeConfig(d, plan.probe)); err != nil {
 			r.log.Warn("could not try the direct path of relayed peers", "peer_nodes", plan.probe, "err", err)
 		}
-	}
-	if len(plan.via) > 0 {
-		r.log.Debug("relayed peers", "via", plan.via)
 	}
 
 	routes := routesFor(d, dev, synced, self.PodCIDRs)
