@@ -199,7 +199,7 @@ func TestExternalPeer(t *testing.T) {
 
 	ulns, br := l.Underlay()
 	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
-	capt := startCapture(t, []string{"ip", "netns", "exec", ulns, "tcpdump", "-i", br, "-n", "-U", "-s", "0", "-w", pcap})
+	capt := startCapture(t, []string{"ip", "netns", "exec", ulns, "tcpdump", "-i", br, "-n", "-U", "--immediate-mode", "-s", "0", "-w", pcap})
 	pods := l.Pods()
 	for _, p := range pods {
 		// The first packets wait for the handshake: retried for 20 s

@@ -101,7 +101,7 @@ func TestLocations(t *testing.T) {
 	nets[2].ns, nets[2].br = l.Location("b")
 	for i, n := range nets {
 		n.pcap = filepath.Join(dir, fmt.Sprintf("net%d.pcap", i))
-		n.caps = startCapture(t, []string{"ip", "netns", "exec", n.ns, "tcpdump", "-i", n.br, "-n", "-U", "-s", "0", "-w", n.pcap})
+		n.caps = startCapture(t, []string{"ip", "netns", "exec", n.ns, "tcpdump", "-i", n.br, "-n", "-U", "--immediate-mode", "-s", "0", "-w", n.pcap})
 	}
 	const pattern = "deadbeef0badf00dcafebabe8badf00d"
 	byNode := podsByNode(l)

@@ -56,7 +56,7 @@ func TestRelay(t *testing.T) {
 
 	ns, br := l.Underlay()
 	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
-	capt := startCapture(t, []string{"ip", "netns", "exec", ns, "tcpdump", "-i", br, "-n", "-U", "-s", "128", "-w", pcap})
+	capt := startCapture(t, []string{"ip", "netns", "exec", ns, "tcpdump", "-i", br, "-n", "-U", "--immediate-mode", "-s", "128", "-w", pcap})
 	start := time.Now()
 	// requireMatrix allows 40 s: the relay takes over 15 s (RelayAfter)
 	// after the NAT'd pair wanted each other, plus a pass.
