@@ -124,8 +124,10 @@ func ProcCPUSeconds(pid int) (float64, error) {
 // ProcMem is a process's memory in MiB from one read of /proc/<pid>/status:
 // the resident set (VmRSS), its peak (VmHWM) and the private anonymous part
 // (RssAnon: VmRSS without the clean, shared pages of its binary and
-// libraries, which the kernel can drop and re-read at will).
-type ProcMem struct{ RSS, Peak, Anon float64 }
+// libraries, which the kernel can drop and re-read at will), and from
+// /proc/<pid>/smaps_rollup the private dirty pages (Private_Dirty: what the
+// process alone holds and the kernel cannot drop without swap).
+type ProcMem struct{ RSS, Peak, Anon, PrivateDirty float64 }
 
 // ReadProcMem reads a process's ProcMem.
 func ReadProcMem(pid int) (ProcMem, error) {
@@ -139,7 +141,15 @@ func ReadProcMem(pid int) (ProcMem, error) {
 			return ProcMem{}, err
 		}
 	}
-	return ProcMem{RSS: float64(kb[0]) / 1024, Peak: float64(kb[1]) / 1024, Anon: float64(kb[2]) / 1024}, nil
+	rollup, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return ProcMem{}, err
+	}
+	dirty, err := ParseStatusKB(string(rollup), "Private_Dirty")
+	if err != nil {
+		return ProcMem{}, err
+	}
+	return ProcMem{RSS: float64(kb[0]) / 1024, Peak: float64(kb[1]) / 1024, Anon: float64(kb[2]) / 1024, PrivateDirty: float64(dirty) / 1024}, nil
 }
 
 // SystemBusySeconds is the busy CPU time of the whole machine (all cores).

@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/metrics"
 	"runtime/pprof"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -108,6 +110,19 @@ func runNodeRole(raw []byte) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+		// And the heap at its largest (sampled twice a second): where
+		// the memory under bulk load is held.
+		go writePeakHeap(ctx, filepath.Join(dir, cfg.Name+"-"+cfg.Interface+".heap.pprof"))
+	}
+	// WGMESH_BENCH_INFLIGHT overrides the device's in-flight bound, for
+	// sweeping it (-bench.extras=env:WGMESH_BENCH_INFLIGHT=N; -1: none).
+	var maxInflight int
+	if v := os.Getenv("WGMESH_BENCH_INFLIGHT"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("WGMESH_BENCH_INFLIGHT: %w", err)
+		}
+		maxInflight = n
 	}
 	poll := cfg.Poll
 	if poll == 0 {
@@ -128,6 +143,7 @@ func runNodeRole(raw []byte) error {
 		Logger:         log,
 		NodeSource:     filesource.New(filesource.Config{Spec: cfg.Spec, Self: cfg.Name, Poll: poll, Logger: log}),
 		NoOffload:      cfg.NoOffload,
+		MaxInflight:    maxInflight,
 	})
 	if err != nil {
 		return err
@@ -137,4 +153,31 @@ func runNodeRole(raw []byte) error {
 	}
 	fmt.Fprintln(os.Stderr, nodeShutdown)
 	return nil
+}
+
+// writePeakHeap writes a heap profile to path whenever the heap's objects
+// (live and not yet swept) reach a new high, 10% over the last one written,
+// until ctx ends.
+func writePeakHeap(ctx context.Context, path string) {
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	var written uint64
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		metrics.Read(sample)
+		if b := sample[0].Value.Uint64(); b > written+written/10 {
+			written = b
+			f, err := os.Create(path)
+			if err != nil {
+				return
+			}
+			pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 }

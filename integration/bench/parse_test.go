@@ -154,7 +154,7 @@ func TestTargets(t *testing.T) {
 		return m
 	}
 	mk := func(label string, v Variant, g float64) *VariantResult {
-		r := &VariantResult{Label: label, Variant: v, UnderlayMTU: 1500, Bulk: bulk(g, 0), RSSIdleMB: 10, RSSPeakMB: 100,
+		r := &VariantResult{Label: label, Variant: v, UnderlayMTU: 1500, Bulk: bulk(g, 0), RSSIdleMB: 10, PrivateIdleMB: 5, RSSPeakMB: 100,
 			Offloads: Offloads{TSO: true, USO: true}, CaptureMaxBytes: 60000}
 		r.RRP50.Add(100)
 		r.RRP99.Add(200)
@@ -174,7 +174,7 @@ func TestTargets(t *testing.T) {
 	}
 	v := verdicts()
 	for _, name := range []string{"wgmesh throughput ≥ 1.0× upstream, every shape", "wgmesh throughput ≥ 2.5× Debian, every shape",
-		"wgmesh: 0 retransmits", "wgmesh RSS ≤ 20 MB idle"} {
+		"wgmesh: 0 retransmits", "wgmesh RSS ≤ 20 MB idle", "wgmesh private memory ≤ 10 MiB idle (Private_Dirty)"} {
 		if !v[name] {
 			t.Errorf("%q not met: %v", name, v)
 		}
@@ -184,8 +184,10 @@ func TestTargets(t *testing.T) {
 	wm.Bulk["4×rev"].Gbps.Add(2.4)
 	wm.Bulk["1×fwd"].Retransmits.Add(1)
 	wm.RSSIdleMB = 21
+	wm.PrivateIdleMB = 10.5
 	v = verdicts()
-	for _, name := range []string{"wgmesh throughput ≥ 1.0× upstream, every shape", "wgmesh: 0 retransmits", "wgmesh RSS ≤ 20 MB idle"} {
+	for _, name := range []string{"wgmesh throughput ≥ 1.0× upstream, every shape", "wgmesh: 0 retransmits", "wgmesh RSS ≤ 20 MB idle",
+		"wgmesh private memory ≤ 10 MiB idle (Private_Dirty)"} {
 		if v[name] {
 			t.Errorf("%q met with numbers that miss it", name)
 		}

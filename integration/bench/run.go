@@ -149,9 +149,11 @@ type VariantResult struct {
 	// AnonIdleMB is the idle RssAnon: RSSIdleMB less file-backed pages
 	// (mostly the binary's own text and read-only data).
 	AnonIdleMB float64 `json:"anon_idle_mb"`
-	RSSAfterMB float64 `json:"rss_after_bulk_mb"`
-	RSSPeakMB  float64 `json:"rss_peak_mb"`
-	Offloads   Offloads
+	// PrivateIdleMB is the idle Private_Dirty (smaps_rollup).
+	PrivateIdleMB float64 `json:"private_idle_mb"`
+	RSSAfterMB    float64 `json:"rss_after_bulk_mb"`
+	RSSPeakMB     float64 `json:"rss_peak_mb"`
+	Offloads      Offloads
 	// Underlay capture during a 1-stream forward run (tcpdump, IP length
 	// of WireGuard UDP packets as seen on node-a's eth0).
 	CaptureMeanBytes float64 `json:"capture_mean_bytes"`
@@ -292,7 +294,7 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 	time.Sleep(time.Second)
 	for _, e := range es {
 		m := pairMem(t, e.pair)
-		e.res.RSSIdleMB, e.res.AnonIdleMB = m.RSS, m.Anon
+		e.res.RSSIdleMB, e.res.AnonIdleMB, e.res.PrivateIdleMB = m.RSS, m.Anon, m.PrivateDirty
 	}
 	for r := range s.Runs {
 		for _, e := range es {
@@ -369,7 +371,7 @@ func pairMem(t testing.TB, p *Pair) (out ProcMem) {
 		if err != nil {
 			t.Fatalf("memory of %s daemon: %v", n.Name, err)
 		}
-		out = ProcMem{RSS: max(out.RSS, m.RSS), Peak: max(out.Peak, m.Peak), Anon: max(out.Anon, m.Anon)}
+		out = ProcMem{RSS: max(out.RSS, m.RSS), Peak: max(out.Peak, m.Peak), Anon: max(out.Anon, m.Anon), PrivateDirty: max(out.PrivateDirty, m.PrivateDirty)}
 	}
 	return out
 }

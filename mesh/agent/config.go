@@ -109,6 +109,9 @@ type Config struct {
 	// For harnesses. NoOffload opens the TUN without IFF_VNET_HDR (see
 	// wgdev.Config.NoOffload).
 	NoOffload bool
+	// MaxInflight bounds wireguard-go's packets in flight per direction
+	// (wgdev.Config.MaxInflight; zero: wgdev's default).
+	MaxInflight int
 	// OnReconcile is called after every reconcile pass, after the agent's
 	// own observers (memory limit, metrics, state file) have seen it. It
 	// runs on the reconciler's goroutine and must not block for long.

@@ -58,6 +58,10 @@ type Config struct {
 	// session at once instead of after their rekey timeout. Add-only:
 	// see ErrInitialPeer.
 	Peers []wgtypes.PeerConfig
+	// MaxInflight bounds the packets per direction wireguard-go holds
+	// between reading and handing them on (see DefaultMaxInflight); zero
+	// means DefaultMaxInflight, negative no bound (wireguard-go as is).
+	MaxInflight int
 	// BusyTimeout is how long Open keeps retrying a TUN another process
 	// still holds (a previous agent shutting down); zero means
 	// DefaultBusyTimeout.
@@ -180,6 +184,9 @@ func (d *Device) Open() (err error) {
 		bind = conn.NewDefaultBind()
 	}
 
+	if d.cfg.MaxInflight >= 0 {
+		tdev, bind = bound(tdev, bind, cmp.Or(d.cfg.MaxInflight, DefaultMaxInflight))
+	}
 	dev := device.NewDevice(tdev, bind, wgLogger(d.log))
 	defer func() {
 		if err != nil {
@@ -271,6 +278,19 @@ func (d *Device) Greet(keys ...wgtypes.Key) {
 	d.mu.Unlock()
 	if g != nil && len(keys) > 0 {
 		g.greet(keys...)
+	}
+}
+
+// GreetSilent is Greet for those of keys that have no session yet; call it
+// for peers whose endpoint was just written: a peer added without an
+// endpoint (a DNS name that did not resolve yet) could not be greeted when
+// it was added. Peers with a session are left alone.
+func (d *Device) GreetSilent(keys ...wgtypes.Key) {
+	d.mu.Lock()
+	g := d.greeter
+	d.mu.Unlock()
+	if g != nil && len(keys) > 0 {
+		g.greetSilent(keys...)
 	}
 }
 

@@ -60,6 +60,12 @@ type testNode struct {
 
 func newTestPair(t *testing.T) [2]*testNode {
 	t.Helper()
+	return newTestPairWith(t, func(*Config) {})
+}
+
+// newTestPairWith is newTestPair with each Config changed by edit first.
+func newTestPairWith(t *testing.T, edit func(*Config)) [2]*testNode {
+	t.Helper()
 	binds := bindtest.NewChannelBinds()
 	dir := t.TempDir()
 	var nodes [2]*testNode
@@ -79,6 +85,7 @@ func newTestPair(t *testing.T) [2]*testNode {
 			listen:     func(string) (net.Listener, error) { return net.Listen("unix", n.sock) },
 			linkUp:     func(string) error { return nil },
 		}
+		edit(&cfg)
 		d, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)

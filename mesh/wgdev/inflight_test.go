@@ -1,0 +1,224 @@
+package wgdev
+
+import (
+	"encoding/hex"
+	"fmt"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+)
+
+func buffers(n int) [][]byte {
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, 64)
+	}
+	return bufs
+}
+
+// waitReturns reports whether f.wait returns within d.
+func waitReturns(f *inflight, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { f.wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+func TestInflightWaitsForRelease(t *testing.T) {
+	f := newInflight(4)
+	bufs := buffers(4)
+	f.hold(bufs, 3)
+	if !waitReturns(f, time.Second) {
+		t.Fatal("wait blocked below the limit")
+	}
+	// The same buffer read again (wireguard-go dropped it and reused it)
+	// counts once.
+	f.hold(bufs[:1], 1)
+	if !waitReturns(f, time.Second) {
+		t.Fatal("a buffer held twice counted twice")
+	}
+	f.hold(bufs[3:], 1) // 4: at the limit
+
+	done := make(chan struct{})
+	go func() { f.wait(); close(done) }()
+	// Releasing a buffer never held (a handshake) must not wake the
+	// waiter; 3 ms is well inside inflightStall (10 ms), after which it
+	// would go on anyway.
+	f.release([][]byte{make([]byte, 64)})
+	select {
+	case <-done:
+		t.Fatal("wait returned with the limit still held")
+	case <-time.After(3 * time.Millisecond):
+	}
+	f.release(bufs[3:])
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second): // generous: the waiter only needs to run
+		t.Fatal("wait did not return after a release")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	// 3 still held, unless this loaded box descheduled the waiter for
+	// inflightStall and it gave up first (then it forgot them all).
+	if len(f.held) != 3 && f.stalls == 0 {
+		t.Errorf("held %d after one release, want 3", len(f.held))
+	}
+}
+
+func TestInflightForgetsAfterStall(t *testing.T) {
+	f := newInflight(2)
+	bufs := buffers(2)
+	f.hold(bufs, 2)
+	start := time.Now()
+	// Nothing is ever released (wireguard-go dropped them): the waiter
+	// goes on after inflightStall, forgetting what it counted.
+	if !waitReturns(f, 5*time.Second) {
+		t.Fatal("wait did not give up on buffers never released")
+	}
+	if d := time.Since(start); d < inflightStall {
+		t.Errorf("gave up after %v, want ≥ %v", d, inflightStall)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.held) != 0 || f.stalls != 1 {
+		t.Errorf("after a stall: held %d, stalls %d; want 0, 1", len(f.held), f.stalls)
+	}
+}
+
+func TestInflightKeepsWaitingWhileReleasing(t *testing.T) {
+	f := newInflight(2)
+	// Long enough that the releases below, 0.4 s apart, each come well
+	// inside one stall period even on a loaded 2-core box.
+	f.stall = time.Second
+	bufs := buffers(4)
+	f.hold(bufs, 4) // a batch past the limit
+	done := make(chan struct{})
+	go func() { f.wait(); close(done) }()
+	for i, b := range bufs[:3] {
+		time.Sleep(400 * time.Millisecond)
+		f.release([][]byte{b})
+		if i < 2 {
+			select {
+			case <-done:
+				t.Fatalf("wait returned with %d of 4 released and the limit 2", i+1)
+			default:
+			}
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("wait did not return below the limit")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stalls != 0 || len(f.held) != 1 {
+		t.Errorf("stalls %d, held %d; want 0 (releases are progress: 1.2 s of them is no stall), 1", f.stalls, len(f.held))
+	}
+}
+
+// fakeBind receives the packets it is given, once.
+type fakeBind struct {
+	conn.Bind
+	packets [][]byte
+	sent    int
+}
+
+func (b *fakeBind) Open(uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fn := func(bufs [][]byte, sizes []int, _ []conn.Endpoint) (int, error) {
+		for i, p := range b.packets {
+			sizes[i] = copy(bufs[i], p)
+		}
+		return len(b.packets), nil
+	}
+	return []conn.ReceiveFunc{fn}, 51820, nil
+}
+
+func (b *fakeBind) Send(bufs [][]byte, _ conn.Endpoint) error { b.sent += len(bufs); return nil }
+
+func TestBoundedBindCountsDataOnly(t *testing.T) {
+	transport := func(size int) []byte {
+		p := make([]byte, size)
+		p[0] = 4
+		return p
+	}
+	handshake := make([]byte, 148)
+	handshake[0] = 1
+	inner := &fakeBind{packets: [][]byte{transport(100), transport(32) /* keepalive */, handshake, transport(33)}}
+	_, b := bound(tuntest.NewChannelTUN().TUN(), inner, 8)
+	fns, _, err := b.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bufs, sizes := buffers(4), make([]int, 4)
+	for i := range bufs {
+		bufs[i] = make([]byte, 256)
+	}
+	n, err := fns[0](bufs, sizes, make([]conn.Endpoint, 4))
+	if err != nil || n != 4 {
+		t.Fatalf("receive: %d, %v", n, err)
+	}
+	in := b.(*boundedBind).in
+	if got := len(in.held); got != 2 {
+		t.Errorf("held %d after receiving 2 data packets, a keepalive and a handshake; want 2", got)
+	}
+	// Written to the TUN: released.
+	b.(*boundedBind).in.release([][]byte{bufs[0], bufs[3]})
+	if got := len(in.held); got != 0 {
+		t.Errorf("held %d after the TUN write, want 0", got)
+	}
+}
+
+// TestBoundedPairCarriesBursts sends bursts through two devices whose
+// bound is far below the burst: every packet arrives, nothing deadlocks.
+func TestBoundedPairCarriesBursts(t *testing.T) {
+	nodes := newTestPairWith(t, func(c *Config) { c.MaxInflight = 2 })
+	for i, n := range nodes {
+		other := nodes[1-i]
+		pub := other.key.PublicKey()
+		port := uapiGet(t, other.sock)["listen_port"]
+		uapiSet(t, n.sock, fmt.Sprintf("public_key=%s\nendpoint=127.0.0.1:%s\nreplace_allowed_ips=true\nallowed_ip=%s/32\n",
+			hex.EncodeToString(pub[:]), port, other.ip))
+	}
+	// One packet first: the handshake. Packets read before it are
+	// staged, and wireguard-go drops the oldest past 128.
+	ping := tuntest.Ping(nodes[1].ip, nodes[0].ip)
+	nodes[0].tun.Outbound <- ping
+	select {
+	case <-nodes[1].tun.Inbound:
+	case <-time.After(10 * time.Second):
+		t.Fatal("first packet did not cross the tunnel")
+	}
+	const burst = 200
+	received := make(chan int)
+	go func() {
+		got := 0
+		timeout := time.After(30 * time.Second) // a loaded 2-core box; normally well under a second
+		for got < burst {
+			select {
+			case <-nodes[1].tun.Inbound:
+				got++
+			case <-timeout:
+				received <- got
+				return
+			}
+		}
+		received <- got
+	}()
+	for i := range burst {
+		select {
+		case nodes[0].tun.Outbound <- ping:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("node 0 stopped reading its TUN after %d packets", i)
+		}
+	}
+	if got := <-received; got != burst {
+		t.Fatalf("%d of %d packets crossed the bounded tunnel", got, burst)
+	}
+}
