@@ -27,6 +27,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer/json"
@@ -78,12 +79,14 @@ var wantRBAC = []string{
 	// NetworkPolicy engine.
 	"/pods/list", "/pods/watch", "/namespaces/list", "/namespaces/watch",
 	"networking.k8s.io/networkpolicies/list", "networking.k8s.io/networkpolicies/watch",
+	// External peers (issue 17).
+	"wgmesh.io/peers/get", "wgmesh.io/peers/list", "wgmesh.io/peers/watch", "wgmesh.io/peers/status/patch",
 }
 
 func scheme(t testing.TB) *runtime.Scheme {
 	t.Helper()
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, rbacv1.AddToScheme, admissionregistrationv1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, rbacv1.AddToScheme, admissionregistrationv1.AddToScheme, apiextensionsv1.AddToScheme} {
 		if err := add(s); err != nil {
 			t.Fatal(err)
 		}
@@ -155,6 +158,8 @@ type bundle struct {
 	// Node-scoped trust (deploy/base/validatingadmissionpolicy*.yaml).
 	vap  *admissionregistrationv1.ValidatingAdmissionPolicy
 	vapb *admissionregistrationv1.ValidatingAdmissionPolicyBinding
+	// External peers (deploy/base/peer-crd.yaml).
+	peerCRD *apiextensionsv1.CustomResourceDefinition
 }
 
 func newBundle(objs []runtime.Object) (*bundle, error) {
@@ -191,13 +196,16 @@ func newBundle(objs []runtime.Object) (*bundle, error) {
 		case *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
 			once("ValidatingAdmissionPolicyBinding", b.vapb != nil)
 			b.vapb = o
+		case *apiextensionsv1.CustomResourceDefinition:
+			once("CustomResourceDefinition", b.peerCRD != nil)
+			b.peerCRD = o
 		default:
 			errs = append(errs, fmt.Errorf("unexpected object %T", o))
 		}
 	}
-	if b.ns == nil || b.sa == nil || b.cr == nil || b.crb == nil || b.cm == nil || b.ds == nil || b.vap == nil || b.vapb == nil {
+	if b.ns == nil || b.sa == nil || b.cr == nil || b.crb == nil || b.cm == nil || b.ds == nil || b.vap == nil || b.vapb == nil || b.peerCRD == nil {
 		errs = append(errs, fmt.Errorf("want one each of Namespace, ServiceAccount, ClusterRole, ClusterRoleBinding, ConfigMap, DaemonSet, "+
-			"ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding"))
+			"ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, CustomResourceDefinition"))
 	}
 	return b, errors.Join(errs...)
 }
@@ -269,6 +277,18 @@ func (b *bundle) violations() []string {
 	// force (Deny, all requests) and fails closed. What its CEL allows and
 	// denies is policy_test.go's subject.
 	v = append(v, b.trustViolations()...)
+
+	// The Peer CRD as the agent (mesh/kube) and wgmeshctl address it.
+	crd := b.peerCRD
+	if crd.Name != "peers.wgmesh.io" || crd.Spec.Group != "wgmesh.io" || crd.Spec.Scope != apiextensionsv1.ClusterScoped ||
+		crd.Spec.Names.Kind != "Peer" || crd.Spec.Names.Plural != "peers" {
+		bad("Peer CRD is %s (group %s, scope %s, kind %s, plural %s), want peers.wgmesh.io, cluster-scoped kind Peer",
+			crd.Name, crd.Spec.Group, crd.Spec.Scope, crd.Spec.Names.Kind, crd.Spec.Names.Plural)
+	}
+	if len(crd.Spec.Versions) != 1 || crd.Spec.Versions[0].Name != "v1alpha1" || !crd.Spec.Versions[0].Served || !crd.Spec.Versions[0].Storage ||
+		crd.Spec.Versions[0].Subresources == nil || crd.Spec.Versions[0].Subresources.Status == nil || crd.Spec.Versions[0].Schema == nil {
+		bad("Peer CRD must serve and store exactly v1alpha1 with a schema and the status subresource")
+	}
 
 	// Config file.
 	cfg, err := b.agentConfig()
@@ -718,6 +738,8 @@ func TestViolationsCatchBreakage(t *testing.T) {
 		want   string
 	}{
 		{"no hostNetwork", func(b *bundle) { b.ds.Spec.Template.Spec.HostNetwork = false }, "not hostNetwork"},
+		{"peer CRD namespaced", func(b *bundle) { b.peerCRD.Spec.Scope = apiextensionsv1.NamespaceScoped }, "Peer CRD is"},
+		{"peer CRD without status", func(b *bundle) { b.peerCRD.Spec.Versions[0].Subresources = nil }, "status subresource"},
 		{"no PSA label", func(b *bundle) { delete(b.ns.Labels, "pod-security.kubernetes.io/enforce") }, "pod-security"},
 		{"other priority", func(b *bundle) { b.ds.Spec.Template.Spec.PriorityClassName = "" }, "priorityClassName"},
 		{"keyed toleration only", func(b *bundle) {

@@ -108,6 +108,7 @@ func ParseNode(raw RawNode) (Node, error) {
 	if err := parseLocation(raw, &n); err != nil {
 		return Node{}, err
 	}
+	n.Relay = isRelay(raw)
 	return n, nil
 }
 

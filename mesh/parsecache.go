@@ -34,7 +34,7 @@ type parseInput struct {
 	// location is LocationOf (what ParseNode reads of the labels and the
 	// location annotation); privEP the private endpoint annotation.
 	location, privEP string
-	hasPrivEP        bool
+	hasPrivEP, relay bool
 }
 
 func inputOf(raw *RawNode) parseInput {
@@ -45,6 +45,7 @@ func inputOf(raw *RawNode) parseInput {
 	in.ka, in.hasKA = raw.Annotations[AnnotationKeepalive]
 	in.location = LocationOf(*raw)
 	in.privEP, in.hasPrivEP = raw.Annotations[AnnotationPrivateEndpoint]
+	in.relay = isRelay(*raw)
 	return in
 }
 
@@ -52,7 +53,7 @@ func (a *parseInput) equal(b *parseInput) bool {
 	return a.created.Equal(b.created) && a.key == b.key && a.ep == b.ep && a.epOverride == b.epOverride &&
 		a.ka == b.ka && a.hasKey == b.hasKey && a.hasEp == b.hasEp && a.hasEpOverride == b.hasEpOverride &&
 		a.hasKA == b.hasKA && slices.Equal(a.podCIDRs, b.podCIDRs) &&
-		a.location == b.location && a.privEP == b.privEP && a.hasPrivEP == b.hasPrivEP
+		a.location == b.location && a.privEP == b.privEP && a.hasPrivEP == b.hasPrivEP && a.relay == b.relay
 }
 
 // nodeChange is a peer Node whose parse inputs changed since the last pass.

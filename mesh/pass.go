@@ -36,6 +36,10 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 		errs = append(errs, err)
 	}
 	resolved := r.resolver.resolve(ctx, list.Nodes)
+	ext, err := r.external(ctx, raws, list)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) == 0 {
 		if done, err := r.incremental(ctx, synced, list.Own != nil, self, resolved, delta); done {
 			r.incrementalPass = true
@@ -62,6 +66,20 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 		KnownKeys:        r.knownKeys,
 	})
 	r.report(d)
+	d = withExternal(d, ext, r.cfg.DefaultKeepalive)
+	prevVia := r.relays.via
+	plan := r.relays.plan(r.cfg.NodeName, r.passStart, list, d, dev)
+	d = withRelays(d, plan.via)
+	for far, relay := range plan.via {
+		if prevVia[far] != relay {
+			r.log.Info("no handshake on the direct path; relaying", "peer_node", far, "relay", relay)
+		}
+	}
+	for far := range prevVia {
+		if _, still := plan.via[far]; !still {
+			r.log.Info("direct path again", "peer_node", far)
+		}
+	}
 
 	cfg := Diff(d, dev, DiffOptions{LastApplied: r.lastApplied, GC: synced, KnownKeys: r.knownKeys})
 	if !IsEmpty(cfg) {
@@ -78,6 +96,14 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 		r.log.Debug("device already converged", "peers", len(d.Peers))
 	}
 
+	if len(plan.probe) > 0 {
+		// Try the direct paths of relayed pairs: a failure only delays
+		// going direct again.
+		if err := r.dev.ConfigureDevice(probeConfig(d, plan.probe)); err != nil {
+			r.log.Warn("could not try the direct path of relayed peers", "peer_nodes", plan.probe, "err", err)
+		}
+	}
+
 	routes := routesFor(d, dev, synced, self.PodCIDRs)
 	if err := r.cfg.Dataplane.Apply(ctx, DataplaneState{
 		LocalPodCIDRs:  slices.Clone(self.PodCIDRs),
@@ -91,7 +117,9 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 	// write that added, removed or re-addressed peers can change the
 	// next Compute's answer (which node a loser is reported against)
 	// with no Node changed: the next pass must be a full one too.
-	if len(errs) == 0 && !changesIncumbents(cfg) {
+	// With pairs relayed, the incremental path would put a relayed node's
+	// prefixes back on its own peer: every pass is a full one then.
+	if len(errs) == 0 && !changesIncumbents(cfg) && len(plan.via) == 0 {
 		r.remember(synced, self, resolved, d, routes)
 	}
 	return errors.Join(errs...)

@@ -69,6 +69,9 @@ type Config struct {
 	OnReconcile func(Status)
 	// Now returns the current time; nil means time.Now. For tests.
 	Now func() time.Time
+	// RelayAfter and RelayRetry tune relaying (see AnnotationRelay);
+	// zero means DefaultRelayAfter and DefaultRelayRetry.
+	RelayAfter, RelayRetry time.Duration
 	// KnownKeys maps each peer's node to the public key the previous run
 	// of the agent configured it with (from its state file, beside the
 	// peers restored onto the device). It carries incumbency across a
@@ -149,6 +152,10 @@ type Status struct {
 	Degraded []Exclusion
 	// Routes sent to the dataplane.
 	Routes []netip.Prefix
+	// RefusedPeers are the Peer objects (external peers) refused, with
+	// reasons, sorted by name; the valid ones are among Peers (named
+	// ExternalPeerNode).
+	RefusedPeers []Exclusion
 	// Reconciles counts passes; DeviceWrites counts ConfigureDevice calls;
 	// Errors counts failed passes.
 	Reconciles, DeviceWrites, Errors uint64
@@ -180,7 +187,13 @@ type Reconciler struct {
 	last   lastPass
 	// incrementalPass is set by a pass that took the incremental path.
 	incrementalPass bool
-	status          Status
+	// ext is the external peers of the last pass (see external).
+	ext externalState
+	// relays is the relay state (see relayer).
+	relays relayer
+	// passStart is when the running pass started (the relay clock).
+	passStart time.Time
+	status    Status
 
 	statusMu   sync.Mutex
 	statusCopy Status
@@ -200,6 +213,7 @@ func New(cfg Config) *Reconciler {
 		own:         newOwnObject(cfg, dev, log),
 		resolver:    newEndpointResolver(cfg.Resolver, cfg.LookupTimeout, log),
 		knownKeys:   knownKeys(cfg.KnownKeys),
+		relays:      relayer{after: cfg.RelayAfter, retry: cfg.RelayRetry},
 		lastApplied: map[wgtypes.Key]netip.AddrPort{},
 	}
 }
@@ -249,6 +263,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 
 	ticker := time.NewTicker(resync)
 	defer ticker.Stop()
+	// A relay decision falls due at a time of its own (see relayer).
+	relayDue := time.NewTimer(time.Hour)
+	relayDue.Stop()
+	defer relayDue.Stop()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
@@ -266,6 +284,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			retry.Stop()
 			backoff = time.Second
 		}
+		relayDue.Stop()
+		if next := r.relayNext(); !next.IsZero() {
+			relayDue.Reset(max(next.Sub(r.now()), 100*time.Millisecond))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -275,8 +297,17 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			full = true
 		case <-retry.C:
 			full = true
+		case <-relayDue.C:
+			full = true
 		}
 	}
+}
+
+// relayNext is when the next relay decision falls due (zero: none).
+func (r *Reconciler) relayNext() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.relays.next
 }
 
 // waitSynced blocks until the source reports synced; false if ctx ended.
@@ -312,6 +343,7 @@ func (r *Reconciler) reconcileOnce(ctx context.Context, full bool) error {
 	}
 	r.mu.Lock()
 	start := r.now()
+	r.passStart = start
 	err := r.reconcile(ctx, full)
 	r.status.Incremental = r.incrementalPass
 	r.status.Reconciles++
@@ -362,5 +394,6 @@ func cloneStatus(s Status) Status {
 	s.Excluded = slices.Clone(s.Excluded)
 	s.Degraded = slices.Clone(s.Degraded)
 	s.Routes = slices.Clone(s.Routes)
+	s.RefusedPeers = slices.Clone(s.RefusedPeers)
 	return s
 }

@@ -77,6 +77,9 @@ type Node struct {
 	// Endpoint by nodes of the same location (see towards).
 	Location        string
 	PrivateEndpoint Endpoint
+	// Relay is AnnotationRelay: the node offers to relay between nodes
+	// that cannot reach each other.
+	Relay bool
 }
 
 // Peer is one WireGuard peer this node should have.
@@ -86,6 +89,9 @@ type Peer struct {
 	Endpoint   netip.AddrPort // invalid (zero) when the endpoint could not be resolved
 	AllowedIPs []netip.Prefix
 	Keepalive  time.Duration
+	// Via names the relay node this peer's pod traffic goes through (its
+	// pod CIDRs are on the relay's peer); "" when direct.
+	Via string
 }
 
 // Exclusion records why a node is left out of the mesh.

@@ -310,6 +310,7 @@ func addNodeCmd(open func() (*lab.Lab, error)) *cobra.Command {
 	}
 	c.Flags().IntVar(&opt.Pods, "pods", 2, "pods to attach")
 	c.Flags().BoolVar(&opt.NAT, "nat", false, "put the node behind a masquerading NAT namespace (inside 203.0.113.2)")
+	c.Flags().StringVar(&opt.Location, "location", "", "put the node into a location: a private network (eth1, 203.0.113.(10+i)) shared with the location's other nodes; its InternalIP is there, its public endpoint on the underlay")
 	c.Flags().IntVar(&opt.MTU, "mtu", 0, "underlay MTU of the node (default 1500)")
 	c.Flags().BoolVar(&opt.NoAgent, "no-agent", false, "do not start the agent (start-agent later)")
 	c.Flags().StringArrayVar(&opt.AgentArgs, "node-agent-arg", nil, "extra flag for this node's agent only (repeatable; kept for start-agent)")

@@ -60,6 +60,7 @@ const outputHelp = `Output fields (-o json|yaml; stable: fields are added, never
     node, publicKey, health, problems[] {health, detail}, onDevice,
     endpoint, allowedIPs                  what the device has (as wg show)
     desiredEndpoint, desiredAllowedIPs    what the node publishes
+    relayedVia                            the relay node this peer is reached through (absent: direct)
     latestHandshake, handshakeAgeSeconds  absent when there was none
     rxBytes, txBytes, persistentKeepaliveSeconds, desiredSince,
     degraded[] {reason, message}
@@ -226,6 +227,7 @@ the device or the desired state cannot be read). Usable as a probe.
 	}
 	root.AddCommand(showCmd, showconfCmd, graphCmd, checkCmd)
 	root.AddCommand(newRotateKeyCommand(stdout, func() *viper.Viper { return v })) // rotate.go
+	root.AddCommand(newPeerConfigCommand(stdout, stderr))                          // peerconfig.go
 	return root
 }
 

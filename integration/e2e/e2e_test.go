@@ -92,6 +92,11 @@ func testClusterRole(t *testing.T, ctx context.Context, l *lab.Lab) {
 		{Group: "networking.k8s.io", Resource: "networkpolicies", Verb: "list"},
 		{Group: "networking.k8s.io", Resource: "networkpolicies", Verb: "watch"},
 		{Resource: "events", Verb: "create", Namespace: "kube-system"},
+		// External peers: the Peer informer and the Accepted condition.
+		{Group: "wgmesh.io", Resource: "peers", Verb: "get"},
+		{Group: "wgmesh.io", Resource: "peers", Verb: "list"},
+		{Group: "wgmesh.io", Resource: "peers", Verb: "watch"},
+		{Group: "wgmesh.io", Resource: "peers", Subresource: "status", Verb: "patch"},
 	}
 	// A sample of what it must not do.
 	forbidden := []authorizationv1.ResourceAttributes{
@@ -108,6 +113,8 @@ func testClusterRole(t *testing.T, ctx context.Context, l *lab.Lab) {
 		{Resource: "events", Verb: "delete", Namespace: "default"},
 		{Resource: "serviceaccounts", Subresource: "token", Verb: "create", Namespace: lab.AgentNamespace},
 		{Group: "rbac.authorization.k8s.io", Resource: "clusterroles", Verb: "escalate"},
+		{Group: "wgmesh.io", Resource: "peers", Verb: "update"},
+		{Group: "wgmesh.io", Resource: "peers", Verb: "create"},
 	}
 	wantUser := "system:serviceaccount:" + lab.AgentNamespace + ":" + lab.AgentServiceAccount
 	for _, node := range l.State().NodeNames() {

@@ -355,6 +355,9 @@ func createNodeObject(ctx context.Context, c kubernetes.Interface, n *Node) erro
 		},
 		Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR, PodCIDRs: []string{n.PodCIDR}},
 	}
+	if n.Location != "" {
+		obj.Labels[LabelLocation] = n.Location
+	}
 	created, err := c.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		// A leftover of a crashed add-node: start from a clean object.
@@ -370,6 +373,14 @@ func createNodeObject(ctx context.Context, c kubernetes.Interface, n *Node) erro
 	created.Status.Addresses = []corev1.NodeAddress{
 		{Type: corev1.NodeInternalIP, Address: n.UnderlayIP},
 		{Type: corev1.NodeHostName, Address: n.Name},
+	}
+	if n.Location != "" {
+		// A cloud node: its InternalIP is on the location's network.
+		created.Status.Addresses = []corev1.NodeAddress{
+			{Type: corev1.NodeInternalIP, Address: n.PrivateIP},
+			{Type: corev1.NodeExternalIP, Address: n.UnderlayIP},
+			{Type: corev1.NodeHostName, Address: n.Name},
+		}
 	}
 	created.Status.Conditions = []corev1.NodeCondition{{
 		Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "WgmeshLab",

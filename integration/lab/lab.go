@@ -227,7 +227,10 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 		if err != nil {
 			return err
 		}
-		return l.applyRBAC(ctx, c)
+		if err := l.applyRBAC(ctx, c); err != nil {
+			return err
+		}
+		return l.applyCRDs(ctx)
 	})
 	if err != nil {
 		return err

@@ -27,6 +27,12 @@ const (
 	natInsideRouter = "203.0.113.1"
 	natInsideNode   = "203.0.113.2"
 	maxNodeIndex    = 239 // 198.51.100.(10+i) must stay a host address
+	// DefaultListenPort is the agents' WireGuard port (the agent's
+	// default; the lab does not change it).
+	DefaultListenPort = 51820
+	// LabelLocation is the label the lab gives a node of a location
+	// (mesh.LabelLocation; the lab does not import the core).
+	LabelLocation = "wgmesh.io/location"
 )
 
 // run executes argv and returns a wrapped error carrying its output.
@@ -104,6 +110,11 @@ func connectNode(ctx context.Context, underlay string, n *Node) error {
 		mtu = 1500
 	}
 	m := strconv.Itoa(mtu)
+	if n.Location != "" {
+		if err := connectLocation(ctx, n, m); err != nil {
+			return err
+		}
+	}
 	for _, argv := range [][]string{
 		{"ip", "-n", underlay, "link", "add", n.Link, "mtu", m, "type", "veth", "peer", "name", "eth0", "mtu", m, "netns", n.Netns},
 		{"ip", "-n", underlay, "link", "set", n.Link, "master", underlayBridge, "up"},
@@ -118,6 +129,43 @@ func connectNode(ctx context.Context, underlay string, n *Node) error {
 		}
 	}
 	return nil
+}
+
+// connectLocation attaches the node (eth1, PrivateIP/24) to its location's
+// network: a namespace with a bridge and no address of its own, made by
+// the location's first node. Like the underlay it routes nowhere.
+func connectLocation(ctx context.Context, n *Node, mtu string) error {
+	if !netnsExists(n.LocationNetns) {
+		if err := addNetns(ctx, n.LocationNetns); err != nil {
+			return err
+		}
+		for _, argv := range [][]string{
+			{"ip", "-n", n.LocationNetns, "link", "add", underlayBridge, "type", "bridge"},
+			// Promiscuous, so a capture sees the frames it forwards.
+			{"ip", "-n", n.LocationNetns, "link", "set", underlayBridge, "promisc", "on", "up"},
+		} {
+			if err := run(ctx, argv...); err != nil {
+				return err
+			}
+		}
+	}
+	for _, argv := range [][]string{
+		{"ip", "-n", n.LocationNetns, "link", "add", n.Link, "mtu", mtu, "type", "veth", "peer", "name", "eth1", "mtu", mtu, "netns", n.Netns},
+		{"ip", "-n", n.LocationNetns, "link", "set", n.Link, "master", underlayBridge, "up"},
+		{"ip", "-n", n.Netns, "addr", "add", n.PrivateIP + "/24", "dev", "eth1"},
+		{"ip", "-n", n.Netns, "link", "set", "eth1", "up"},
+	} {
+		if err := run(ctx, argv...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Location returns the network namespace and bridge of a location's
+// network, for captures.
+func (l *Lab) Location(location string) (netnsName, bridge string) {
+	return l.st.NetnsPrefix + "loc-" + location, underlayBridge
 }
 
 // connectNATNode puts the node behind a router namespace that masquerades

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -36,7 +37,17 @@ type NodeOptions struct {
 	// AgentArgs are extra flags for this node's agent, kept for
 	// start-agent.
 	AgentArgs []string
+	// Location puts the node into a location (1-8 of [a-z0-9]): a
+	// network of its own, shared by the location's nodes and reachable
+	// from nowhere else, where the node has 203.0.113.(10+i) on eth1. Its
+	// Node carries the label wgmesh.io/location and that private address
+	// as its InternalIP, as a cloud node in a VPC would; its agent
+	// publishes the underlay address as its public endpoint (--endpoint).
+	// Not with NAT, not in the kubelet mode.
+	Location string
 }
+
+var validLocation = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
 
 // AddNode creates a node: namespaces, Node object (podCIDR 10.244.i.0/24,
 // InternalIP 198.51.100.(10+i)), the agent's ServiceAccount kubeconfig, the
@@ -71,6 +82,15 @@ func (l *Lab) AddNode(ctx context.Context, opt NodeOptions) (*Node, error) {
 			AgentArgs:  opt.AgentArgs,
 			Pods:       map[string]*Pod{},
 			NextPod:    1,
+		}
+		if opt.Location != "" {
+			if !validLocation.MatchString(opt.Location) || opt.NAT || st.Kubelet {
+				return fmt.Errorf("location %q: want 1-8 of [a-z0-9], and neither NAT nor the kubelet mode", opt.Location)
+			}
+			n.Location = opt.Location
+			n.LocationNetns = st.NetnsPrefix + "loc-" + opt.Location
+			n.PrivateIP = fmt.Sprintf("203.0.113.%d", 10+idx)
+			n.AgentArgs = append([]string{fmt.Sprintf("--endpoint=%s:%d", n.UnderlayIP, DefaultListenPort)}, n.AgentArgs...)
 		}
 		if opt.NAT {
 			n.NAT = &NAT{

@@ -56,6 +56,13 @@ type Node struct {
 	PodCIDR    string `json:"podCIDR"`
 	// NAT, when set, puts the node behind its own masquerading namespace.
 	NAT *NAT `json:"nat,omitempty"`
+	// Location, when set, gives the node a second interface (eth1,
+	// PrivateIP) on the location's own network (namespace LocationNetns,
+	// a bridge shared by the location's nodes): PrivateIP is its Node's
+	// InternalIP and UnderlayIP its public endpoint (see NodeOptions).
+	Location      string `json:"location,omitempty"`
+	LocationNetns string `json:"locationNetns,omitempty"`
+	PrivateIP     string `json:"privateIP,omitempty"`
 	// MTU of the node's underlay interface (0 = default 1500).
 	MTU int `json:"mtu,omitempty"`
 	// AgentArgs are this node's extra agent flags (after Config.AgentArgs).

@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/wgmesh/wgmesh/cni"
@@ -94,10 +95,12 @@ type host struct {
 	system     dataplane.System // nil: the running kernel
 	autoMTU    func(exclude ...string) (int, error)
 	kubeClient func(kubeconfig string) (kubernetes.Interface, error)
-	openDevice func(wgdev.Config) (device, error)
-	dial       func(name string) (deviceClient, error)
-	policy     func(policynft.Config) (policyTables, error)
-	listen     func(network, address string) (net.Listener, error)
+	// dynamicClient, for the Peer objects; nil: no external peers.
+	dynamicClient func(kubeconfig string) (dynamic.Interface, error)
+	openDevice    func(wgdev.Config) (device, error)
+	dial          func(name string) (deviceClient, error)
+	policy        func(policynft.Config) (policyTables, error)
+	listen        func(network, address string) (net.Listener, error)
 }
 
 // device is the running wireguard-go device (*wgdev.Device).
@@ -129,6 +132,9 @@ func realHost() host {
 		lookupEnv:  os.LookupEnv,
 		autoMTU:    dataplane.AutoMTU,
 		kubeClient: kubeClient,
+		dynamicClient: func(kubeconfig string) (dynamic.Interface, error) {
+			return kube.NewDynamicClient(kube.ClientConfig{Kubeconfig: kubeconfig, UserAgent: kube.DefaultComponent})
+		},
 		openDevice: func(c wgdev.Config) (device, error) {
 			d, err := wgdev.New(c)
 			if err != nil {
@@ -326,7 +332,17 @@ func (a *Agent) nodeSource() (kubernetes.Interface, NodeSource, error) {
 	if cfg.NodeSource != nil {
 		return client, cfg.NodeSource, nil
 	}
-	source, err := kube.New(kube.Config{Client: client, NodeName: cfg.NodeName, Logger: a.log})
+	// External peers (Peer objects) come through the same source, over a
+	// dynamic client from the same credentials; an injected client has
+	// none unless one is given too.
+	dyn := cfg.DynamicClient
+	if dyn == nil && cfg.KubeClient == nil && a.host.dynamicClient != nil {
+		var err error
+		if dyn, err = a.host.dynamicClient(cfg.Kubeconfig); err != nil {
+			return nil, nil, err
+		}
+	}
+	source, err := kube.New(kube.Config{Client: client, NodeName: cfg.NodeName, Logger: a.log, Dynamic: dyn})
 	if err != nil {
 		return nil, nil, err
 	}

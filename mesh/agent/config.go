@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/wgmesh/wgmesh/mesh"
@@ -100,6 +101,10 @@ type Config struct {
 	Kubeconfig string
 	KubeClient kubernetes.Interface
 	NodeSource NodeSource
+	// DynamicClient reads the Peer objects (external peers) when Run
+	// watches the Nodes itself; nil with KubeClient set means none, nil
+	// otherwise means one built like the kube client.
+	DynamicClient dynamic.Interface
 
 	// For harnesses. NoOffload opens the TUN without IFF_VNET_HDR (see
 	// wgdev.Config.NoOffload).

@@ -87,6 +87,9 @@ type Peer struct {
 	// public key (kept across passes and agent restarts), so a reader can
 	// tell a freshly added peer from one that had time to handshake.
 	Since time.Time `json:"since"`
+	// RelayedVia names the relay node this peer's pod traffic goes
+	// through (its allowed IPs are on the relay's peer); empty: direct.
+	RelayedVia string `json:"relayedVia,omitempty"`
 }
 
 // Exclusion is a node with a reason (mesh.Reason) and a human-readable
@@ -147,6 +150,7 @@ func FromStatus(info Info, st mesh.Status, prev *State) State {
 			AllowedIPs:                 prefixStrings(p.AllowedIPs),
 			PersistentKeepaliveSeconds: int(p.Keepalive / time.Second),
 			Since:                      now.UTC(),
+			RelayedVia:                 p.Via,
 		}
 		if p.Endpoint.IsValid() {
 			q.Endpoint = p.Endpoint.String()
@@ -188,11 +192,12 @@ type ParsedPeer struct {
 	AllowedIPs []netip.Prefix
 	Keepalive  time.Duration
 	Since      time.Time
+	RelayedVia string
 }
 
 // Parse validates a peer record.
 func (p Peer) Parse() (ParsedPeer, error) {
-	out := ParsedPeer{Node: p.Node, Keepalive: time.Duration(p.PersistentKeepaliveSeconds) * time.Second, Since: p.Since}
+	out := ParsedPeer{Node: p.Node, Keepalive: time.Duration(p.PersistentKeepaliveSeconds) * time.Second, Since: p.Since, RelayedVia: p.RelayedVia}
 	var errs []error
 	if p.Node == "" {
 		errs = append(errs, errors.New("empty node name"))

@@ -117,6 +117,10 @@ func rulesFor(fw Firewall) map[string][]Rule {
 	forward := []Rule{
 		{IIF: br, OIF: wg, Verdict: VerdictAccept, Note: "pods to the mesh"},
 		{IIF: wg, OIF: br, Verdict: VerdictAccept, Note: "mesh to pods"},
+		// A relay node forwards pod traffic between two of its peers
+		// that cannot reach each other (mesh.AnnotationRelay); it is
+		// WireGuard-encrypted on both legs.
+		{IIF: wg, OIF: wg, Verdict: VerdictAccept, Note: "relayed between peers"},
 		{IIF: br, OIF: br, Verdict: VerdictAccept, Note: "pod to pod on this node"},
 		{IIF: br, Verdict: VerdictAccept, Note: "pods to outside the cluster"},
 		{OIF: br, Established: true, Verdict: VerdictAccept, Note: "replies to pods"},

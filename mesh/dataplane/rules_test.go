@@ -15,6 +15,7 @@ func TestRulesFor(t *testing.T) {
 		return []Rule{
 			{Chain: chain, IIF: "br", OIF: "wg", Verdict: VerdictAccept, Note: "pods to the mesh"},
 			{Chain: chain, IIF: "wg", OIF: "br", Verdict: VerdictAccept, Note: "mesh to pods"},
+			{Chain: chain, IIF: "wg", OIF: "wg", Verdict: VerdictAccept, Note: "relayed between peers"},
 			{Chain: chain, IIF: "br", OIF: "br", Verdict: VerdictAccept, Note: "pod to pod on this node"},
 			{Chain: chain, IIF: "br", Verdict: VerdictAccept, Note: "pods to outside the cluster"},
 			{Chain: chain, OIF: "br", Established: true, Verdict: VerdictAccept, Note: "replies to pods"},

@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -36,6 +37,33 @@ type ClientConfig struct {
 // NewClient builds a clientset. It reads the kubeconfig or the service
 // account's files and contacts no server.
 func NewClient(cfg ClientConfig) (kubernetes.Interface, error) {
+	rc, err := restConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return c, nil
+}
+
+// NewDynamicClient builds a dynamic client (for the Peer objects, which
+// have no generated clientset) from the same credentials as NewClient. It
+// contacts no server.
+func NewDynamicClient(cfg ClientConfig) (dynamic.Interface, error) {
+	rc, err := restConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes dynamic client: %w", err)
+	}
+	return c, nil
+}
+
+func restConfig(cfg ClientConfig) (*rest.Config, error) {
 	var rc *rest.Config
 	var err error
 	switch {
@@ -52,11 +80,7 @@ func NewClient(cfg ClientConfig) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
 	rc.UserAgent = cmp.Or(cfg.UserAgent, DefaultComponent)
-	c, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return c, nil
+	return rc, nil
 }
 
 // patchAnnotations merges annotations into the Node's metadata.annotations

@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
@@ -47,6 +48,10 @@ type Config struct {
 	// Component names the event source and the patch field manager;
 	// empty means DefaultComponent.
 	Component string
+	// Dynamic, if set, also watches the Peer objects (external peers,
+	// PeerGVR): the Source then lists them (mesh.ExternalPeerSource) and
+	// reports their status. Nil: no external peers.
+	Dynamic dynamic.Interface
 }
 
 // Source is a mesh.NodeSource backed by a shared Node informer.
@@ -63,6 +68,8 @@ type Source struct {
 	// on every pass was most of a pass's listing time at 5000 Nodes.
 	mu         sync.Mutex
 	translated map[string]translation
+
+	peers *peerWatch // nil without Config.Dynamic
 }
 
 type translation struct {
@@ -70,7 +77,13 @@ type translation struct {
 	raw mesh.RawNode
 }
 
-var _ mesh.NodeSource = (*Source)(nil)
+var (
+	_ mesh.NodeSource         = (*Source)(nil)
+	_ mesh.ExternalPeerSource = (*Source)(nil)
+)
+
+// peerRecheck is how often a missing Peer CRD is looked for again.
+const peerRecheck = time.Minute
 
 // New builds the informer and lister; it does no I/O. Call Run to start.
 func New(cfg Config) (*Source, error) {
@@ -118,6 +131,9 @@ func New(cfg Config) (*Source, error) {
 			Component: cfg.Component, Host: cfg.NodeName, Logger: log, SyncedMessage: "node informer synced",
 		}),
 	}
+	if cfg.Dynamic != nil {
+		s.peers = &peerWatch{dyn: cfg.Dynamic, disc: cfg.Client.Discovery(), log: log, signal: s.signal, recheck: peerRecheck}
+	}
 	// Registering a handler before Start does no I/O.
 	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    s.onAdd,
@@ -131,7 +147,43 @@ func New(cfg Config) (*Source, error) {
 
 // Run starts the informer and the event broadcaster and blocks until ctx is
 // cancelled, then stops both.
-func (s *Source) Run(ctx context.Context) error { return s.run.Run(ctx) }
+func (s *Source) Run(ctx context.Context) error {
+	if s.peers != nil {
+		ctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.peers.run(ctx)
+		}()
+		defer func() {
+			cancel()
+			<-done
+		}()
+	}
+	return s.run.Run(ctx)
+}
+
+// ExternalPeers lists the cached Peer objects, sorted by name (none
+// without Config.Dynamic or without the CRD).
+func (s *Source) ExternalPeers() ([]mesh.RawExternalPeer, error) {
+	if s.peers == nil {
+		return nil, nil
+	}
+	return s.peers.list()
+}
+
+// ReportPeer sets the Peer's Accepted condition, with a Warning Event on
+// the Peer when it is refused.
+func (s *Source) ReportPeer(ctx context.Context, p mesh.RawExternalPeer, st mesh.PeerStatus) error {
+	if s.peers == nil {
+		return errors.New("kube node source: no dynamic client for peers")
+	}
+	return s.peers.report(ctx, func(ref *v1.ObjectReference, reason, msg string) {
+		if rec := s.run.Recorder(); rec != nil {
+			rec.Event(ref, v1.EventTypeWarning, reason, msg)
+		}
+	}, s.cfg.Component, p, st)
+}
 
 // Nodes lists the cached Nodes, sorted by name. Successive calls share the
 // annotation maps and slices of unchanged Nodes: callers must not modify
@@ -181,7 +233,9 @@ func RawNode(n *v1.Node) mesh.RawNode { return translate.RawNode(n) }
 func (s *Source) Changed() <-chan struct{} { return s.run.Changed() }
 
 // HasSynced reports whether the informer completed its initial list.
-func (s *Source) HasSynced() bool { return s.run.HasSynced() }
+func (s *Source) HasSynced() bool {
+	return s.run.HasSynced() && (s.peers == nil || s.peers.hasSynced())
+}
 
 // Publish merges annotations into this node's own Node (patchAnnotations).
 func (s *Source) Publish(ctx context.Context, annotations map[string]string) error {

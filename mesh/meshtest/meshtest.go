@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -155,6 +156,20 @@ func (d *Device) Roam(key wgtypes.Key, ep *net.UDPAddr) error {
 		}
 	}
 	return fmt.Errorf("roam: no peer %s", key)
+}
+
+// Handshake records a completed handshake with the peer at t, as the
+// device does. It is not recorded as a config.
+func (d *Device) Handshake(key wgtypes.Key, t time.Time) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i := range d.dev.Peers {
+		if d.dev.Peers[i].PublicKey == key {
+			d.dev.Peers[i].LastHandshakeTime = t
+			return nil
+		}
+	}
+	return fmt.Errorf("handshake: no peer %s", key)
 }
 
 // canonical masks the address and uses the 4-byte form for IPv4.

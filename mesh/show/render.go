@@ -57,6 +57,9 @@ func Text(w io.Writer, r Report) error {
 			line("  node: %s", p.Node)
 		}
 		line("  health: %s", p.Health)
+		if p.RelayedVia != "" {
+			line("  relayed via: %s", p.RelayedVia)
+		}
 		for _, pr := range p.Problems {
 			line("  problem: %s: %s", pr.Health, pr.Detail)
 		}

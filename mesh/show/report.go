@@ -131,6 +131,9 @@ type Peer struct {
 	// DesiredEndpoint and DesiredAllowedIPs are what the node publishes.
 	DesiredEndpoint   string   `json:"desiredEndpoint,omitempty"`
 	DesiredAllowedIPs []string `json:"desiredAllowedIPs,omitempty"`
+	// RelayedVia names the relay node the pod traffic to this peer goes
+	// through (its pod CIDRs are on the relay's peer); absent when direct.
+	RelayedVia string `json:"relayedVia,omitempty"`
 	// LatestHandshake is absent when there was none.
 	LatestHandshake *time.Time `json:"latestHandshake,omitempty"`
 	// HandshakeAgeSeconds is Time minus LatestHandshake, absent with it.
@@ -317,6 +320,7 @@ func judge(dp agentstate.ParsedPeer, d *wgtypes.Peer, degraded []Reason, now tim
 	}
 	q.Node = dp.Node
 	q.DesiredAllowedIPs = prefixStrings(sortedPrefixes(dp.AllowedIPs))
+	q.RelayedVia = dp.RelayedVia
 	if dp.Endpoint.IsValid() {
 		q.DesiredEndpoint = dp.Endpoint.String()
 	}
