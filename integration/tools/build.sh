@@ -3,7 +3,9 @@
 # from this tools module (and ./runtime) and put them in OUTDIR:
 #   control plane: kube-apiserver, kubectl, etcd
 #   node stack:    kubelet, kube-proxy, kube-controller-manager, kube-scheduler
-#   upstream e2e:  e2e.test, agnhost (k8s.io/kubernetes/test/...)
+#   upstream e2e:  e2e.test, agnhost (k8s.io/kubernetes/test/...), and the
+#                  ginkgo CLI (github.com/onsi/ginkgo/v2 at the version
+#                  k8s.io/kubernetes requires) to run e2e.test in parallel
 #   runtime:       containerd, containerd-shim-runc-v2, ctr (containerd/v2),
 #                  loopback, portmap (containernetworking/plugins),
 #                  ocibuild (ours: writes the lab's images without a registry)
@@ -35,6 +37,7 @@ declare -A kube=(
 	[kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
 	[kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
 	[agnhost]=k8s.io/kubernetes/test/images/agnhost
+	[ginkgo]=github.com/onsi/ginkgo/v2/ginkgo
 )
 declare -A runtime=(
 	[containerd]=github.com/containerd/containerd/v2/cmd/containerd
