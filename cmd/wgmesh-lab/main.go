@@ -118,7 +118,7 @@ Every flag can also be set as WGMESH_LAB_<FLAG> (e.g. WGMESH_LAB_NAME).`,
 
 func upCmd(cfg func() (lab.Config, error)) *cobra.Command {
 	var nodes, pods int
-	var kubelet bool
+	var kubelet, dualStack, ipv6Underlay bool
 	c := &cobra.Command{
 		Use:   "up",
 		Short: "Start a lab (removing leftovers of an earlier one with the same name first)",
@@ -133,7 +133,7 @@ func upCmd(cfg func() (lab.Config, error)) *cobra.Command {
 			}
 			l := lab.New(conf)
 			start := time.Now()
-			if err := l.Up(cmd.Context(), lab.UpOptions{Nodes: nodes, Pods: pods, Kubelet: kubelet}); err != nil {
+			if err := l.Up(cmd.Context(), lab.UpOptions{Nodes: nodes, Pods: pods, Kubelet: kubelet, DualStack: dualStack, IPv6Underlay: ipv6Underlay}); err != nil {
 				return fmt.Errorf("up: %w\n(logs in %s/logs; `wgmesh-lab down --name %s` cleans up)", err, conf.Defaults().StateDir, conf.Defaults().Name)
 			}
 			fmt.Printf("lab %q up in %s: %d nodes x %d pods\n", conf.Defaults().Name, time.Since(start).Round(100*time.Millisecond), nodes, pods)
@@ -142,6 +142,8 @@ func upCmd(cfg func() (lab.Config, error)) *cobra.Command {
 	}
 	c.Flags().IntVar(&nodes, "nodes", 3, "number of nodes")
 	c.Flags().IntVar(&pods, "pods", 2, "pods per node")
+	c.Flags().BoolVar(&dualStack, "dual-stack", false, "dual-stack pods: every node also gets fd00:10:244:i::/64, every pod an address of each family; agents get --cluster-cidrs=10.244.0.0/16,fd00:10:244::/56")
+	c.Flags().BoolVar(&ipv6Underlay, "ipv6-underlay", false, "add 2001:db8:100::/64 to the underlay and mix endpoints: node i publishes IPv4 (i%3=1), IPv6 (i%3=2), or is IPv6-only (i%3=0)")
 	c.Flags().BoolVar(&kubelet, "kubelet", false, "real node stack per node (containerd + crun, kubelet, kube-proxy; kube-controller-manager and kube-scheduler beside the apiserver); wgmesh installed with kubectl apply -k deploy/overlays/lab")
 	return c
 }
@@ -312,6 +314,7 @@ func addNodeCmd(open func() (*lab.Lab, error)) *cobra.Command {
 	c.Flags().BoolVar(&opt.NAT, "nat", false, "put the node behind a masquerading NAT namespace (inside 203.0.113.2)")
 	c.Flags().StringVar(&opt.Location, "location", "", "put the node into a location: a private network (eth1, 203.0.113.(10+i)) shared with the location's other nodes; its InternalIP is there, its public endpoint on the underlay")
 	c.Flags().IntVar(&opt.MTU, "mtu", 0, "underlay MTU of the node (default 1500)")
+	c.Flags().StringVar((*string)(&opt.Underlay), "underlay", "", `with up --ipv6-underlay: "ipv6" publishes the node's IPv6 endpoint, "ipv6-only" gives it no IPv4 underlay at all; empty: IPv4 endpoint`)
 	c.Flags().BoolVar(&opt.NoAgent, "no-agent", false, "do not start the agent (start-agent later)")
 	c.Flags().StringArrayVar(&opt.AgentArgs, "node-agent-arg", nil, "extra flag for this node's agent only (repeatable; kept for start-agent)")
 	return c
@@ -376,6 +379,7 @@ func removePodCmd(open func() (*lab.Lab, error)) *cobra.Command {
 
 func pingMatrixCmd(open func() (*lab.Lab, error)) *cobra.Command {
 	var attempts int
+	var ipv6 bool
 	c := &cobra.Command{
 		Use:   "ping-matrix",
 		Short: "Ping every pod from every pod and print the matrix; exit 1 if any pair fails",
@@ -385,7 +389,15 @@ func pingMatrixCmd(open func() (*lab.Lab, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			m := l.PingMatrix(cmd.Context(), attempts)
+			var m lab.Matrix
+			switch {
+			case ipv6 && !l.State().DualStack:
+				return errors.New("--ipv6 needs a dual-stack lab (up --dual-stack)")
+			case ipv6:
+				m = l.PingMatrix6(cmd.Context(), attempts)
+			default:
+				m = l.PingMatrix(cmd.Context(), attempts)
+			}
 			m.Print(os.Stdout)
 			if f := m.Failures(); len(f) > 0 {
 				return fmt.Errorf("%d pairs unreachable: %s", len(f), strings.Join(f, ", "))
@@ -394,6 +406,7 @@ func pingMatrixCmd(open func() (*lab.Lab, error)) *cobra.Command {
 		},
 	}
 	c.Flags().IntVar(&attempts, "attempts", 3, "pings per pair before declaring it unreachable")
+	c.Flags().BoolVarP(&ipv6, "ipv6", "6", false, "ping the pods' IPv6 addresses (dual-stack lab)")
 	return c
 }
 

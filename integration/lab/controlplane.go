@@ -49,6 +49,15 @@ func APIServerURL() string {
 	return fmt.Sprintf("https://%s:%d", UnderlayGateway, apiserverPort)
 }
 
+// apiServerURLFor is where node n reaches the apiserver: over IPv6 from a
+// node without IPv4.
+func apiServerURLFor(n *Node) string {
+	if n.Underlay == UnderlayIPv6Only {
+		return fmt.Sprintf("https://[%s]:%d", UnderlayGatewayIPv6, apiserverPort)
+	}
+	return APIServerURL()
+}
+
 func (l *Lab) pki() pki { return pki{dir: filepath.Join(l.cfg.StateDir, "pki")} }
 
 func (l *Lab) logPath(name string) string {
@@ -76,11 +85,15 @@ func (l *Lab) startEtcd(st *State) (Proc, error) {
 
 func (l *Lab) apiserverArgv(st *State) []string {
 	p := l.pki()
+	bind := "0.0.0.0"
+	if st.IPv6Underlay {
+		bind = "::" // both families: IPv6-only nodes reach it on UnderlayGatewayIPv6
+	}
 	return []string{
 		"nsenter", "--net=" + netnsPath(st.Underlay), "--",
 		filepath.Join(l.cfg.BinDir, "kube-apiserver"),
 		"--etcd-servers=http://127.0.0.1:2379",
-		"--bind-address=0.0.0.0",
+		"--bind-address=" + bind,
 		fmt.Sprintf("--secure-port=%d", apiserverPort),
 		"--advertise-address=" + UnderlayGateway,
 		"--tls-cert-file=" + p.path("apiserver.crt"),
@@ -338,7 +351,7 @@ func (l *Lab) writeAgentKubeconfig(ctx context.Context, c kubernetes.Interface, 
 		return fmt.Errorf("request agent token: %w", err)
 	}
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["lab"] = &clientcmdapi.Cluster{Server: APIServerURL(), CertificateAuthority: l.pki().CAFile()}
+	cfg.Clusters["lab"] = &clientcmdapi.Cluster{Server: apiServerURLFor(n), CertificateAuthority: l.pki().CAFile()}
 	cfg.AuthInfos["wgmesh-agent"] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
 	cfg.Contexts["lab"] = &clientcmdapi.Context{Cluster: "lab", AuthInfo: "wgmesh-agent"}
 	cfg.CurrentContext = "lab"
@@ -353,7 +366,7 @@ func createNodeObject(ctx context.Context, c kubernetes.Interface, n *Node) erro
 			Name:   n.Name,
 			Labels: map[string]string{"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux"},
 		},
-		Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR, PodCIDRs: []string{n.PodCIDR}},
+		Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR, PodCIDRs: n.PodCIDRs()},
 	}
 	if n.Location != "" {
 		obj.Labels[LabelLocation] = n.Location
@@ -370,10 +383,11 @@ func createNodeObject(ctx context.Context, c kubernetes.Interface, n *Node) erro
 		return fmt.Errorf("create node %s: %w", n.Name, err)
 	}
 	now := metav1.Now()
-	created.Status.Addresses = []corev1.NodeAddress{
-		{Type: corev1.NodeInternalIP, Address: n.UnderlayIP},
-		{Type: corev1.NodeHostName, Address: n.Name},
+	created.Status.Addresses = nil
+	for _, ip := range n.InternalIPs() {
+		created.Status.Addresses = append(created.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip})
 	}
+	created.Status.Addresses = append(created.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: n.Name})
 	if n.Location != "" {
 		// A cloud node: its InternalIP is on the location's network.
 		created.Status.Addresses = []corev1.NodeAddress{

@@ -723,7 +723,7 @@ func stopKubeletNode(n *Node) error {
 // their agent wrote the conflist; then the pods.
 func (l *Lab) upKubelet(ctx context.Context, opt UpOptions, start time.Time) error {
 	log := l.cfg.Log
-	names, err := l.addNodesNoWait(ctx, opt.Nodes)
+	names, err := l.addNodesNoWait(ctx, opt.Nodes, false)
 	if err != nil {
 		return err
 	}

@@ -138,6 +138,25 @@ type UpOptions struct {
 	// Kubelet runs the real node stack on every node (kubelet.go) and
 	// installs wgmesh from deploy/overlays/lab instead of starting agents.
 	Kubelet bool
+	// DualStack gives nodes an IPv6 podCIDR too and pods an address of
+	// each family; the agents get both families as cluster-cidrs.
+	DualStack bool
+	// IPv6Underlay adds 2001:db8:100::/64 to the underlay and makes a
+	// mixed cluster: node i (1-based) publishes an IPv4 endpoint when
+	// i%3 == 1, an IPv6 one when i%3 == 2, and has no IPv4 underlay at
+	// all when i%3 == 0 (see UnderlayKind).
+	IPv6Underlay bool
+}
+
+// underlayFor is the UpOptions.IPv6Underlay pattern for the i-th node.
+func underlayFor(i int) UnderlayKind {
+	switch i % 3 {
+	case 2:
+		return UnderlayPreferIPv6
+	case 0:
+		return UnderlayIPv6Only
+	}
+	return UnderlayDefault
 }
 
 // Up removes leftovers of an earlier lab with the same state directory and
@@ -154,6 +173,9 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 		return err
 	}
 	if opt.Kubelet {
+		if opt.DualStack || opt.IPv6Underlay {
+			return errors.New("the kubelet mode is IPv4 only so far; dual-stack and the IPv6 underlay run with the agents started directly")
+		}
 		if err := l.checkKubeletBinaries(); err != nil {
 			return err
 		}
@@ -167,13 +189,15 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 		return fmt.Errorf("create state dir: %w", err)
 	}
 	st := &State{
-		Name:        l.cfg.Name,
-		NetnsPrefix: l.prefix(),
-		Underlay:    l.prefix() + "ul",
-		MountDir:    filepath.Join(l.cfg.StateDir, "ns"),
-		Nodes:       map[string]*Node{},
-		NextIndex:   1,
-		Kubelet:     opt.Kubelet,
+		Name:         l.cfg.Name,
+		NetnsPrefix:  l.prefix(),
+		Underlay:     l.prefix() + "ul",
+		MountDir:     filepath.Join(l.cfg.StateDir, "ns"),
+		Nodes:        map[string]*Node{},
+		NextIndex:    1,
+		Kubelet:      opt.Kubelet,
+		DualStack:    opt.DualStack,
+		IPv6Underlay: opt.IPv6Underlay,
 	}
 	if err := saveState(l.cfg.StateDir, st); err != nil {
 		return err
@@ -183,14 +207,14 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 			return err
 		}
 		log.Info("generating certificates")
-		if err := l.pki().generate([]net.IP{net.ParseIP(UnderlayGateway), net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")}); err != nil {
+		if err := l.pki().generate([]net.IP{net.ParseIP(UnderlayGateway), net.ParseIP(UnderlayGatewayIPv6), net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")}); err != nil {
 			return err
 		}
 		if err := l.writeAdminKubeconfig(); err != nil {
 			return err
 		}
 		log.Info("creating underlay", "netns", st.Underlay, "bridge", underlayBridge, "subnet", "198.51.100.0/24")
-		if err := setupUnderlay(ctx, st.Underlay); err != nil {
+		if err := setupUnderlay(ctx, st.Underlay, st.IPv6Underlay); err != nil {
 			return err
 		}
 		log.Info("starting etcd")
@@ -240,7 +264,7 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 	}
 	// Start every node's agent first, then wait for them together: the
 	// agents come up in parallel.
-	names, err := l.addNodesNoWait(ctx, opt.Nodes)
+	names, err := l.addNodesNoWait(ctx, opt.Nodes, opt.IPv6Underlay)
 	if err != nil {
 		return err
 	}
@@ -495,10 +519,14 @@ func lookPath(name string) (string, error) {
 
 // addNodesNoWait adds n nodes without waiting for any of them, so their
 // agents (or kubelets) start in parallel, and returns their names.
-func (l *Lab) addNodesNoWait(ctx context.Context, n int) ([]string, error) {
+func (l *Lab) addNodesNoWait(ctx context.Context, n int, mixedUnderlay bool) ([]string, error) {
 	var names []string
 	for i := 0; i < n; i++ {
-		node, err := l.AddNode(ctx, NodeOptions{NoWait: true})
+		opt := NodeOptions{NoWait: true}
+		if mixedUnderlay {
+			opt.Underlay = underlayFor(i + 1)
+		}
+		node, err := l.AddNode(ctx, opt)
 		if err != nil {
 			return names, err
 		}

@@ -77,17 +77,23 @@ func delNetns(ctx context.Context, name string) error {
 
 // setupUnderlay creates the underlay namespace with its bridge. It has no
 // route anywhere but the bridge's subnet: nothing the lab sends can leave.
-func setupUnderlay(ctx context.Context, name string) error {
+func setupUnderlay(ctx context.Context, name string, ipv6 bool) error {
 	if err := addNetns(ctx, name); err != nil {
 		return err
 	}
-	for _, argv := range [][]string{
+	var v6 [][]string
+	if ipv6 {
+		// No duplicate address detection: the lab owns the subnet, and a
+		// tentative address cannot be bound (the apiserver listens on it).
+		v6 = [][]string{{"ip", "-n", name, "addr", "add", fmt.Sprintf("%s/%d", UnderlayGatewayIPv6, underlayPrefixV6), "dev", underlayBridge, "nodad"}}
+	}
+	for _, argv := range append([][]string{
 		{"ip", "-n", name, "link", "add", underlayBridge, "type", "bridge"},
 		{"ip", "-n", name, "addr", "add", fmt.Sprintf("%s/%d", UnderlayGateway, underlayPrefix), "dev", underlayBridge},
 		// Promiscuous, so a capture on the bridge sees the frames it
 		// forwards between nodes, not only those addressed to itself.
 		{"ip", "-n", name, "link", "set", underlayBridge, "promisc", "on", "up"},
-	} {
+	}, v6...) {
 		if err := run(ctx, argv...); err != nil {
 			return err
 		}
@@ -115,15 +121,27 @@ func connectNode(ctx context.Context, underlay string, n *Node) error {
 			return err
 		}
 	}
-	for _, argv := range [][]string{
+	argvs := [][]string{
 		{"ip", "-n", underlay, "link", "add", n.Link, "mtu", m, "type", "veth", "peer", "name", "eth0", "mtu", m, "netns", n.Netns},
 		{"ip", "-n", underlay, "link", "set", n.Link, "master", underlayBridge, "up"},
-		{"ip", "-n", n.Netns, "addr", "add", fmt.Sprintf("%s/%d", n.UnderlayIP, underlayPrefix), "dev", "eth0"},
-		{"ip", "-n", n.Netns, "link", "set", "eth0", "up"},
-		// A default route like a real node's; the underlay namespace routes
-		// nowhere, so this cannot leak traffic out of the lab.
-		{"ip", "-n", n.Netns, "route", "add", "default", "via", UnderlayGateway},
-	} {
+	}
+	if n.Underlay != UnderlayIPv6Only {
+		argvs = append(argvs, []string{"ip", "-n", n.Netns, "addr", "add", fmt.Sprintf("%s/%d", n.UnderlayIP, underlayPrefix), "dev", "eth0"})
+	}
+	if n.UnderlayIPv6 != "" {
+		argvs = append(argvs, []string{"ip", "-n", n.Netns, "addr", "add", fmt.Sprintf("%s/%d", n.UnderlayIPv6, underlayPrefixV6), "dev", "eth0", "nodad"})
+	}
+	argvs = append(argvs, []string{"ip", "-n", n.Netns, "link", "set", "eth0", "up"})
+	// A default route like a real node's, per family it has; the
+	// underlay namespace routes nowhere, so this cannot leak traffic out
+	// of the lab.
+	if n.Underlay != UnderlayIPv6Only {
+		argvs = append(argvs, []string{"ip", "-n", n.Netns, "route", "add", "default", "via", UnderlayGateway})
+	}
+	if n.UnderlayIPv6 != "" {
+		argvs = append(argvs, []string{"ip", "-n", n.Netns, "-6", "route", "add", "default", "via", UnderlayGatewayIPv6})
+	}
+	for _, argv := range argvs {
 		if err := run(ctx, argv...); err != nil {
 			return err
 		}

@@ -18,6 +18,22 @@ import (
 // AgentConflist is the file the agent writes when the node is ready for pods.
 const AgentConflist = "10-wgmesh.conflist"
 
+// UnderlayKind says how a node sits on a lab's underlay.
+type UnderlayKind string
+
+const (
+	// UnderlayDefault: an IPv4 address and endpoint; in a lab with an
+	// IPv6 underlay the node has an IPv6 address as well (dual-homed)
+	// but still publishes its IPv4 endpoint.
+	UnderlayDefault UnderlayKind = ""
+	// UnderlayPreferIPv6: dual-homed, but the Node lists its IPv6
+	// InternalIP first, so the agent publishes an IPv6 endpoint.
+	UnderlayPreferIPv6 UnderlayKind = "ipv6"
+	// UnderlayIPv6Only: no IPv4 underlay address or route at all; the
+	// node reaches the apiserver and its peers over IPv6 only.
+	UnderlayIPv6Only UnderlayKind = "ipv6-only"
+)
+
 // NodeOptions shapes a new node.
 type NodeOptions struct {
 	// Name of the Node object; default node<index>.
@@ -45,6 +61,9 @@ type NodeOptions struct {
 	// publishes the underlay address as its public endpoint (--endpoint).
 	// Not with NAT, not in the kubelet mode.
 	Location string
+	// Underlay needs a lab with an IPv6 underlay unless it is
+	// UnderlayDefault.
+	Underlay UnderlayKind
 }
 
 var validLocation = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
@@ -69,6 +88,14 @@ func (l *Lab) AddNode(ctx context.Context, opt NodeOptions) (*Node, error) {
 		if _, dup := st.Nodes[name]; dup {
 			return fmt.Errorf("node %q already exists", name)
 		}
+		switch {
+		case opt.Underlay != UnderlayDefault && opt.Underlay != UnderlayPreferIPv6 && opt.Underlay != UnderlayIPv6Only:
+			return fmt.Errorf("underlay %q: want %q, %q or empty", opt.Underlay, UnderlayPreferIPv6, UnderlayIPv6Only)
+		case opt.Underlay != UnderlayDefault && !st.IPv6Underlay:
+			return fmt.Errorf("underlay %q needs a lab with an IPv6 underlay (up --ipv6-underlay)", opt.Underlay)
+		case opt.Underlay != UnderlayDefault && opt.NAT:
+			return fmt.Errorf("a NAT'd node's underlay is IPv4 only; underlay %q does not combine with nat", opt.Underlay)
+		}
 		n := &Node{
 			Name:       name,
 			Index:      idx,
@@ -82,6 +109,16 @@ func (l *Lab) AddNode(ctx context.Context, opt NodeOptions) (*Node, error) {
 			AgentArgs:  opt.AgentArgs,
 			Pods:       map[string]*Pod{},
 			NextPod:    1,
+			Underlay:   opt.Underlay,
+		}
+		if st.DualStack {
+			n.PodCIDRv6 = podCIDRv6(idx)
+		}
+		if st.IPv6Underlay && !opt.NAT {
+			n.UnderlayIPv6 = underlayIPv6(idx)
+			if opt.Underlay == UnderlayIPv6Only {
+				n.UnderlayIP = n.UnderlayIPv6
+			}
 		}
 		if opt.Location != "" {
 			if !validLocation.MatchString(opt.Location) || opt.NAT || st.Kubelet {
@@ -108,7 +145,8 @@ func (l *Lab) AddNode(ctx context.Context, opt NodeOptions) (*Node, error) {
 		if err := save(); err != nil {
 			return err
 		}
-		l.cfg.Log.Info("adding node", "node", name, "underlay-ip", n.UnderlayIP, "pod-cidr", n.PodCIDR, "nat", opt.NAT)
+		l.cfg.Log.Info("adding node", "node", name, "underlay-ip", n.UnderlayIP, "underlay-ipv6", n.UnderlayIPv6,
+			"pod-cidrs", n.PodCIDRs(), "nat", opt.NAT, "underlay", opt.Underlay)
 		if err := prepareNodeDirs(n); err != nil {
 			return err
 		}
@@ -192,6 +230,11 @@ func (l *Lab) agentArgv(n *Node) []string {
 		filepath.Join(l.cfg.BinDir, "wgmesh-agent"),
 		"--node-name=" + n.Name,
 		"--kubeconfig=" + filepath.Join(n.Dir, "kubeconfig"),
+	}
+	if l.st != nil && l.st.DualStack {
+		// Fail-closed and never masqueraded for both families; given
+		// first so that Config.AgentArgs and the node's own args win.
+		argv = append(argv, "--cluster-cidrs="+ClusterCIDRs+","+ClusterCIDRv6)
 	}
 	argv = append(argv, l.cfg.AgentArgs...)
 	return append(argv, n.AgentArgs...)
@@ -371,5 +414,42 @@ func (n *Node) Endpoint() string {
 
 // String is for messages.
 func (n *Node) String() string {
-	return strings.Join([]string{n.Name, n.UnderlayIP, n.PodCIDR}, " ")
+	return strings.Join(append([]string{n.Name, n.UnderlayIP}, n.PodCIDRs()...), " ")
 }
+
+// PodCIDRs are the node's podCIDRs, IPv4 first (spec.podCIDRs).
+func (n *Node) PodCIDRs() []string {
+	if n.PodCIDRv6 == "" {
+		return []string{n.PodCIDR}
+	}
+	return []string{n.PodCIDR, n.PodCIDRv6}
+}
+
+// InternalIPs are the node's InternalIP addresses in the order its Node
+// lists them: the agent publishes the first as its endpoint.
+func (n *Node) InternalIPs() []string {
+	switch {
+	case n.UnderlayIPv6 == "" || n.Underlay == UnderlayIPv6Only:
+		return []string{n.UnderlayIP}
+	case n.Underlay == UnderlayPreferIPv6:
+		return []string{n.UnderlayIPv6, n.UnderlayIP}
+	}
+	return []string{n.UnderlayIP, n.UnderlayIPv6}
+}
+
+// Lab address plan for IPv6 (design.md): pods fd00:10:244:i::/64 out of
+// ClusterCIDRv6, underlay 2001:db8:100::/64 with the bridge at ::1 and
+// node i at ::(10+i) (decimal digits, read as hex: node 1 is ::11 as it is
+// .11 in IPv4).
+const (
+	// ClusterCIDRs is the lab's IPv4 cluster pod range.
+	ClusterCIDRs = "10.244.0.0/16"
+	// ClusterCIDRv6 is the lab's IPv6 cluster pod range.
+	ClusterCIDRv6 = "fd00:10:244::/56"
+	// UnderlayGatewayIPv6 is the underlay bridge's IPv6 address.
+	UnderlayGatewayIPv6 = "2001:db8:100::1"
+	underlayPrefixV6    = 64
+)
+
+func podCIDRv6(idx int) string    { return fmt.Sprintf("fd00:10:244:%x::/64", idx) }
+func underlayIPv6(idx int) string { return fmt.Sprintf("2001:db8:100::%d", 10+idx) }

@@ -65,13 +65,22 @@ func (l *Lab) publishPod(ctx context.Context, n *Node, p *Pod, opt PodOptions) e
 		Phase:     corev1.PodRunning,
 		HostIP:    n.UnderlayIP,
 		PodIP:     p.IP,
-		PodIPs:    []corev1.PodIP{{IP: p.IP}},
+		PodIPs:    podIPs(p),
 		StartTime: &metav1.Time{Time: created.CreationTimestamp.Time},
 	}
 	if _, err := c.CoreV1().Pods(ns).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("set status of pod %s/%s: %w", ns, obj.Name, err)
 	}
 	return nil
+}
+
+// podIPs is status.podIPs as the kubelet reports it: IPv4 first, then IPv6.
+func podIPs(p *Pod) []corev1.PodIP {
+	out := []corev1.PodIP{{IP: p.IP}}
+	if p.IPv6 != "" {
+		out = append(out, corev1.PodIP{IP: p.IPv6})
+	}
+	return out
 }
 
 // unpublishPod deletes the Pod object at once (no kubelet will confirm a

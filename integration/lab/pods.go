@@ -73,13 +73,16 @@ func (l *Lab) AddPodWith(ctx context.Context, node string, opt PodOptions) (*Pod
 		if err != nil {
 			return fmt.Errorf("attach pod %s/%s: %w", n.Name, name, err)
 		}
-		p.IP = res.IP
+		p.IP, p.IPv6 = res.IP, res.IPv6
+		if st.DualStack && p.IPv6 == "" {
+			return fmt.Errorf("attach pod %s/%s in a dual-stack lab: cni result has no IPv6 address: %s", n.Name, name, res.Result)
+		}
 		if err := l.publishPod(ctx, n, p, opt); err != nil {
 			return fmt.Errorf("publish pod %s/%s: %w", n.Name, name, err)
 		}
 		attached = true
 		pod = p
-		l.cfg.Log.Info("pod attached", "node", n.Name, "pod", name, "ip", p.IP)
+		l.cfg.Log.Info("pod attached", "node", n.Name, "pod", name, "ip", p.IP, "ipv6", p.IPv6)
 		return nil
 	})
 	return pod, err
@@ -172,7 +175,8 @@ func (r CNIRequest) encode() string {
 // CNIResponse is the hidden command's answer.
 type CNIResponse struct {
 	Network string          `json:"network"`
-	IP      string          `json:"ip,omitempty"` // first IPv4 address, no prefix length
+	IP      string          `json:"ip,omitempty"`   // first IPv4 address, no prefix length
+	IPv6    string          `json:"ipv6,omitempty"` // first IPv6 address, if any
 	Result  json.RawMessage `json:"result,omitempty"`
 }
 
@@ -233,9 +237,13 @@ func RunCNI(ctx context.Context, reqJSON string, w io.Writer) error {
 			return fmt.Errorf("convert cni result: %w", err)
 		}
 		for _, ip := range cur.IPs {
-			if a, ok := netip.AddrFromSlice(ip.Address.IP); ok && a.Unmap().Is4() {
+			a, ok := netip.AddrFromSlice(ip.Address.IP)
+			switch {
+			case !ok:
+			case a.Unmap().Is4() && resp.IP == "":
 				resp.IP = a.Unmap().String()
-				break
+			case !a.Unmap().Is4() && resp.IPv6 == "":
+				resp.IPv6 = a.String()
 			}
 		}
 		if resp.IP == "" {
@@ -272,6 +280,8 @@ func (l *Lab) PodIP(node, pod string) (string, error) {
 // PodRef names one pod.
 type PodRef struct {
 	Node, Pod, IP string
+	// IPv6 is the pod's IPv6 address in a dual-stack lab.
+	IPv6 string
 }
 
 // Pods lists every pod, nodes in index order, pods in creation order.
@@ -280,7 +290,7 @@ func (l *Lab) Pods() []PodRef {
 	for _, nn := range l.st.NodeNames() {
 		n := l.st.Nodes[nn]
 		for _, pn := range n.PodNames() {
-			out = append(out, PodRef{Node: nn, Pod: pn, IP: n.Pods[pn].IP})
+			out = append(out, PodRef{Node: nn, Pod: pn, IP: n.Pods[pn].IP, IPv6: n.Pods[pn].IPv6})
 		}
 	}
 	return out

@@ -47,7 +47,20 @@ func (m Matrix) Failures() []string {
 // PingMatrix pings every pod from every pod (itself included), a few
 // sources at a time.
 func (l *Lab) PingMatrix(ctx context.Context, attempts int) Matrix {
+	return l.pingMatrix(ctx, attempts, l.Pods())
+}
+
+// PingMatrix6 is PingMatrix over the pods' IPv6 addresses (a dual-stack
+// lab); the Matrix's PodRefs carry the IPv6 address as IP.
+func (l *Lab) PingMatrix6(ctx context.Context, attempts int) Matrix {
 	pods := l.Pods()
+	for i := range pods {
+		pods[i].IP = pods[i].IPv6
+	}
+	return l.pingMatrix(ctx, attempts, pods)
+}
+
+func (l *Lab) pingMatrix(ctx context.Context, attempts int, pods []PodRef) Matrix {
 	m := Matrix{Pods: pods, OK: make([][]bool, len(pods))}
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 4)
@@ -115,9 +128,14 @@ func WaitFor(ctx context.Context, timeout, interval time.Duration, cond func() b
 	}
 }
 
-// StatusTSV writes exactly one line per pod: NODE<TAB>POD<TAB>POD-IP.
+// StatusTSV writes exactly one line per pod: NODE<TAB>POD<TAB>POD-IP, and
+// <TAB>POD-IPV6 in a dual-stack lab.
 func (l *Lab) StatusTSV(w io.Writer) {
 	for _, p := range l.Pods() {
+		if p.IPv6 != "" {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", p.Node, p.Pod, p.IP, p.IPv6)
+			continue
+		}
 		fmt.Fprintf(w, "%s\t%s\t%s\n", p.Node, p.Pod, p.IP)
 	}
 }
@@ -138,14 +156,18 @@ func (l *Lab) StatusTable(w io.Writer) {
 		if n.Agent != nil && n.Agent.Alive() {
 			agent = fmt.Sprintf("pid %d", n.Agent.PID)
 		}
-		ip := n.UnderlayIP
+		ip := strings.Join(n.InternalIPs(), ",")
 		if n.NAT != nil {
 			ip += " (NAT " + n.NAT.PublicIP + ")"
 		}
 		var pods []string
 		for _, pn := range n.PodNames() {
-			pods = append(pods, pn+"="+n.Pods[pn].IP)
+			p := pn + "=" + n.Pods[pn].IP
+			if v6 := n.Pods[pn].IPv6; v6 != "" {
+				p += "," + v6
+			}
+			pods = append(pods, p)
 		}
-		fmt.Fprintf(w, "%-12s %-16s %-16s %-18s %s\n", name, ip, n.PodCIDR, agent, strings.Join(pods, " "))
+		fmt.Fprintf(w, "%-12s %-16s %-16s %-18s %s\n", name, ip, strings.Join(n.PodCIDRs(), ","), agent, strings.Join(pods, " "))
 	}
 }

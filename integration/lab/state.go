@@ -38,6 +38,13 @@ type State struct {
 	Kubelet           bool  `json:"kubelet,omitempty"`
 	ControllerManager *Proc `json:"controllerManager,omitempty"`
 	Scheduler         *Proc `json:"scheduler,omitempty"`
+	// DualStack gives every node an IPv6 podCIDR (fd00:10:244:i::/64)
+	// beside its IPv4 one, and every pod an address of each family.
+	DualStack bool `json:"dualStack,omitempty"`
+	// IPv6Underlay adds 2001:db8:100::/64 to the underlay: every node
+	// gets 2001:db8:100::(10+i) beside its IPv4 address (see
+	// NodeOptions.Underlay for nodes with IPv6 endpoints or no IPv4).
+	IPv6Underlay bool `json:"ipv6Underlay,omitempty"`
 }
 
 // Node is one lab node.
@@ -51,9 +58,17 @@ type Node struct {
 	// Dir holds the node's private directories.
 	Dir string `json:"dir"`
 	// Link is the node's veth end in the underlay namespace.
-	Link       string `json:"link"`
+	Link string `json:"link"`
+	// UnderlayIP is the node's IPv4 underlay address, or its IPv6 one on
+	// an IPv6-only node.
 	UnderlayIP string `json:"underlayIP"`
 	PodCIDR    string `json:"podCIDR"`
+	// UnderlayIPv6 is the node's address on an IPv6 underlay ("" without).
+	UnderlayIPv6 string `json:"underlayIPv6,omitempty"`
+	// Underlay is the node's underlay family (NodeOptions.Underlay).
+	Underlay UnderlayKind `json:"underlay,omitempty"`
+	// PodCIDRv6 is the node's IPv6 podCIDR in a dual-stack lab.
+	PodCIDRv6 string `json:"podCIDRv6,omitempty"`
 	// NAT, when set, puts the node behind its own masquerading namespace.
 	NAT *NAT `json:"nat,omitempty"`
 	// Location, when set, gives the node a second interface (eth1,
@@ -97,6 +112,8 @@ type Pod struct {
 	Netns       string `json:"netns"` // name under /run/netns inside the node's mount namespace
 	ContainerID string `json:"containerID"`
 	IP          string `json:"ip,omitempty"`
+	// IPv6 is the pod's IPv6 address in a dual-stack lab.
+	IPv6 string `json:"ipv6,omitempty"`
 	// Namespace of the pod's Pod object ("" = PodNamespace).
 	Namespace string `json:"namespace,omitempty"`
 }
