@@ -38,6 +38,7 @@ type State struct {
 	Kubelet           bool  `json:"kubelet,omitempty"`
 	ControllerManager *Proc `json:"controllerManager,omitempty"`
 	Scheduler         *Proc `json:"scheduler,omitempty"`
+	ClusterDNS        *Proc `json:"clusterDNS,omitempty"`
 }
 
 // Node is one lab node.
