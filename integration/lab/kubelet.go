@@ -640,7 +640,10 @@ var busyboxApplets = []string{"cat", "ls", "wget", "sleep", "ip", "hostname", "p
 	// Services specs loop with `for i in $(seq 1 150); do wget ...` and check
 	// ExternalName Services with nslookup.
 	"seq", "nslookup", "sort", "uniq", "xargs", "true", "false", "printf", "expr", "tee", "id", "pwd",
-	"basename", "dirname", "stat", "uname", "kill", "netstat", "which"}
+	"basename", "dirname", "stat", "uname", "kill", "netstat", "which",
+	// "should be rejected for evicted pods" fills its 5Mi ephemeral-storage
+	// limit with dd; without dd the pod is never evicted.
+	"dd"}
 
 // imageHostTools are host binaries the agnhost image carries, as the real
 // image's base does: curl (the upstream e2e suite execs it for every HTTP
