@@ -26,6 +26,9 @@ type Self struct {
 	// their own, so that a node behind a NAT, annotated once, keeps its
 	// NAT mapping open toward every peer (and every peer toward it).
 	Keepalive *time.Duration
+	// Location is this node's location (LocationOf), "" for none: peers
+	// of the same location are dialled at their private endpoints.
+	Location string
 }
 
 // Input is everything Compute needs. It holds no I/O handles: DNS names are
@@ -151,7 +154,7 @@ func Compute(in Input) Desired {
 		d.Routes = make([]netip.Prefix, 0, len(accepted))
 	}
 	for _, n := range accepted {
-		p, deg, degraded := peerFor(n, in.Self.Keepalive, in.DefaultKeepalive, in.Resolved)
+		p, deg, degraded := peerFor(towards(n, in.Self), in.Self.Keepalive, in.DefaultKeepalive, in.Resolved)
 		if degraded {
 			d.Degraded = append(d.Degraded, deg)
 		}

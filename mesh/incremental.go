@@ -77,7 +77,7 @@ func (r *Reconciler) incremental(ctx context.Context, synced, selfFound bool, se
 	var sub wgtypes.Device
 	degraded := map[string]*Exclusion{}
 	for _, c := range changes {
-		p, deg, isDegraded := peerFor(c.node, self.Keepalive, r.cfg.DefaultKeepalive, resolved)
+		p, deg, isDegraded := peerFor(towards(c.node, self), self.Keepalive, r.cfg.DefaultKeepalive, resolved)
 		d.Peers[c.i] = p
 		changed = append(changed, p)
 		sub.Peers = append(sub.Peers, snap.Peers[r.dev.idx[p.PublicKey]])
@@ -147,7 +147,7 @@ func (r *Reconciler) recordAppliedFor(peers []Peer, dev *wgtypes.Device, cfg wgt
 }
 
 func sameSelf(a, b Self) bool {
-	if a.Name != b.Name || a.PublicKey != b.PublicKey || !slices.Equal(a.PodCIDRs, b.PodCIDRs) {
+	if a.Name != b.Name || a.PublicKey != b.PublicKey || !slices.Equal(a.PodCIDRs, b.PodCIDRs) || a.Location != b.Location {
 		return false
 	}
 	if (a.Keepalive == nil) != (b.Keepalive == nil) {

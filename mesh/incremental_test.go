@@ -117,7 +117,7 @@ func mutate(rng *rand.Rand, a, b *twin, n int) string {
 	cur.Annotations = cloneMap(cur.Annotations)
 	cur.PodCIDRs = slices.Clone(cur.PodCIDRs)
 	var what string
-	switch rng.IntN(12) {
+	switch rng.IntN(15) {
 	case 0, 1, 2:
 		what = "endpoint port"
 		cur.Annotations[mesh.AnnotationEndpoint] = fmt.Sprintf("198.51.100.%d:%d", 10+int(i), 51820+rng.IntN(3))
@@ -156,6 +156,21 @@ func mutate(rng *rand.Rand, a, b *twin, n int) string {
 		if a.dev.fake.Roam(k, addr) == nil {
 			b.dev.fake.Roam(k, addr)
 		}
+		return what
+	case 12:
+		what = "location"
+		cur.Labels = map[string]string{mesh.LabelZone: []string{"a", "b", ""}[rng.IntN(3)]}
+	case 13:
+		what = "private endpoint"
+		cur.Annotations[mesh.AnnotationPrivateEndpoint] = []string{
+			fmt.Sprintf("203.0.113.%d:51820", 10+int(i)), "", "bad-private-endpoint"}[rng.IntN(3)]
+	case 14:
+		// Our own location decides which peers are location-mates.
+		what = "self location"
+		self, _ := rawNamed(a.src, "n0")
+		self.Labels = map[string]string{mesh.LabelZone: []string{"a", "b", ""}[rng.IntN(3)]}
+		a.src.Upsert(self)
+		b.src.Upsert(self)
 		return what
 	case 11:
 		what = "resource version only"

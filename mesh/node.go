@@ -105,6 +105,9 @@ func ParseNode(raw RawNode) (Node, error) {
 		}
 		n.Keepalive = &d
 	}
+	if err := parseLocation(raw, &n); err != nil {
+		return Node{}, err
+	}
 	return n, nil
 }
 

@@ -35,6 +35,8 @@ type OwnEntry struct {
 	// KeepaliveErr is set.
 	Keepalive    *time.Duration
 	KeepaliveErr error
+	// Location is LocationOf our Node.
+	Location string
 }
 
 // ParseNodes parses every Node of raws once: the first entry named self as
@@ -63,7 +65,7 @@ func parseOwn(raw RawNode) *OwnEntry {
 	if parseHook != nil {
 		parseHook(raw.Name)
 	}
-	o := &OwnEntry{Raw: raw}
+	o := &OwnEntry{Raw: raw, Location: LocationOf(raw)}
 	o.PodCIDRs, o.PodCIDRsErr = ParsePodCIDRs(raw.PodCIDRs)
 	if ka, ok := raw.Annotations[AnnotationKeepalive]; ok {
 		d, err := ParseKeepalive(ka)
@@ -81,7 +83,7 @@ func parseOwn(raw RawNode) *OwnEntry {
 func (l NodeList) Self(pub wgtypes.Key) Self {
 	s := Self{Name: l.SelfName, PublicKey: pub}
 	if l.Own != nil {
-		s.PodCIDRs, s.Keepalive = l.Own.PodCIDRs, l.Own.Keepalive
+		s.PodCIDRs, s.Keepalive, s.Location = l.Own.PodCIDRs, l.Own.Keepalive, l.Own.Location
 	}
 	return s
 }

@@ -114,6 +114,13 @@ func (o *ownObject) annotations(raw *RawNode) (map[string]string, error) {
 	if o.rotated != "" {
 		want[AnnotationKeyRotated] = o.rotated
 	}
+	// Location-mates dial the InternalIP; published only while the node
+	// has a location, the only time anyone reads it.
+	if LocationOf(*raw) != "" {
+		if ep, ok := privateEndpointFor(raw.InternalIPs, o.listenPort); ok {
+			want[AnnotationPrivateEndpoint] = ep.String()
+		}
+	}
 	if o.endpointOverride != "" {
 		ep, err := ParseEndpoint(o.endpointOverride)
 		if err != nil {

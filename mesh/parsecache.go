@@ -31,6 +31,10 @@ type parseInput struct {
 	key, ep, epOverride, ka             string
 	hasKey, hasEp, hasEpOverride, hasKA bool
 	podCIDRs                            []string
+	// location is LocationOf (what ParseNode reads of the labels and the
+	// location annotation); privEP the private endpoint annotation.
+	location, privEP string
+	hasPrivEP        bool
 }
 
 func inputOf(raw *RawNode) parseInput {
@@ -39,13 +43,16 @@ func inputOf(raw *RawNode) parseInput {
 	in.ep, in.hasEp = raw.Annotations[AnnotationEndpoint]
 	in.epOverride, in.hasEpOverride = raw.Annotations[AnnotationEndpointOverride]
 	in.ka, in.hasKA = raw.Annotations[AnnotationKeepalive]
+	in.location = LocationOf(*raw)
+	in.privEP, in.hasPrivEP = raw.Annotations[AnnotationPrivateEndpoint]
 	return in
 }
 
 func (a *parseInput) equal(b *parseInput) bool {
 	return a.created.Equal(b.created) && a.key == b.key && a.ep == b.ep && a.epOverride == b.epOverride &&
 		a.ka == b.ka && a.hasKey == b.hasKey && a.hasEp == b.hasEp && a.hasEpOverride == b.hasEpOverride &&
-		a.hasKA == b.hasKA && slices.Equal(a.podCIDRs, b.podCIDRs)
+		a.hasKA == b.hasKA && slices.Equal(a.podCIDRs, b.podCIDRs) &&
+		a.location == b.location && a.privEP == b.privEP && a.hasPrivEP == b.hasPrivEP
 }
 
 // nodeChange is a peer Node whose parse inputs changed since the last pass.

@@ -36,6 +36,8 @@ const (
 type RawNode struct {
 	Name        string
 	Annotations map[string]string
+	// Labels are read for the location (LocationOf) only.
+	Labels map[string]string
 	// PodCIDRs is spec.podCIDRs (falling back to spec.podCIDR).
 	PodCIDRs []string
 	// InternalIPs are the node's status addresses of type InternalIP, in order.
@@ -70,6 +72,11 @@ type Node struct {
 	// Created is RawNode.Created: conflicts are settled in favour of the
 	// older node.
 	Created time.Time
+	// Location is LocationOf the node ("" for none); PrivateEndpoint is
+	// its AnnotationPrivateEndpoint (zero if unset), used instead of
+	// Endpoint by nodes of the same location (see towards).
+	Location        string
+	PrivateEndpoint Endpoint
 }
 
 // Peer is one WireGuard peer this node should have.

@@ -9,11 +9,13 @@ import (
 	"math"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,6 +30,7 @@ var (
 	freshParallel = flag.Int("freshpairs.parallel", 2, "TestFreshPairs: labs brought up at the same time")
 	freshBurners  = flag.Int("freshpairs.burners", 2, "TestFreshPairs: CPU-burning goroutines running throughout, as load")
 	freshBound    = flag.Duration("freshpairs.bound", 30*time.Second, "TestFreshPairs: the bound asserted (the issue's target is 2s; see freshPairTarget)")
+	freshKeep     = flag.String("freshpairs.keep", "", "TestFreshPairs: diagnose: agents log at debug level (wireguard-go's device log), the underlay's WireGuard traffic is captured from before the agents start, and both are kept in this directory for every lab with a pair beyond the target")
 )
 
 // freshPairTarget is how soon after the later agent's first reconcile a
@@ -99,7 +102,19 @@ func TestFreshPairs(t *testing.T) {
 // from the later agent's first reconcile to a session on both sides (0 if
 // the session was there before).
 func measureFreshLab(t *testing.T) []time.Duration {
-	l := newLab(t, 3, 1)
+	setup := labSetup{prefix: "e", opts: lab.UpOptions{Nodes: 3, Pods: 1}, limit: 5 * time.Minute}
+	var diag *freshDiag
+	if *freshKeep != "" {
+		diag = &freshDiag{}
+		setup.agentArgs = []string{"--log-level=debug"}
+		setup.beforeUp = func(name, stateDir string) { diag.start(t, name, stateDir) }
+	}
+	l := upLabWith(t, setup)
+	slow := false
+	if diag != nil {
+		// Registered after upLab's clean-up, so it runs before Down.
+		t.Cleanup(func() { diag.keep(t, slow || t.Failed(), *freshKeep) })
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	st := l.State()
@@ -159,6 +174,7 @@ func measureFreshLab(t *testing.T) []time.Duration {
 			session := later(hs[x][y], hs[y][x])
 			d := max(session.Sub(ready), 0)
 			if d > freshPairTarget {
+				slow = true
 				t.Logf("%s<->%s: session on both sides %s after the later agent's first reconcile, beyond the %s target",
 					x, y, d.Round(time.Millisecond), freshPairTarget)
 			}
@@ -259,4 +275,73 @@ func uapiHandshakes(sock string) (wgtypes.Key, map[wgtypes.Key]time.Time, error)
 	}
 	flush()
 	return self, peers, sc.Err()
+}
+
+// freshDiag captures a fresh lab's underlay WireGuard traffic from before
+// its agents start, and keeps it with the agents' logs when asked.
+type freshDiag struct {
+	name, stateDir, pcap string
+	mu                   sync.Mutex
+	cmd                  *exec.Cmd
+	stopped              bool
+	started              chan struct{}
+}
+
+// start waits (in the background) for the lab's underlay bridge and runs
+// tcpdump on it. The control plane takes seconds to start before the
+// first agent, so the capture misses no handshake.
+func (d *freshDiag) start(t *testing.T, name, stateDir string) {
+	d.name, d.stateDir, d.started = name, stateDir, make(chan struct{})
+	d.pcap = filepath.Join(os.TempDir(), "wgmesh-freshpairs-"+name+".pcap")
+	ns := "wgl-" + name + "-ul"
+	go func() {
+		defer close(d.started)
+		for range 600 {
+			if exec.Command("ip", "netns", "exec", ns, "ip", "link", "show", "br0").Run() == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.stopped {
+			return
+		}
+		cmd := exec.Command("ip", "netns", "exec", ns, "tcpdump", "-i", "br0", "-n", "-U", "-s", "256", "-w", d.pcap, "udp", "or", "arp")
+		if err := cmd.Start(); err != nil {
+			t.Logf("diagnosis: start tcpdump: %v", err)
+			return
+		}
+		d.cmd = cmd
+	}()
+}
+
+// keep stops the capture and, if keep is set, copies the pcap and the
+// lab's logs to dir/<lab>/.
+func (d *freshDiag) keep(t *testing.T, keep bool, dir string) {
+	<-d.started
+	d.mu.Lock()
+	d.stopped = true
+	if d.cmd != nil {
+		_ = d.cmd.Process.Signal(syscall.SIGINT)
+		_ = d.cmd.Wait()
+	}
+	d.mu.Unlock()
+	defer os.Remove(d.pcap)
+	if !keep {
+		return
+	}
+	out := filepath.Join(dir, d.name)
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Logf("diagnosis: %v", err)
+		return
+	}
+	files, _ := filepath.Glob(filepath.Join(d.stateDir, "logs", "*"))
+	files = append(files, d.pcap)
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil {
+			_ = os.WriteFile(filepath.Join(out, filepath.Base(f)), b, 0o644)
+		}
+	}
+	t.Logf("diagnosis: kept the underlay capture and the logs in %s", out)
 }

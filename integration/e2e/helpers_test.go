@@ -31,15 +31,34 @@ func newLab(t *testing.T, nodes, pods int) *lab.Lab {
 // given; the kubelet mode also checks that Down left no cgroup behind.
 func upLab(t *testing.T, prefix string, opts lab.UpOptions, limit time.Duration) *lab.Lab {
 	t.Helper()
+	return upLabWith(t, labSetup{prefix: prefix, opts: opts, limit: limit})
+}
+
+// labSetup is upLab's arguments plus what a diagnosing test needs.
+type labSetup struct {
+	prefix string
+	opts   lab.UpOptions
+	limit  time.Duration
+	// agentArgs are extra flags for every agent (lab.Config.AgentArgs).
+	agentArgs []string
+	// beforeUp, if set, runs with the lab's name and state directory
+	// before Up starts (e.g. to start a capture once the underlay exists).
+	beforeUp func(name, stateDir string)
+}
+
+func upLabWith(t *testing.T, s labSetup) *lab.Lab {
+	t.Helper()
+	prefix, opts, limit := s.prefix, s.opts, s.limit
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	name := prefix + hex.EncodeToString(b[:])
 	stateDir := filepath.Join("/run/wgmesh-e2e", name)
 	l := lab.New(lab.Config{
-		Name:     name,
-		StateDir: stateDir,
-		BinDir:   binDir,
-		Log:      slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Name:      name,
+		StateDir:  stateDir,
+		BinDir:    binDir,
+		AgentArgs: s.agentArgs,
+		Log:       slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
@@ -57,6 +76,9 @@ func upLab(t *testing.T, prefix string, opts lab.UpOptions, limit time.Duration)
 			}
 		}
 	})
+	if s.beforeUp != nil {
+		s.beforeUp(name, stateDir)
+	}
 	start := time.Now()
 	if err := l.Up(ctx, opts); err != nil {
 		t.Fatalf("lab up (kubelet %v): %v", opts.Kubelet, err)

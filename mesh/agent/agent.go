@@ -107,6 +107,9 @@ type device interface {
 	Close() error
 	// Greet starts handshakes with peers just added (wgdev.Device.Greet).
 	Greet(keys ...wgtypes.Key)
+	// GreetSilent greets those of the peers without a session
+	// (wgdev.Device.GreetSilent).
+	GreetSilent(keys ...wgtypes.Key)
 }
 
 // deviceClient talks to the device over its UAPI socket (*wgdev.Client).
@@ -419,6 +422,14 @@ func restore(cfg Config, log *slog.Logger) agentstate.Restored {
 // greetingDevice has the device greet every peer a write added with an
 // endpoint: a session then exists before the first pod packet needs one,
 // and the device repairs first handshakes that crossed (see wgdev.Greet).
+// Two more cases would otherwise leave a peer to WireGuard's own
+// initiation on the first packet (where crossings cost 5 s and more):
+//   - a failed write: wireguard-go applies a configuration line by line,
+//     so the peers before the failing line were added all the same, and
+//     the next pass sees them as present, not as added. They are greeted
+//     anyway (the device ignores keys it does not have);
+//   - an endpoint written to a peer that was added without one (a DNS
+//     name that resolved only later): greeted if it has no session yet.
 type greetingDevice struct {
 	wg  mesh.Device
 	dev device
@@ -427,17 +438,24 @@ type greetingDevice struct {
 func (d greetingDevice) Device() (*wgtypes.Device, error) { return d.wg.Device() }
 
 func (d greetingDevice) ConfigureDevice(c wgtypes.Config) error {
-	if err := d.wg.ConfigureDevice(c); err != nil {
-		return err
-	}
-	var added []wgtypes.Key
+	err := d.wg.ConfigureDevice(c)
+	var added, located []wgtypes.Key
 	for _, p := range c.Peers {
-		if !p.Remove && !p.UpdateOnly && p.Endpoint != nil {
+		switch {
+		case p.Remove || p.Endpoint == nil:
+		case p.UpdateOnly:
+			located = append(located, p.PublicKey)
+		default:
 			added = append(added, p.PublicKey)
 		}
 	}
-	d.dev.Greet(added...)
-	return nil
+	if len(added) > 0 {
+		d.dev.Greet(added...)
+	}
+	if len(located) > 0 {
+		d.dev.GreetSilent(located...)
+	}
+	return err
 }
 
 // observedDevice reports every successful write to onWrite.

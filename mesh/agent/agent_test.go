@@ -98,9 +98,10 @@ type fakeDevice struct {
 	done chan struct{}
 }
 
-func (d *fakeDevice) Done() <-chan struct{} { return d.done }
-func (d *fakeDevice) Err() error            { return nil }
-func (d *fakeDevice) Greet(...wgtypes.Key)  {}
+func (d *fakeDevice) Done() <-chan struct{}      { return d.done }
+func (d *fakeDevice) Err() error                 { return nil }
+func (d *fakeDevice) Greet(...wgtypes.Key)       {}
+func (d *fakeDevice) GreetSilent(...wgtypes.Key) {}
 func (d *fakeDevice) Close() error {
 	d.r.add("close device")
 	return nil
@@ -495,10 +496,13 @@ func TestNewFillsDefaults(t *testing.T) {
 // greetRecorder is a device that records the keys it is asked to greet.
 type greetRecorder struct {
 	fakeDevice
-	greeted []wgtypes.Key
+	greeted, greetedSilent []wgtypes.Key
 }
 
 func (d *greetRecorder) Greet(keys ...wgtypes.Key) { d.greeted = append(d.greeted, keys...) }
+func (d *greetRecorder) GreetSilent(keys ...wgtypes.Key) {
+	d.greetedSilent = append(d.greetedSilent, keys...)
+}
 
 // writeOnly is a mesh.Device whose writes succeed or fail as told.
 type writeOnly struct{ err error }
@@ -513,16 +517,20 @@ func TestGreetingDeviceGreetsAddedPeersWithEndpoints(t *testing.T) {
 	cfg := wgtypes.Config{Peers: []wgtypes.PeerConfig{
 		{PublicKey: k(1), Endpoint: ep},                   // added: greeted
 		{PublicKey: k(2)},                                 // added without endpoint: cannot be greeted
-		{PublicKey: k(3), Endpoint: ep, UpdateOnly: true}, // updated: has its session already
+		{PublicKey: k(3), Endpoint: ep, UpdateOnly: true}, // endpoint written: greeted if it has no session
 		{PublicKey: k(4), Remove: true},
+		{PublicKey: k(5), UpdateOnly: true, ReplaceAllowedIPs: true}, // no endpoint written: left alone
 	}}
 	tests := []struct {
-		name     string
-		writeErr error
-		want     []wgtypes.Key
+		name       string
+		writeErr   error
+		want       []wgtypes.Key
+		wantSilent []wgtypes.Key
 	}{
-		{name: "write ok", want: []wgtypes.Key{k(1)}},
-		{name: "write failed", writeErr: errors.New("uapi: broken"), want: nil},
+		{name: "write ok", want: []wgtypes.Key{k(1)}, wantSilent: []wgtypes.Key{k(3)}},
+		// The peers before the failing line exist; the device ignores
+		// the others.
+		{name: "write failed", writeErr: errors.New("uapi: broken"), want: []wgtypes.Key{k(1)}, wantSilent: []wgtypes.Key{k(3)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -533,6 +541,9 @@ func TestGreetingDeviceGreetsAddedPeersWithEndpoints(t *testing.T) {
 			}
 			if d := cmp.Diff(tt.want, dev.greeted); d != "" {
 				t.Errorf("greeted (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff(tt.wantSilent, dev.greetedSilent); d != "" {
+				t.Errorf("greeted if silent (-want +got):\n%s", d)
 			}
 		})
 	}

@@ -138,6 +138,10 @@ func TestChooseMTU(t *testing.T) {
 		{"only loopback and down links", []LinkInfo{lo, down}, 0, FallbackMTU},
 		{"nothing", nil, 0, FallbackMTU},
 		{"small underlay", []LinkInfo{{Name: "eth0", Index: 2, MTU: 1280, Up: true}}, 2, 1200},
+		// An IPv6-only node's default route is an IPv6 one (LinkInfos
+		// falls back to it); 80 bytes is the IPv6 underlay's overhead
+		// (40 IPv6 + 8 UDP + 32 WireGuard), so the result fits either family.
+		{"ipv6-only underlay", []LinkInfo{lo, eth0}, 2, 1500 - 40 - 8 - 32},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

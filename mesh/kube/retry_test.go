@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -119,3 +121,139 @@ func TestIsConnectionFailure(t *testing.T) {
 }
 
 var schemaNodes = schema.GroupResource{Resource: "nodes"}
+
+// TestRelistOnExpiredWatch: the watch resumed after an apiserver restart
+// ends at once with 410 Gone. The informer must then hold exactly what a
+// fresh list says (changed, new and vanished Nodes), without waiting for
+// client-go's relist backoff, and watch on from the list's resource
+// version.
+func TestRelistOnExpiredWatch(t *testing.T) {
+	node := func(name, rv, key string) *v1.Node {
+		return &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, ResourceVersion: rv,
+			Annotations: map[string]string{"wgmesh.io/public-key": key}}}
+	}
+	var (
+		mu       sync.Mutex
+		lists    []metav1.ListOptions
+		watches  []string
+		resumed  = make(chan string, 1)
+		first    = watch.NewFake()
+		expiring = watch.NewFake()
+	)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(_ context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			lists = append(lists, o)
+			if len(lists) == 1 {
+				return &v1.NodeList{ListMeta: metav1.ListMeta{ResourceVersion: "10"},
+					Items: []v1.Node{*node("a", "5", "ka"), *node("b", "6", "kb")}}, nil
+			}
+			return &v1.NodeList{ListMeta: metav1.ListMeta{ResourceVersion: "20"},
+				Items: []v1.Node{*node("a", "15", "ka2"), *node("c", "16", "kc")}}, nil
+		},
+		WatchFuncWithContext: func(_ context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			watches = append(watches, o.ResourceVersion)
+			switch len(watches) {
+			case 1:
+				return first, nil
+			case 2:
+				return expiring, nil
+			default:
+				select {
+				case resumed <- o.ResourceVersion:
+				default:
+				}
+				return watch.NewFake(), nil
+			}
+		},
+	}
+	var informer cache.SharedIndexInformer
+	r := newRetryingLW(lw, nil, slog.New(slog.DiscardHandler))
+	r.noWatchList = true // a list, then watches (as the lab's apiserver serves it)
+	r.known = func() []any { return informer.GetStore().List() }
+	r.newObject = func() runtime.Object { return &v1.Node{} }
+	informer = cache.NewSharedIndexInformer(r, &v1.Node{}, 0, cache.Indexers{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	go informer.RunWithContext(ctx)
+	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+		t.Fatal("informer did not sync")
+	}
+	// The apiserver goes away: the first watch ends (after an event, so
+	// the reflector resumes the watch rather than relisting); the
+	// restarted apiserver expires the resumed watch.
+	first.Modify(node("a", "11", "ka"))
+	first.Stop()
+	expiring.Error(&apierrors.NewResourceExpired("too old resource version: 11 (30)").ErrStatus)
+	start := time.Now()
+	var rv string
+	select {
+	case rv = <-resumed:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no watch after the expired one; watches %v", watches)
+	}
+	t.Logf("watching again %s after the expiry", time.Since(start).Round(time.Millisecond))
+	if rv != "20" {
+		t.Errorf("watch resumed from resource version %q, want the list's 20", rv)
+	}
+	mu.Lock()
+	// The second list is ours (the reflector's own relist does not ask
+	// for NotOlderThan): the reflector did not relist after its backoff.
+	if len(lists) != 2 || lists[1].ResourceVersionMatch != metav1.ResourceVersionMatchNotOlderThan || lists[1].ResourceVersion != "11" {
+		t.Errorf("lists %+v, want the initial one and one not older than the expired watch's 11", lists)
+	}
+	mu.Unlock()
+	// The relist's events reach the store through the reflector's own
+	// goroutine, which may run after the next watch has been opened: wait
+	// for them (5 s is far above the microseconds this takes, for a loaded
+	// 2-core box).
+	want := map[string]string{"a": "ka2", "c": "kc"}
+	var d string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		got := map[string]string{}
+		for _, o := range informer.GetStore().List() {
+			n := o.(*v1.Node)
+			got[n.Name] = n.Annotations["wgmesh.io/public-key"]
+		}
+		if d = cmp.Diff(want, got); d == "" || time.Now().After(deadline) {
+			break
+		}
+	}
+	if d != "" {
+		t.Errorf("informer store 5s after the relist (-want +got):\n%s", d)
+	}
+}
+
+// TestRelistOnExpiredWatchAtMostEvery10s: a second expiry soon after a
+// relist goes to the reflector (and its backoff) as it is: an apiserver
+// that expires every watch must not get a tight list-and-watch loop.
+func TestRelistOnExpiredWatchAtMostEvery10s(t *testing.T) {
+	lists := 0
+	r := newRetryingLW(&cache.ListWatch{
+		ListWithContextFunc: func(context.Context, metav1.ListOptions) (runtime.Object, error) {
+			lists++
+			return &v1.NodeList{ListMeta: metav1.ListMeta{ResourceVersion: "20"}}, nil
+		},
+	}, nil, slog.New(slog.DiscardHandler))
+	r.known = func() []any { return nil }
+	r.newObject = func() runtime.Object { return &v1.Node{} }
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i, want := range []watch.EventType{watch.Bookmark, watch.Error} {
+		fake := watch.NewFake()
+		w := r.relistOnExpiry(ctx, metav1.ListOptions{ResourceVersion: "11"}, fake)
+		go fake.Error(&apierrors.NewResourceExpired("too old resource version").ErrStatus)
+		// The reflector stops a watch after an error event.
+		ev := <-w.ResultChan()
+		w.Stop()
+		if ev.Type != want {
+			t.Errorf("expiry %d: first event %s, want %s", i+1, ev.Type, want)
+		}
+	}
+	if lists != 1 {
+		t.Errorf("%d lists, want 1", lists)
+	}
+}

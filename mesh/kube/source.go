@@ -89,8 +89,10 @@ func New(cfg Config) (*Source, error) {
 	}
 	factory := informers.NewSharedInformerFactory(cfg.Client, cfg.Resync)
 	// The factory's own Node informer, but with a list and watch that
-	// reconnect quickly after an apiserver outage (see retry.go).
-	informer := factory.InformerFor(&v1.Node{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+	// reconnect quickly after an apiserver outage and relist at once when
+	// a restarted apiserver expires the resumed watch (see retry.go).
+	var informer cache.SharedIndexInformer
+	informer = factory.InformerFor(&v1.Node{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
 		nodes := c.CoreV1().Nodes()
 		lw := &cache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
@@ -100,7 +102,11 @@ func New(cfg Config) (*Source, error) {
 				return nodes.Watch(ctx, o)
 			},
 		}
-		return cache.NewSharedIndexInformer(newRetryingLW(lw, c, log), &v1.Node{}, resync, cache.Indexers{})
+		rlw := newRetryingLW(lw, c, log)
+		// Used only once the informer runs, after the assignment.
+		rlw.known = func() []any { return informer.GetStore().List() }
+		rlw.newObject = func() runtime.Object { return &v1.Node{} }
+		return cache.NewSharedIndexInformer(rlw, &v1.Node{}, resync, cache.Indexers{})
 	})
 	s := &Source{
 		cfg:      cfg,

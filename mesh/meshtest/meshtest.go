@@ -409,6 +409,7 @@ func (s *Source) signal() {
 
 func cloneRaw(n mesh.RawNode) mesh.RawNode {
 	n.Annotations = maps.Clone(n.Annotations)
+	n.Labels = maps.Clone(n.Labels)
 	n.PodCIDRs = slices.Clone(n.PodCIDRs)
 	n.InternalIPs = slices.Clone(n.InternalIPs)
 	return n

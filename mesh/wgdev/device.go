@@ -274,6 +274,19 @@ func (d *Device) Greet(keys ...wgtypes.Key) {
 	}
 }
 
+// GreetSilent is Greet for those of keys that have no session yet; call it
+// for peers whose endpoint was just written: a peer added without an
+// endpoint (a DNS name that did not resolve yet) could not be greeted when
+// it was added. Peers with a session are left alone.
+func (d *Device) GreetSilent(keys ...wgtypes.Key) {
+	d.mu.Lock()
+	g := d.greeter
+	d.mu.Unlock()
+	if g != nil && len(keys) > 0 {
+		g.greetSilent(keys...)
+	}
+}
+
 // Reattached reports whether Open found the TUN left by a previous run.
 func (d *Device) Reattached() bool {
 	d.mu.Lock()

@@ -109,6 +109,27 @@ func (g *greeter) greet(keys ...wgtypes.Key) {
 	}
 }
 
+// greetSilent greets those of keys that have no session yet (an endpoint
+// written later to a peer that was added without one): a peer with a
+// session needs no greeting, and its watch would end at the first check.
+func (g *greeter) greetSilent(keys ...wgtypes.Key) {
+	_, peers, err := g.read()
+	if err != nil {
+		g.log.Debug("reading the device before greeting failed; greeting anyway", "err", err)
+		g.greet(keys...)
+		return
+	}
+	var silent []wgtypes.Key
+	for _, k := range keys {
+		if st, ok := peers[k]; ok && !st.handshake {
+			silent = append(silent, k)
+		}
+	}
+	if len(silent) > 0 {
+		g.greet(silent...)
+	}
+}
+
 func (g *greeter) close() {
 	close(g.stop)
 	<-g.done

@@ -75,31 +75,32 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestGreetRepairsCrossedHandshakes makes both devices greet each other
-// with initiations that cross (the state a fresh mesh under load got
-// stuck in for 5 s and more) and checks that the pair has a session long
-// before WireGuard's own 5 s retry.
-func TestGreetRepairsCrossedHandshakes(t *testing.T) {
+// greetPair is two in-memory devices that are each other's peer (with
+// endpoints), their sends held back by gates.
+type greetPair struct {
+	devs  [2]*Device
+	keys  [2]wgtypes.Key
+	socks [2]string
+	gates [2]*gatedBind
+	logs  [2]*syncBuffer
+}
+
+func newGreetPair(t *testing.T) *greetPair {
+	t.Helper()
 	binds := bindtest.NewChannelBinds()
 	dir := t.TempDir()
-	var (
-		devs  [2]*Device
-		keys  [2]wgtypes.Key
-		socks [2]string
-		gates [2]*gatedBind
-		logs  [2]*syncBuffer
-	)
-	for i := range devs {
-		keys[i] = mustKey(t)
-		socks[i] = filepath.Join(dir, fmt.Sprintf("wg%d.sock", i))
-		gates[i] = &gatedBind{Bind: binds[i]}
-		logs[i] = &syncBuffer{}
-		sock := socks[i]
+	p := &greetPair{}
+	for i := range p.devs {
+		p.keys[i] = mustKey(t)
+		p.socks[i] = filepath.Join(dir, fmt.Sprintf("wg%d.sock", i))
+		p.gates[i] = &gatedBind{Bind: binds[i]}
+		p.logs[i] = &syncBuffer{}
+		sock := p.socks[i]
 		d, err := New(Config{
-			Name: fmt.Sprintf("wgtest%d", i), MTU: 1420, PrivateKey: keys[i],
-			Logger: slog.New(slog.NewTextHandler(logs[i], &slog.HandlerOptions{Level: slog.LevelDebug})),
+			Name: fmt.Sprintf("wgtest%d", i), MTU: 1420, PrivateKey: p.keys[i],
+			Logger: slog.New(slog.NewTextHandler(p.logs[i], &slog.HandlerOptions{Level: slog.LevelDebug})),
 			tun:    tuntest.NewChannelTUN().TUN(),
-			bind:   gates[i],
+			bind:   p.gates[i],
 			listen: func(string) (net.Listener, error) { return net.Listen("unix", sock) },
 			linkUp: func(string) error { return nil },
 		})
@@ -110,14 +111,64 @@ func TestGreetRepairsCrossedHandshakes(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { d.Close() })
-		devs[i] = d
+		p.devs[i] = d
 	}
-	for i := range devs {
-		pub := keys[1-i].PublicKey()
-		port := uapiGet(t, socks[1-i])["listen_port"]
-		uapiSet(t, socks[i], fmt.Sprintf("public_key=%s\nendpoint=127.0.0.1:%s\nallowed_ip=10.244.%d.0/24\n",
+	for i := range p.devs {
+		pub := p.keys[1-i].PublicKey()
+		port := uapiGet(t, p.socks[1-i])["listen_port"]
+		uapiSet(t, p.socks[i], fmt.Sprintf("public_key=%s\nendpoint=127.0.0.1:%s\nallowed_ip=10.244.%d.0/24\n",
 			hex.EncodeToString(pub[:]), port, 2-i))
 	}
+	return p
+}
+
+// watching reports whether d's greeter watches key.
+func watching(d *Device, key wgtypes.Key) bool {
+	d.greeter.mu.Lock()
+	defer d.greeter.mu.Unlock()
+	_, ok := d.greeter.watched[key]
+	return ok
+}
+
+// TestGreetSilent: a peer without a session is greeted (an initiation
+// leaves, the peer is watched); one with a session is left alone.
+func TestGreetSilent(t *testing.T) {
+	p := newGreetPair(t)
+	peer := p.keys[1].PublicKey()
+	p.devs[0].GreetSilent(peer)
+	if n := p.gates[0].held(); n != 1 {
+		t.Fatalf("%d datagrams sent after greeting a silent peer, want the initiation", n)
+	}
+	if !watching(p.devs[0], peer) {
+		t.Error("silent peer greeted but not watched")
+	}
+	p.gates[0].flush(true)
+	p.gates[1].flush(true)
+	start := time.Now()
+	// Bound: one round trip over in-memory channels; 5 s is room for a
+	// loaded machine.
+	for !hs(t, p.socks[0]) {
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("no session 5s after the greeting\nlog 0:\n%s", p.logs[0])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.devs[0].greeter.mu.Lock()
+	clear(p.devs[0].greeter.watched)
+	p.devs[0].greeter.mu.Unlock()
+	p.devs[0].GreetSilent(peer)
+	if watching(p.devs[0], peer) {
+		t.Error("peer with a session greeted again")
+	}
+}
+
+// TestGreetRepairsCrossedHandshakes makes both devices greet each other
+// with initiations that cross (the state a fresh mesh under load got
+// stuck in for 5 s and more) and checks that the pair has a session long
+// before WireGuard's own 5 s retry.
+func TestGreetRepairsCrossedHandshakes(t *testing.T) {
+	p := newGreetPair(t)
+	devs, keys, socks, gates, logs := p.devs, p.keys, p.socks, p.gates, p.logs
 	for i := range devs {
 		devs[i].Greet(keys[1-i].PublicKey())
 	}

@@ -43,6 +43,9 @@ func FuzzRawNode(f *testing.F) {
 		if !maps.Equal(r.Annotations, n.Annotations) {
 			t.Fatalf("annotations %v, want %v", r.Annotations, n.Annotations)
 		}
+		if !maps.Equal(r.Labels, n.Labels) {
+			t.Fatalf("labels %v, want %v", r.Labels, n.Labels)
+		}
 		var wantCIDRs []string
 		switch {
 		case len(n.Spec.PodCIDRs) > 0:
@@ -66,6 +69,9 @@ func FuzzRawNode(f *testing.F) {
 		// alone.
 		for k := range r.Annotations {
 			r.Annotations[k] = "scribbled"
+		}
+		for k := range r.Labels {
+			r.Labels[k] = "scribbled"
 		}
 		for i := range r.PodCIDRs {
 			r.PodCIDRs[i] = "scribbled"

@@ -19,6 +19,7 @@ func RawNode(n *v1.Node) mesh.RawNode {
 	r := mesh.RawNode{
 		Name:            n.Name,
 		Annotations:     maps.Clone(n.Annotations),
+		Labels:          maps.Clone(n.Labels),
 		UID:             string(n.UID),
 		ResourceVersion: n.ResourceVersion,
 		Created:         n.CreationTimestamp.Time,
