@@ -21,6 +21,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/wgmesh/wgmesh/integration/lab"
 )
@@ -111,7 +113,7 @@ Every flag can also be set as WGMESH_LAB_<FLAG> (e.g. WGMESH_LAB_NAME).`,
 		kubectlCmd(open), kubeconfigCmd(open), underlayCmd(open), addNodeCmd(open),
 		removeNodeCmd(open), killAgentCmd(open), startAgentCmd(open), pingMatrixCmd(open),
 		addPodCmd(open), removePodCmd(open), stopAPIServerCmd(open), startAPIServerCmd(open),
-		cniCmd(),
+		cniCmd(), clusterDNSCmd(),
 	)
 	return root
 }
@@ -453,5 +455,32 @@ func cniCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&req, "request", "", "JSON CNIRequest")
+	return c
+}
+
+// clusterDNSCmd is the kubelet lab's cluster DNS, which the lab starts in
+// its underlay namespace (see lab.ClusterDNS).
+func clusterDNSCmd() *cobra.Command {
+	var kubeconfig, listen, domain string
+	c := &cobra.Command{
+		Use:    "cluster-dns",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+			if err != nil {
+				return fmt.Errorf("kubeconfig: %w", err)
+			}
+			client, err := kubernetes.NewForConfig(rc)
+			if err != nil {
+				return fmt.Errorf("client: %w", err)
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			return lab.NewClusterDNS(lab.ClusterDNSConfig{Client: client, Listen: listen, Domain: domain, Log: log}).Run(cmd.Context())
+		},
+	}
+	c.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the lab's apiserver")
+	c.Flags().StringVar(&listen, "listen", "", "host:port to serve on (UDP and TCP)")
+	c.Flags().StringVar(&domain, "domain", "cluster.local", "cluster domain")
 	return c
 }

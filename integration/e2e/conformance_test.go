@@ -49,15 +49,15 @@ type junitSuite struct {
 }
 
 // conformanceProcs is how many ginkgo processes run specs at once by
-// default. The specs mostly wait (pods starting, probes timing out), so
-// four overlap well even on 2 shared cores; more made kubectl exec probes
-// themselves time out under load.
-const conformanceProcs = 4
+// default. The specs mostly wait (pods starting, probes and timeouts), so
+// six overlap well even on 2 shared cores: the whole focus took 19 min here
+// with 6 (a serial run did 39 of 112 specs in 25 min).
+const conformanceProcs = 6
 
 // TestConformance runs the focus under the ginkgo CLI in parallel
-// processes (a serial run needs over two hours here). Environment:
-//   - WGMESH_CONFORMANCE_TIMEOUT: ginkgo's time limit (default 75m).
-//   - WGMESH_CONFORMANCE_PROCS: parallel ginkgo processes (default 4).
+// processes (a serial run needs about two hours here). Environment:
+//   - WGMESH_CONFORMANCE_TIMEOUT: ginkgo's time limit (default 60m).
+//   - WGMESH_CONFORMANCE_PROCS: parallel ginkgo processes (default 6).
 //   - WGMESH_CONFORMANCE_FOCUS: run only these specs (a rerun of some
 //     failures); the table is then logged and docs/conformance.md is left
 //     as it is, since it describes a run of the whole focus.
@@ -65,7 +65,7 @@ const conformanceProcs = 4
 //     the junit report and the lab's logs (component logs and pod logs), so
 //     failures can be read after the lab is gone.
 func TestConformance(t *testing.T) {
-	timeout := 75 * time.Minute
+	timeout := 60 * time.Minute
 	if v := os.Getenv("WGMESH_CONFORMANCE_TIMEOUT"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -77,7 +78,7 @@ var kernelTunables = map[string]string{
 var kubeletBinaries = []string{
 	"kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler", "kubectl",
 	"containerd", "containerd-shim-runc-v2", "ctr", "loopback", "portmap", "ocibuild", "agnhost",
-	"install-cni",
+	"install-cni", "wgmesh-lab",
 }
 
 func (l *Lab) checkKubeletBinaries() error {
@@ -175,6 +176,19 @@ func (l *Lab) startControllers(st *State) error {
 		return err
 	}
 	st.Scheduler = &proc
+	// The cluster DNS the kubelets hand to pods (clusterDNS); see
+	// clusterdns.go for why the lab needs one.
+	dns := []string{
+		"nsenter", "--net=" + netnsPath(st.Underlay), "--",
+		filepath.Join(l.cfg.BinDir, "wgmesh-lab"), "cluster-dns",
+		"--kubeconfig=" + l.AdminKubeconfig(),
+		"--listen=" + net.JoinHostPort(UnderlayGateway, strconv.Itoa(ClusterDNSPort)),
+	}
+	proc, err = startDetached(dns, l.logPath("cluster-dns"), os.Environ())
+	if err != nil {
+		return err
+	}
+	st.ClusterDNS = &proc
 	return nil
 }
 
@@ -386,6 +400,7 @@ authentication:
   x509: {clientCAFile: %s}
 authorization: {mode: AlwaysAllow}
 clusterDomain: cluster.local
+clusterDNS: [%s]
 resolvConf: /etc/resolv.conf
 # Imported images exist nowhere else: never garbage-collect them, and never
 # evict for a host disk that other labs share.
@@ -400,7 +415,7 @@ serializeImagePulls: false
 maxPods: 110
 registerNode: true
 nodeStatusUpdateFrequency: 5s
-`, n.CgroupRoot, containerdSock, n.UnderlayIP, l.pki().CAFile())
+`, n.CgroupRoot, containerdSock, n.UnderlayIP, l.pki().CAFile(), UnderlayGateway)
 }
 
 func (l *Lab) kubeProxyConfig(n *Node, mode string) string {
@@ -621,7 +636,14 @@ func (l *Lab) buildImages(ctx context.Context) (map[string]string, error) {
 // provides them: the e2e suite runs `/bin/sh -c '... curl ...'` in agnhost
 // containers, and tests and people use the usual tools there.
 var busyboxApplets = []string{"cat", "ls", "wget", "sleep", "ip", "hostname", "ps", "grep",
-	"ping", "timeout", "test", "echo", "env", "mkdir", "rm", "cp", "mv", "touch", "date", "sed", "awk", "head", "tail", "wc", "tr", "cut"}
+	"ping", "timeout", "test", "echo", "env", "mkdir", "rm", "cp", "mv", "touch", "date", "sed", "awk", "head", "tail", "wc", "tr", "cut",
+	// Services specs loop with `for i in $(seq 1 150); do wget ...` and check
+	// ExternalName Services with nslookup.
+	"seq", "nslookup", "sort", "uniq", "xargs", "true", "false", "printf", "expr", "tee", "id", "pwd",
+	"basename", "dirname", "stat", "uname", "kill", "netstat", "which",
+	// "should be rejected for evicted pods" fills its 5Mi ephemeral-storage
+	// limit with dd; without dd the pod is never evicted.
+	"dd"}
 
 // imageHostTools are host binaries the agnhost image carries, as the real
 // image's base does: curl (the upstream e2e suite execs it for every HTTP

@@ -38,6 +38,7 @@ type State struct {
 	Kubelet           bool  `json:"kubelet,omitempty"`
 	ControllerManager *Proc `json:"controllerManager,omitempty"`
 	Scheduler         *Proc `json:"scheduler,omitempty"`
+	ClusterDNS        *Proc `json:"clusterDNS,omitempty"`
 	// DualStack gives every node an IPv6 podCIDR (fd00:10:244:i::/64)
 	// beside its IPv4 one, and every pod an address of each family.
 	DualStack bool `json:"dualStack,omitempty"`
