@@ -212,13 +212,14 @@ func runDataplaneRole([]byte) error {
 	if err := expect("iptables FORWARD", out, "-P FORWARD DROP",
 		"-A FORWARD -i wgmesh-br0 -o wgt0 -m comment",
 		"-A FORWARD -i wgt0 -o wgmesh-br0 -m comment",
+		"-A FORWARD -i wgt0 -o wgt0 -m comment",
 		"-A FORWARD -i wgmesh-br0 -o wgmesh-br0 -m comment",
 		"-A FORWARD -i wgmesh-br0 -m comment",
 		"-A FORWARD -o wgmesh-br0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment"); err != nil {
 		return err
 	}
-	if n := strings.Count(out, "-A FORWARD"); n != 5 {
-		return fmt.Errorf("iptables FORWARD has %d rules, want our 5", n)
+	if n := strings.Count(out, "-A FORWARD"); n != 6 {
+		return fmt.Errorf("iptables FORWARD has %d rules, want our 6", n)
 	}
 
 	step("second apply changes nothing")
@@ -294,9 +295,9 @@ func runDataplaneRole([]byte) error {
 	out, _ = sh("iptables", "-S", "FORWARD")
 	fmt.Print(out)
 	lines := regexp.MustCompile(`(?m)^-A FORWARD.*$`).FindAllString(out, -1)
-	if len(lines) != 6 || !strings.Contains(lines[0], "wgmesh-br0 -o wgt0") ||
-		!strings.Contains(lines[1], "-i wgt0 -o wgmesh-br0") || !strings.Contains(lines[5], "198.51.100.99") {
-		return fmt.Errorf("FORWARD after repair: want our 5 rules first, then the foreign one:\n%s", out)
+	if len(lines) != 7 || !strings.Contains(lines[0], "wgmesh-br0 -o wgt0") ||
+		!strings.Contains(lines[1], "-i wgt0 -o wgmesh-br0") || !strings.Contains(lines[6], "198.51.100.99") {
+		return fmt.Errorf("FORWARD after repair: want our 6 rules first, then the foreign one:\n%s", out)
 	}
 
 	step("dual stack turns on IPv6 forwarding and adds IPv6 NAT and routes")
