@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
 	"github.com/wgmesh/wgmesh/integration/lab"
 )
 
@@ -485,45 +487,77 @@ func testRolloutKeepsFlows(t *testing.T, ctx context.Context, l *lab.Lab) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := exec.Command(cliArgv[0], cliArgv[1:]...)
-	stdin, err := client.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var clientOut strings.Builder
-	client.Stdout, client.Stderr = &clientOut, &clientOut
-	if err := client.Start(); err != nil {
-		t.Fatal(err)
-	}
-	clientDone := make(chan struct{})
-	go func() { _ = client.Wait(); close(clientDone) }()
-	t.Cleanup(func() {
-		stdin.Close()
-		_ = client.Process.Kill()
-		<-clientDone
-	})
-	send := func(line string) {
+	// The server prints "listening" just before nc binds, so the first
+	// connect can be refused on a loaded box: the client then exits at
+	// once. Start clients until one carries the first line (bounded 30 s).
+	var (
+		client     *exec.Cmd
+		stdin      io.WriteCloser
+		clientOut  *netnstest.SyncBuffer
+		clientDone chan struct{}
+	)
+	startClient := func() {
 		t.Helper()
-		// The listener may need a moment after "listening" is printed;
-		// a refused first connect shows as the client exiting.
-		if _, err := fmt.Fprintln(stdin, line); err != nil {
-			t.Fatalf("write %q to the flow: %v (client: %s)", line, err, clientOut.String())
+		client = exec.Command(cliArgv[0], cliArgv[1:]...)
+		var err error
+		if stdin, err = client.StdinPipe(); err != nil {
+			t.Fatal(err)
 		}
-		deadline := time.Now().Add(30 * time.Second)
+		clientOut = &netnstest.SyncBuffer{}
+		client.Stdout, client.Stderr = clientOut, clientOut
+		if err := client.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		c := client
+		go func() { _ = c.Wait(); close(done) }()
+		clientDone = done
+		in := stdin
+		t.Cleanup(func() {
+			in.Close()
+			_ = c.Process.Kill()
+			<-done
+		})
+	}
+	arrived := func(line string, within time.Duration) error {
+		deadline := time.Now().Add(within)
 		for !strings.Contains(server.output(), line) {
 			select {
 			case <-clientDone:
-				t.Fatalf("the flow's client exited before %q arrived: %s; server: %s", line, clientOut.String(), server.output())
+				return fmt.Errorf("the flow's client exited before %q arrived: %s; server: %s", line, clientOut.String(), server.output())
 			default:
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%q did not arrive within 30 s; server: %s", line, server.output())
+				return fmt.Errorf("%q did not arrive within %s; server: %s", line, within, server.output())
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
+		return nil
 	}
-	time.Sleep(500 * time.Millisecond)
-	send("before-rollout")
+	send := func(line string) {
+		t.Helper()
+		if _, err := fmt.Fprintln(stdin, line); err != nil {
+			t.Fatalf("write %q to the flow: %v (client: %s)", line, err, clientOut.String())
+		}
+		if err := arrived(line, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for connectDeadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		startClient()
+		_, werr := fmt.Fprintln(stdin, "before-rollout")
+		err := werr
+		if err == nil {
+			err = arrived("before-rollout", 30*time.Second)
+		}
+		if err == nil {
+			break
+		}
+		if time.Now().After(connectDeadline) {
+			t.Fatalf("no flow to %s:9000 within 30 s: %v", srv.IP, err)
+		}
+		t.Logf("flow not up yet, reconnecting: %v", err)
+	}
 	start := time.Now()
 	rs := l.KubectlCommand("-n", lab.AgentNamespace, "rollout", "restart", "ds/wgmesh-agent")
 	if out, err := exec.CommandContext(ctx, rs[0], rs[1:]...).CombinedOutput(); err != nil {
