@@ -18,6 +18,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/wgmesh/wgmesh/integration/internal/labtest"
 	"github.com/wgmesh/wgmesh/integration/lab"
 )
 
@@ -131,10 +132,7 @@ func testDualPeers(t *testing.T, ctx context.Context, l *lab.Lab) {
 func testDualWire(t *testing.T, ctx context.Context, l *lab.Lab) {
 	ns, br := l.Underlay()
 	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
-	// --immediate-mode: without it tcpdump reads the kernel's ring in
-	// blocks, and the frames of the last block before SIGINT were lost
-	// (58 of 72 WireGuard frames in the first run).
-	capt := startCapture(t, []string{"ip", "netns", "exec", ns, "tcpdump", "-i", br, "-n", "-U", "--immediate-mode", "-s", "0", "-w", pcap})
+	capt := startCapture(t, labtest.Tcpdump([]string{"ip", "netns", "exec", ns}, "-i", br, "-s", "0", "-w", pcap))
 	const pattern = "deadbeef0badf00dcafebabe8badf00d"
 	patternBytes, _ := hex.DecodeString(pattern)
 	nodes := l.State().NodeNames()

@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/wgmesh/wgmesh/integration/internal/labtest"
 	"github.com/wgmesh/wgmesh/integration/internal/pingout"
 	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh"
@@ -300,7 +301,7 @@ func testPingMatrix(t *testing.T, ctx context.Context, l *lab.Lab) {
 func testWire(t *testing.T, ctx context.Context, l *lab.Lab) {
 	ns, br := l.Underlay()
 	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
-	capt := startCapture(t, []string{"ip", "netns", "exec", ns, "tcpdump", "-i", br, "-n", "-U", "-s", "0", "-w", pcap})
+	capt := startCapture(t, labtest.Tcpdump([]string{"ip", "netns", "exec", ns}, "-i", br, "-s", "0", "-w", pcap))
 
 	const pattern = "deadbeef0badf00dcafebabe8badf00d"
 	patternBytes, _ := hex.DecodeString(pattern)

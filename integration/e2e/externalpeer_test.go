@@ -21,6 +21,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgmesh/wgmesh/integration/internal/labtest"
 	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh/kube"
 )
@@ -199,7 +200,7 @@ func TestExternalPeer(t *testing.T) {
 
 	ulns, br := l.Underlay()
 	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
-	capt := startCapture(t, []string{"ip", "netns", "exec", ulns, "tcpdump", "-i", br, "-n", "-U", "--immediate-mode", "-s", "0", "-w", pcap})
+	capt := startCapture(t, labtest.Tcpdump([]string{"ip", "netns", "exec", ulns}, "-i", br, "-s", "0", "-w", pcap))
 	pods := l.Pods()
 	for _, p := range pods {
 		// The first packets wait for the handshake: retried for 20 s

@@ -21,6 +21,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgmesh/wgmesh/integration/internal/labtest"
 	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh/agent"
 )
@@ -102,12 +103,12 @@ func TestFreshPairs(t *testing.T) {
 // from the later agent's first reconcile to a session on both sides (0 if
 // the session was there before).
 func measureFreshLab(t *testing.T) []time.Duration {
-	setup := labSetup{prefix: "e", opts: lab.UpOptions{Nodes: 3, Pods: 1}, limit: 5 * time.Minute}
+	setup := labtest.Setup{Prefix: "e", Opts: lab.UpOptions{Nodes: 3, Pods: 1}, Limit: 5 * time.Minute}
 	var diag *freshDiag
 	if *freshKeep != "" {
 		diag = &freshDiag{}
-		setup.agentArgs = []string{"--log-level=debug"}
-		setup.beforeUp = func(name, stateDir string) { diag.start(t, name, stateDir) }
+		setup.AgentArgs = []string{"--log-level=debug"}
+		setup.BeforeUp = func(name, stateDir string) { diag.start(t, name, stateDir) }
 	}
 	l := upLabWith(t, setup)
 	slow := false
@@ -307,7 +308,8 @@ func (d *freshDiag) start(t *testing.T, name, stateDir string) {
 		if d.stopped {
 			return
 		}
-		cmd := exec.Command("ip", "netns", "exec", ns, "tcpdump", "-i", "br0", "-n", "-U", "-s", "256", "-w", d.pcap, "udp", "or", "arp")
+		argv := labtest.Tcpdump([]string{"ip", "netns", "exec", ns}, "-i", "br0", "-s", "256", "-w", d.pcap, "udp", "or", "arp")
+		cmd := exec.Command(argv[0], argv[1:]...)
 		if err := cmd.Start(); err != nil {
 			t.Logf("diagnosis: start tcpdump: %v", err)
 			return

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/wgmesh/wgmesh/integration/internal/labtest"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
 	"github.com/wgmesh/wgmesh/integration/internal/pingout"
 	"github.com/wgmesh/wgmesh/integration/internal/reexec"
@@ -58,7 +59,7 @@ func TestHardening(t *testing.T) {
 	t.Run("NoPlaintextThroughKillStartupAndExclusion", func(t *testing.T) {
 		ns, br := l.Underlay()
 		pcap := filepath.Join(t.TempDir(), "underlay.pcap")
-		capt := startCapture(t, []string{"ip", "netns", "exec", ns, "tcpdump", "-i", br, "-n", "-U", "--immediate-mode", "-s", "128", "-w", pcap})
+		capt := startCapture(t, labtest.Tcpdump([]string{"ip", "netns", "exec", ns}, "-i", br, "-s", "128", "-w", pcap))
 		start := time.Now()
 
 		gw1 := gateway(t, p1.IP)

@@ -3,20 +3,16 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
-	"log/slog"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/wgmesh/wgmesh/integration/internal/labtest"
 	"github.com/wgmesh/wgmesh/integration/lab"
 )
 
@@ -31,100 +27,15 @@ func newLab(t *testing.T, nodes, pods int) *lab.Lab {
 // given; the kubelet mode also checks that Down left no cgroup behind.
 func upLab(t *testing.T, prefix string, opts lab.UpOptions, limit time.Duration) *lab.Lab {
 	t.Helper()
-	return upLabWith(t, labSetup{prefix: prefix, opts: opts, limit: limit})
+	return upLabWith(t, labtest.Setup{Prefix: prefix, Opts: opts, Limit: limit})
 }
 
-// labSetup is upLab's arguments plus what a diagnosing test needs.
-type labSetup struct {
-	prefix string
-	opts   lab.UpOptions
-	limit  time.Duration
-	// agentArgs are extra flags for every agent (lab.Config.AgentArgs).
-	agentArgs []string
-	// beforeUp, if set, runs with the lab's name and state directory
-	// before Up starts (e.g. to start a capture once the underlay exists).
-	beforeUp func(name, stateDir string)
-}
-
-func upLabWith(t *testing.T, s labSetup) *lab.Lab {
+// upLabWith brings up the lab s describes (plus this suite's state root and
+// binaries) for t.
+func upLabWith(t *testing.T, s labtest.Setup) *lab.Lab {
 	t.Helper()
-	prefix, opts, limit := s.prefix, s.opts, s.limit
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	name := prefix + hex.EncodeToString(b[:])
-	stateDir := filepath.Join("/run/wgmesh-e2e", name)
-	l := lab.New(lab.Config{
-		Name:      name,
-		StateDir:  stateDir,
-		BinDir:    binDir,
-		AgentArgs: s.agentArgs,
-		Log:       slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
-	defer cancel()
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpLogs(t, l)
-		}
-		if err := l.Down(context.Background()); err != nil {
-			t.Errorf("lab down: %v", err)
-		}
-		assertCleanedUp(t, name, stateDir)
-		if opts.Kubelet {
-			if left, _ := filepath.Glob("/sys/fs/cgroup/*/wgmesh-lab-" + name); len(left) > 0 {
-				t.Errorf("lab down left cgroups %v", left)
-			}
-		}
-	})
-	if s.beforeUp != nil {
-		s.beforeUp(name, stateDir)
-	}
-	start := time.Now()
-	if err := l.Up(ctx, opts); err != nil {
-		t.Fatalf("lab up (kubelet %v): %v", opts.Kubelet, err)
-	}
-	t.Logf("lab %s up (%d nodes x %d pods, kubelet %v) in %s", name, opts.Nodes, opts.Pods, opts.Kubelet, time.Since(start).Round(time.Millisecond))
-	return l
-}
-
-// assertCleanedUp checks that Down left no namespace or state behind.
-func assertCleanedUp(t *testing.T, name, stateDir string) {
-	t.Helper()
-	entries, _ := os.ReadDir("/run/netns")
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "wgl-"+name+"-") {
-			t.Errorf("lab down left network namespace %s", e.Name())
-		}
-	}
-	if _, err := os.Stat(stateDir); err == nil {
-		t.Errorf("lab down left state dir %s", stateDir)
-	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func dumpLogs(t *testing.T, l *lab.Lab) {
-	if err := l.Load(); err != nil {
-		return
-	}
-	dir := filepath.Join(l.Config().StateDir, "logs")
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue
-		}
-		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-		if len(lines) > 40 {
-			lines = lines[len(lines)-40:]
-		}
-		t.Logf("---- last lines of %s ----\n%s", e.Name(), strings.Join(lines, "\n"))
-	}
+	s.StateRoot, s.BinDir = "/run/wgmesh-e2e", binDir
+	return labtest.Up(t, context.Background(), s)
 }
 
 // podsByNode groups the lab's pods.

@@ -12,6 +12,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/wgmesh/wgmesh/integration/internal/labtest"
 	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh"
 )
@@ -101,7 +102,7 @@ func TestLocations(t *testing.T) {
 	nets[2].ns, nets[2].br = l.Location("b")
 	for i, n := range nets {
 		n.pcap = filepath.Join(dir, fmt.Sprintf("net%d.pcap", i))
-		n.caps = startCapture(t, []string{"ip", "netns", "exec", n.ns, "tcpdump", "-i", n.br, "-n", "-U", "--immediate-mode", "-s", "0", "-w", n.pcap})
+		n.caps = startCapture(t, labtest.Tcpdump([]string{"ip", "netns", "exec", n.ns}, "-i", n.br, "-s", "0", "-w", n.pcap))
 	}
 	const pattern = "deadbeef0badf00dcafebabe8badf00d"
 	byNode := podsByNode(l)

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/wgmesh/wgmesh/integration/internal/labtest"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
 	"github.com/wgmesh/wgmesh/integration/lab"
 )
@@ -46,7 +47,7 @@ func TestRealNodes(t *testing.T) {
 
 	ns, br := l.Underlay()
 	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
-	capt := startCapture(t, []string{"nsenter", "--net=/run/netns/" + ns, "--", "tcpdump", "-i", br, "-n", "-U", "-s", "128", "-w", pcap})
+	capt := startCapture(t, labtest.Tcpdump([]string{"nsenter", "--net=/run/netns/" + ns, "--"}, "-i", br, "-s", "128", "-w", pcap))
 
 	c, err := l.Admin()
 	if err != nil {

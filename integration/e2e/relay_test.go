@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgmesh/wgmesh/integration/internal/labtest"
 	"github.com/wgmesh/wgmesh/integration/lab"
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/show"
@@ -56,7 +57,7 @@ func TestRelay(t *testing.T) {
 
 	ns, br := l.Underlay()
 	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
-	capt := startCapture(t, []string{"ip", "netns", "exec", ns, "tcpdump", "-i", br, "-n", "-U", "--immediate-mode", "-s", "128", "-w", pcap})
+	capt := startCapture(t, labtest.Tcpdump([]string{"ip", "netns", "exec", ns}, "-i", br, "-s", "128", "-w", pcap))
 	start := time.Now()
 	// requireMatrix allows 40 s: the relay takes over 15 s (RelayAfter)
 	// after the NAT'd pair wanted each other, plus a pass.

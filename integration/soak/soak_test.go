@@ -6,19 +6,17 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"flag"
 	"fmt"
-	"log/slog"
 	"maps"
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/wgmesh/wgmesh/integration/internal/labtest"
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
 	"github.com/wgmesh/wgmesh/integration/lab"
 )
@@ -113,7 +111,7 @@ func TestSoak(t *testing.T) {
 	// The capture runs from before the first packet of traffic to the end.
 	ul, br := l.Underlay()
 	pcap := filepath.Join(t.TempDir(), "plaintext.pcap")
-	capt, err := startCapture([]string{"ip", "netns", "exec", ul, "tcpdump", "-i", br, "-n", "-U", "-s", "96", "-w", pcap, plaintextFilter})
+	capt, err := startCapture(labtest.Tcpdump([]string{"ip", "netns", "exec", ul}, "-i", br, "-s", "96", "-w", pcap, plaintextFilter))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,67 +186,8 @@ const plaintextFilter = "ip net 10.244.0.0/16 or arp net 10.244.0.0/16 or ip6 ne
 // t ends (by the lab's names and pids, also on failure).
 func newLab(t *testing.T, ctx context.Context, nodes int) *lab.Lab {
 	t.Helper()
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	name := "s" + hex.EncodeToString(b[:])
-	stateDir := filepath.Join("/run/wgmesh-soak", name)
-	l := lab.New(lab.Config{
-		Name:     name,
-		StateDir: stateDir,
-		BinDir:   binDir,
-		Log:      slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
-	})
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpLogs(t, l)
-		}
-		if err := l.Down(context.Background()); err != nil {
-			t.Errorf("lab down: %v", err)
-		}
-		entries, _ := os.ReadDir("/run/netns")
-		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), "wgl-"+name+"-") {
-				t.Errorf("lab down left network namespace %s", e.Name())
-			}
-		}
-		if _, err := os.Stat(stateDir); err == nil {
-			t.Errorf("lab down left state dir %s", stateDir)
-		}
-	})
-	start := time.Now()
-	upCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	if err := l.Up(upCtx, lab.UpOptions{Nodes: nodes, Pods: 1}); err != nil {
-		t.Fatalf("lab up: %v", err)
-	}
-	t.Logf("lab %s up (%d nodes x 1 pod) in %s", name, nodes, time.Since(start).Round(time.Millisecond))
-	return l
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func dumpLogs(t *testing.T, l *lab.Lab) {
-	if err := l.Load(); err != nil {
-		return
-	}
-	dir := filepath.Join(l.Config().StateDir, "logs")
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue
-		}
-		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-		if len(lines) > 40 {
-			lines = lines[len(lines)-40:]
-		}
-		t.Logf("---- last lines of %s ----\n%s", e.Name(), strings.Join(lines, "\n"))
-	}
+	return labtest.Up(t, ctx, labtest.Setup{Prefix: "s", StateRoot: "/run/wgmesh-soak", BinDir: binDir,
+		Opts: lab.UpOptions{Nodes: nodes, Pods: 1}, Limit: 5 * time.Minute})
 }
 
 // nodes lists the lab's nodes in index order.
