@@ -225,13 +225,10 @@ func (l *Lab) writeAdminKubeconfig() error {
 	return clientcmd.WriteToFile(*cfg, l.AdminKubeconfig())
 }
 
-// RBACObjects decodes the shipped manifests (deploy/base) and returns the
-// objects the lab applies: the Namespace, ServiceAccount, ClusterRole,
-// ClusterRoleBinding and the node-scoped trust ValidatingAdmissionPolicy and
-// its binding, exactly as users get them.
-func RBACObjects() ([]runtime.Object, error) {
-	var objs []runtime.Object
-	err := fs.WalkDir(deploy.Base, "base", func(path string, d fs.DirEntry, err error) error {
+// baseDocs calls fn with every non-empty YAML document of the shipped
+// manifests (deploy/base), as `kubectl apply -k` reads them.
+func baseDocs(fn func(path string, doc []byte) error) error {
+	return fs.WalkDir(deploy.Base, "base", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".yaml") {
 			return err
 		}
@@ -243,7 +240,7 @@ func RBACObjects() ([]runtime.Object, error) {
 		for {
 			doc, err := r.Read()
 			if errors.Is(err, io.EOF) {
-				break
+				return nil
 			}
 			if err != nil {
 				return fmt.Errorf("read %s: %w", path, err)
@@ -251,16 +248,29 @@ func RBACObjects() ([]runtime.Object, error) {
 			if len(bytes.TrimSpace(doc)) == 0 {
 				continue
 			}
-			obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
-			if err != nil {
-				// kustomization.yaml and CRD-less kinds are not ours to apply.
-				continue
+			if err := fn(path, doc); err != nil {
+				return err
 			}
-			switch obj.(type) {
-			case *corev1.Namespace, *corev1.ServiceAccount, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding,
-				*admissionregistrationv1.ValidatingAdmissionPolicy, *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
-				objs = append(objs, obj)
-			}
+		}
+	})
+}
+
+// RBACObjects decodes the shipped manifests (deploy/base) and returns the
+// objects the lab applies: the Namespace, ServiceAccount, ClusterRole,
+// ClusterRoleBinding and the node-scoped trust ValidatingAdmissionPolicy and
+// its binding, exactly as users get them.
+func RBACObjects() ([]runtime.Object, error) {
+	var objs []runtime.Object
+	err := baseDocs(func(_ string, doc []byte) error {
+		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
+		if err != nil {
+			// kustomization.yaml and CRD-less kinds are not ours to apply.
+			return nil
+		}
+		switch obj.(type) {
+		case *corev1.Namespace, *corev1.ServiceAccount, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding,
+			*admissionregistrationv1.ValidatingAdmissionPolicy, *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
+			objs = append(objs, obj)
 		}
 		return nil
 	})

@@ -3,22 +3,15 @@ package lab
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
-
-	"github.com/wgmesh/wgmesh/deploy"
 )
 
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
@@ -38,36 +31,20 @@ func (l *Lab) applyCRDs(ctx context.Context) error {
 		return err
 	}
 	var crds []*unstructured.Unstructured
-	err = fs.WalkDir(deploy.Base, "base", func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".yaml") {
-			return err
+	err = baseDocs(func(path string, doc []byte) error {
+		if !bytes.Contains(doc, []byte("kind: CustomResourceDefinition")) {
+			return nil
 		}
-		data, err := fs.ReadFile(deploy.Base, path)
+		js, err := yaml.YAMLToJSON(doc)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", path, err)
 		}
-		r := utilyaml.NewYAMLReader(bufioReader(data))
-		for {
-			doc, err := r.Read()
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("read %s: %w", path, err)
-			}
-			if !bytes.Contains(doc, []byte("kind: CustomResourceDefinition")) {
-				continue
-			}
-			js, err := yaml.YAMLToJSON(doc)
-			if err != nil {
-				return fmt.Errorf("%s: %w", path, err)
-			}
-			u := &unstructured.Unstructured{}
-			if err := u.UnmarshalJSON(js); err != nil {
-				return fmt.Errorf("%s: %w", path, err)
-			}
-			crds = append(crds, u)
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(js); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
 		}
+		crds = append(crds, u)
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("read deploy/base: %w", err)
