@@ -134,15 +134,22 @@ func InitiateHandshakes(dev *wgtypes.Device) wgtypes.Config {
 		return cfg
 	}
 	for _, p := range dev.Peers {
-		first, then := durationPtr(0), durationPtr(p.PersistentKeepaliveInterval)
-		if p.PersistentKeepaliveInterval == 0 {
-			first, then = durationPtr(rotationGreeting), durationPtr(0)
-		}
-		cfg.Peers = append(cfg.Peers,
-			wgtypes.PeerConfig{PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: first},
-			wgtypes.PeerConfig{PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: then})
+		cfg.Peers = append(cfg.Peers, initiation(p.PublicKey, p.PersistentKeepaliveInterval)...)
 	}
 	return cfg
+}
+
+// initiation is the pair of peer changes that makes WireGuard send a
+// handshake initiation to one peer and leaves its keepalive as it was.
+func initiation(key wgtypes.Key, keepalive time.Duration) []wgtypes.PeerConfig {
+	first, then := durationPtr(0), durationPtr(keepalive)
+	if keepalive == 0 {
+		first, then = durationPtr(rotationGreeting), durationPtr(0)
+	}
+	return []wgtypes.PeerConfig{
+		{PublicKey: key, UpdateOnly: true, PersistentKeepaliveInterval: first},
+		{PublicKey: key, UpdateOnly: true, PersistentKeepaliveInterval: then},
+	}
 }
 
 // rotationGreeting is the keepalive briefly set on the new peer of a node

@@ -204,21 +204,14 @@ func handshakesOf(dev *wgtypes.Device) map[wgtypes.Key]time.Time {
 }
 
 // probeConfig makes the device send a handshake initiation to each named
-// peer now, as InitiateHandshakes does for all: a keepalive interval
-// switched on triggers one.
+// peer now, as InitiateHandshakes does for all.
 func probeConfig(d Desired, nodes []string) wgtypes.Config {
 	var cfg wgtypes.Config
 	for _, p := range d.Peers {
 		if !slices.Contains(nodes, p.Node) {
 			continue
 		}
-		first, then := durationPtr(0), durationPtr(p.Keepalive)
-		if p.Keepalive == 0 {
-			first, then = durationPtr(rotationGreeting), durationPtr(0)
-		}
-		cfg.Peers = append(cfg.Peers,
-			wgtypes.PeerConfig{PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: first},
-			wgtypes.PeerConfig{PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: then})
+		cfg.Peers = append(cfg.Peers, initiation(p.PublicKey, p.Keepalive)...)
 	}
 	return cfg
 }
