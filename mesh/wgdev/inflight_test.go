@@ -32,6 +32,10 @@ func waitReturns(f *inflight, d time.Duration) bool {
 
 func TestInflightWaitsForRelease(t *testing.T) {
 	f := newInflight(4)
+	// This test is about releases waking the waiter; with the real 10 ms
+	// stall a descheduled test goroutine (a loaded 2-core box) would let
+	// the waiter give up and look like a wrong wake-up.
+	f.stall = time.Minute
 	bufs := buffers(4)
 	f.hold(bufs, 3)
 	if !waitReturns(f, time.Second) {
@@ -48,13 +52,12 @@ func TestInflightWaitsForRelease(t *testing.T) {
 	done := make(chan struct{})
 	go func() { f.wait(); close(done) }()
 	// Releasing a buffer never held (a handshake) must not wake the
-	// waiter; 3 ms is well inside inflightStall (10 ms), after which it
-	// would go on anyway.
+	// waiter.
 	f.release([][]byte{make([]byte, 64)})
 	select {
 	case <-done:
 		t.Fatal("wait returned with the limit still held")
-	case <-time.After(3 * time.Millisecond):
+	case <-time.After(50 * time.Millisecond):
 	}
 	f.release(bufs[3:])
 	select {
@@ -64,10 +67,8 @@ func TestInflightWaitsForRelease(t *testing.T) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	// 3 still held, unless this loaded box descheduled the waiter for
-	// inflightStall and it gave up first (then it forgot them all).
-	if len(f.held) != 3 && f.stalls == 0 {
-		t.Errorf("held %d after one release, want 3", len(f.held))
+	if len(f.held) != 3 || f.stalls != 0 {
+		t.Errorf("held %d, stalls %d after one release; want 3, 0", len(f.held), f.stalls)
 	}
 }
 
@@ -94,8 +95,9 @@ func TestInflightForgetsAfterStall(t *testing.T) {
 func TestInflightKeepsWaitingWhileReleasing(t *testing.T) {
 	f := newInflight(2)
 	// Long enough that the releases below, 0.4 s apart, each come well
-	// inside one stall period even on a loaded 2-core box.
-	f.stall = time.Second
+	// inside one stall period even on a loaded 2-core box (a sleep
+	// overrunning by 4.6 s).
+	f.stall = 5 * time.Second
 	bufs := buffers(4)
 	f.hold(bufs, 4) // a batch past the limit
 	done := make(chan struct{})
