@@ -38,26 +38,6 @@ func TestDualStack(t *testing.T) {
 	t.Run("NetworkPolicyIPv6IPBlock", func(t *testing.T) { testPolicyIPv6(t, ctx, l) })
 }
 
-// requireMatrixOf is requireMatrix over any matrix (e.g. the IPv6 one).
-func requireMatrixOf(t *testing.T, matrix func() lab.Matrix) {
-	t.Helper()
-	start := time.Now()
-	for {
-		m := matrix()
-		f := m.Failures()
-		if len(f) == 0 {
-			t.Logf("%d/%d pod pairs reachable after %s", len(m.Pods)*len(m.Pods), len(m.Pods)*len(m.Pods), time.Since(start).Round(time.Millisecond))
-			return
-		}
-		if time.Since(start) > matrixBound {
-			var b strings.Builder
-			m.Print(&b)
-			t.Fatalf("%d of %d pod pairs unreachable after %s:\n%s", len(f), len(m.Pods)*len(m.Pods), matrixBound, b.String())
-		}
-		t.Logf("%d pod pairs unreachable %s after the first try: %v; trying again", len(f), time.Since(start).Round(time.Second), f)
-	}
-}
-
 // testDualPeers: every node has every other node as a peer whose allowed
 // IPs are exactly its two podCIDRs, each routed through the tunnel, and the
 // IPv6-only node is reached at its IPv6 endpoint (the only way it can be).
