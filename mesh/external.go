@@ -179,24 +179,9 @@ func parseExternalPeer(raw RawExternalPeer) (ExternalPeer, Reason, error) {
 	if len(raw.AllowedIPs) == 0 {
 		return p, ReasonNoAllowedIPs, fmt.Errorf("spec.allowedIPs is %w", ErrMissing)
 	}
-	for _, s := range raw.AllowedIPs {
-		a, err := netip.ParsePrefix(strings.TrimSpace(s))
-		switch {
-		case err != nil:
-			return p, ReasonBadAllowedIPs, fmt.Errorf("%w allowed IP %q: %v", ErrMalformed, s, err)
-		case a.Addr().Is4In6():
-			return p, ReasonBadAllowedIPs, fmt.Errorf("%w allowed IP %q: IPv4-mapped IPv6 prefix", ErrMalformed, s)
-		case a.Masked() != a:
-			return p, ReasonBadAllowedIPs, fmt.Errorf("%w allowed IP %q: host bits set, did you mean %s?", ErrMalformed, s, a.Masked())
-		case a.Bits() == 0:
-			return p, ReasonBadAllowedIPs, fmt.Errorf("allowed IP %q is %w: it would capture all traffic", s, ErrNotAllowed)
-		}
-		if _, q, ok := firstOverlap([]netip.Prefix{a}, p.AllowedIPs); ok {
-			return p, ReasonBadAllowedIPs, fmt.Errorf("%w allowed IPs: %s overlaps %s", ErrMalformed, a, q)
-		}
-		p.AllowedIPs = append(p.AllowedIPs, a)
+	if p.AllowedIPs, err = parsePrefixes(raw.AllowedIPs, "allowed IP"); err != nil {
+		return p, ReasonBadAllowedIPs, err
 	}
-	sortPrefixes(p.AllowedIPs)
 	if strings.TrimSpace(raw.Endpoint) != "" {
 		ep, err := ParseEndpoint(raw.Endpoint)
 		if err != nil {

@@ -198,24 +198,32 @@ func ParsePodCIDRs(in []string) ([]netip.Prefix, error) {
 	if len(in) == 0 {
 		return nil, fmt.Errorf("spec.podCIDRs is %w", ErrMissing)
 	}
+	return parsePrefixes(in, "pod CIDR")
+}
+
+// parsePrefixes parses a non-empty list of prefixes routed to one peer (a
+// node's pod CIDRs, an external peer's allowed IPs; what names them in
+// errors) by ParsePodCIDRs' rules: canonical, not IPv4-mapped, not /0, not
+// overlapping each other. The result is sorted.
+func parsePrefixes(in []string, what string) ([]netip.Prefix, error) {
 	out := make([]netip.Prefix, 0, len(in))
 	for _, s := range in {
 		p, err := netip.ParsePrefix(strings.TrimSpace(s))
 		if err != nil {
-			return nil, fmt.Errorf("%w pod CIDR %q: %v", ErrMalformed, s, err)
+			return nil, fmt.Errorf("%w %s %q: %v", ErrMalformed, what, s, err)
 		}
 		if p.Addr().Is4In6() {
-			return nil, fmt.Errorf("%w pod CIDR %q: IPv4-mapped IPv6 prefix", ErrMalformed, s)
+			return nil, fmt.Errorf("%w %s %q: IPv4-mapped IPv6 prefix", ErrMalformed, what, s)
 		}
 		if p.Masked() != p {
-			return nil, fmt.Errorf("%w pod CIDR %q: host bits set, did you mean %s?", ErrMalformed, s, p.Masked())
+			return nil, fmt.Errorf("%w %s %q: host bits set, did you mean %s?", ErrMalformed, what, s, p.Masked())
 		}
 		if p.Bits() == 0 {
-			return nil, fmt.Errorf("pod CIDR %q is %w: it would capture all traffic", s, ErrNotAllowed)
+			return nil, fmt.Errorf("%s %q is %w: it would capture all traffic", what, s, ErrNotAllowed)
 		}
 		for _, q := range out {
 			if q.Overlaps(p) {
-				return nil, fmt.Errorf("%w pod CIDRs: %s overlaps %s", ErrMalformed, p, q)
+				return nil, fmt.Errorf("%w %ss: %s overlaps %s", ErrMalformed, what, p, q)
 			}
 		}
 		out = append(out, p)
