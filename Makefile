@@ -7,7 +7,7 @@ CMDS := wgmesh-agent wgmesh-cni wgmeshctl wgmesh-lab
 # The whole suite (unit + root/netns + end-to-end) must stay well inside CI's 90 minutes.
 TEST_TIMEOUT ?= 60m
 
-.PHONY: demo-kubelet conformance all deps build test test-unit lint vet-cniclient demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test soak
+.PHONY: demo-kubelet conformance all deps build test test-unit lint vet-cniclient demo lab-up lab-down tools test-e2e fuzz bench clean image vagrant-test soak vet-tagged
 IMAGE ?= wgmesh:dev
 
 all: build
@@ -28,7 +28,7 @@ build:
 test: deps tools
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test needs root: the netns/e2e suites fail without it" >&2; exit 1; fi
 	$(GO) vet ./...
-	@$(MAKE) --no-print-directory vet-cniclient
+	@$(MAKE) --no-print-directory vet-cniclient vet-tagged
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	integration/scripts/fuzz.sh
 
@@ -37,6 +37,12 @@ test: deps tools
 vet-cniclient:
 	cd integration/cniclients/client && $(GO) vet . && $(GO) vet -modfile=libcni-v1.2.mod . && \
 	  $(GO) vet -modfile=libcni-v1.1.mod -tags=libcni_v1_1 .
+
+# The suites behind build tags (make soak, make conformance) are not compiled by ./...:
+# vet them so that they keep building between their long runs.
+vet-tagged:
+	$(GO) vet -tags soak ./integration/soak/
+	$(GO) vet -tags conformance ./integration/e2e/
 
 # Every fuzz target for a bounded time (FUZZTIME, default 12s each); part of make test.
 fuzz:
@@ -49,7 +55,7 @@ test-unit:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	@$(MAKE) --no-print-directory vet-cniclient
+	@$(MAKE) --no-print-directory vet-cniclient vet-tagged
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./... || echo "lint: staticcheck unavailable or failed (see above)"
 
 clean:
