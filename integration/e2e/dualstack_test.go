@@ -172,6 +172,9 @@ func testDualWire(t *testing.T, ctx context.Context, l *lab.Lab) {
 			}
 		case f.Proto == 6 && ((apiservers[f.Dst] && f.DstPort == 6443) || (apiservers[f.Src] && f.SrcPort == 6443)):
 			control++
+		case f.Proto == 2 && f.Dst.IsLinkLocalMulticast():
+			// IGMP membership reports of a link coming up
+			// (0.0.0.0 -> 224.0.0.22): link-level, no pod in it.
 		case f.Proto == 58 && icmp6Type(f) >= 130 && icmp6Type(f) <= 143:
 			// Neighbour discovery and MLD between node addresses.
 			nd++
