@@ -89,6 +89,10 @@ type Device struct {
 	dev        *device.Device
 	uapi       net.Listener
 	greeter    *greeter
+	hold       *holdBind
+	// self is the device's public key, for the initiator of a fresh
+	// pair (quiet.go); Local.ConfigureDevice keeps it current.
+	self wgtypes.Key
 
 	closeOnce sync.Once
 	done      chan struct{} // closed once the device has stopped
@@ -184,6 +188,8 @@ func (d *Device) Open() (err error) {
 		bind = conn.NewDefaultBind()
 	}
 
+	hold := newHoldBind(bind)
+	bind = hold
 	if d.cfg.MaxInflight >= 0 {
 		tdev, bind = bound(tdev, bind, cmp.Or(d.cfg.MaxInflight, DefaultMaxInflight))
 	}
@@ -215,13 +221,17 @@ func (d *Device) Open() (err error) {
 	if err := dev.Up(); err != nil {
 		return fmt.Errorf("bring device up: %w", err)
 	}
-	greeter := newGreeter(dev, d.log)
+	self := d.cfg.PrivateKey.PublicKey()
+	greeter := newGreeter(dev, d.log, self)
 	defer func() {
 		if err != nil {
 			greeter.close()
 		}
 	}()
-	greeter.greet(initialWithEndpoint(d.cfg.Peers)...)
+	// Restored peers are greeted from here whichever key is smaller:
+	// they hold sessions with our previous incarnation and have no
+	// reason to initiate.
+	greeter.greetAll(initialWithEndpoint(d.cfg.Peers)...)
 
 	listen := d.cfg.listen
 	if listen == nil {
@@ -235,6 +245,8 @@ func (d *Device) Open() (err error) {
 	d.dev = dev
 	d.uapi = uapi
 	d.greeter = greeter
+	d.hold = hold
+	d.self = self
 	go d.serveUAPI(uapi, dev)
 	go func() {
 		// wireguard-go closes itself when its TUN goes away (e.g.
@@ -266,12 +278,14 @@ func initialWithEndpoint(peers []wgtypes.PeerConfig) []wgtypes.Key {
 	return keys
 }
 
-// Greet makes the device send a handshake initiation to each of the given
-// peers now (those it has; a peer without an endpoint cannot be greeted)
-// and watch it until a handshake completes, initiating again if the first
-// ones crossed (see greet.go). Call it for peers just added, so that a
-// session exists before the first packet needs one. Before Open and after
-// Close it does nothing.
+// Greet has the device start the first handshake with each of the given
+// peers (those it has; a peer without an endpoint cannot be greeted) and
+// watch it until a handshake completes. Of a pair, the smaller key sends
+// an initiation now and initiates again while no handshake completes; the
+// larger key waits for it and initiates only if none came after
+// answerWait (see greet.go and quiet.go). Call it for peers just added, so
+// that a session exists before the first packet needs one. Before Open
+// and after Close it does nothing.
 func (d *Device) Greet(keys ...wgtypes.Key) {
 	d.mu.Lock()
 	g := d.greeter
@@ -291,6 +305,25 @@ func (d *Device) GreetSilent(keys ...wgtypes.Key) {
 	d.mu.Unlock()
 	if g != nil && len(keys) > 0 {
 		g.greetSilent(keys...)
+	}
+}
+
+// selfKey returns the device's public key as last configured through Open
+// or Local.
+func (d *Device) selfKey() wgtypes.Key {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.self
+}
+
+// setSelf records a new public key of the device (a key rotation).
+func (d *Device) setSelf(k wgtypes.Key) {
+	d.mu.Lock()
+	d.self = k
+	g := d.greeter
+	d.mu.Unlock()
+	if g != nil {
+		g.setSelf(k)
 	}
 }
 

@@ -10,42 +10,49 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-// Greeting new peers, and repairing crossed first handshakes.
+// Greeting new peers, and repairing first handshakes that went nowhere.
 //
 // wireguard-go starts a handshake only when a packet for the peer is
-// waiting (or a keepalive is due). In a mesh that comes up at once, the
-// first packets of both directions of a pair often leave within
-// milliseconds of each other; so do two greetings from agents that added
-// each other at the same moment. Two initiations that cross are each
-// answered, and each answer is then dropped by the side that receives it:
-// answering the other's initiation replaced its own handshake state
-// ("Received invalid response message" in the device log). Neither side
-// has a session, and WireGuard allows the next initiation only after
-// RekeyTimeout (5 s, plus up to 1/3 s jitter); under load the retries can
-// cross again. Captured in fresh labs on a loaded 2-core box; see
-// docs/reliability.md.
+// waiting (or a keepalive is due). So the device greets every peer it is
+// given (Greet), so that a session exists before pod traffic needs one,
+// and watches it until a handshake completes.
 //
-// So the device greets every peer it is given (Greet) with a handshake
-// initiation at once, so that a session exists before pod traffic needs
-// one, and watches it until a handshake completes. Of a pair, only the
-// side with the smaller public key repairs: if no handshake completed
-// after repairFirst, it forgets the half-done handshake (which also lifts
-// the 5 s rate limit) and initiates again, backing off to repairMax. The
-// other side cannot cross that initiation: it sent its own less than 5 s
-// ago, so WireGuard holds its next one back. A greeting that arrives
-// before the other agent has added us is dropped there; that agent greets
-// us when it adds us, and this side's repairs cover the rest.
+// Of a pair only one side greets: the smaller public key (quiet.go tells
+// why two initiations that cross are worse than none). Its greeting is
+// dropped if the other agent has not added us yet; it therefore
+// initiates again every repairEvery while no handshake completed, for
+// repairFast, then backing off to repairMax. A repair forgets the
+// half-done handshake (which also lifts WireGuard's 5 s rate limit). The
+// larger key waits for that initiation and answers it; only if no
+// handshake completed after answerWait (the other side cannot reach our
+// endpoint, e.g. behind a NAT or on another address family, or has not
+// added us yet) does it initiate itself, backing off the same way. By
+// then the smaller key has had answerWait/repairEvery chances, so the two
+// rarely initiate at once.
+//
+// Crossed initiations are still possible (pod traffic on both sides of a
+// pair that is not quiet, a NAT'd pair, a late agent); they cost no more
+// than the next repair unless they trip the race in quiet.go.
 const (
-	// repairFirst is how long a crossed handshake may stand before the
-	// smaller key initiates again. A handshake is one round trip (well
-	// under 10 ms here even under load); 500 ms leaves room for a very
-	// loaded node without repairing handshakes that are merely slow (and
-	// repairing one of those costs only another round trip).
-	repairFirst = 500 * time.Millisecond
-	// repairMax caps the backoff between repairs while the other side
-	// does not answer at all (not up yet, or gone): at most one
-	// initiation (148 bytes) per 2 s per such peer.
+	// repairEvery is how often the smaller key initiates again while
+	// no handshake completed, for the first repairFast. A handshake is
+	// one round trip (well under 10 ms here even under load); 250 ms
+	// leaves room for a very loaded node without repairing handshakes
+	// that are merely slow, and keeps a pair whose first greeting was
+	// dropped (the other agent added us a moment later) within 250 ms
+	// of a session.
+	repairEvery = 250 * time.Millisecond
+	// repairFast is how long repairs stay at repairEvery; then they back
+	// off, doubling, to repairMax.
+	repairFast = 3 * time.Second
+	// repairMax caps the backoff while the other side does not answer
+	// at all (not up yet, or gone): at most one initiation (148 bytes)
+	// per 2 s per such peer.
 	repairMax = 2 * time.Second
+	// answerWait is how long the larger key waits for the smaller key's
+	// initiation before it initiates itself: four of the smaller key's
+	// repairs, and far below WireGuard's own 5 s retry.
+	answerWait = time.Second
 	// watchFor is how long a peer is watched; afterwards WireGuard's own
 	// retries (every 5 s while packets wait) are all there is, as for any
 	// peer. It covers an agent that starts a minute or two after the
@@ -60,6 +67,7 @@ type greeter struct {
 	now func() time.Time
 
 	mu      sync.Mutex
+	self    wgtypes.Key
 	watched map[wgtypes.Key]*watch
 	wake    chan struct{}
 	stop    chan struct{}
@@ -73,9 +81,9 @@ type watch struct {
 	repairs int
 }
 
-func newGreeter(dev *device.Device, log *slog.Logger) *greeter {
+func newGreeter(dev *device.Device, log *slog.Logger, self wgtypes.Key) *greeter {
 	g := &greeter{
-		dev: dev, log: log, now: time.Now,
+		dev: dev, log: log, now: time.Now, self: self,
 		watched: map[wgtypes.Key]*watch{},
 		wake:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
@@ -85,9 +93,23 @@ func newGreeter(dev *device.Device, log *slog.Logger) *greeter {
 	return g
 }
 
-// greet sends a handshake initiation to each peer now and watches it.
-// Peers the device does not have are ignored.
-func (g *greeter) greet(keys ...wgtypes.Key) {
+func (g *greeter) setSelf(k wgtypes.Key) {
+	g.mu.Lock()
+	g.self = k
+	g.mu.Unlock()
+}
+
+// greet starts the first handshake with each of keys as its side of the
+// pair does (see above) and watches it. Peers the device does not have
+// are ignored.
+func (g *greeter) greet(keys ...wgtypes.Key) { g.greetAs(false, keys) }
+
+// greetAll greets each of keys with an initiation now, whichever key is
+// smaller: for peers that have no reason to initiate themselves (they
+// hold a session with our previous incarnation).
+func (g *greeter) greetAll(keys ...wgtypes.Key) { g.greetAs(true, keys) }
+
+func (g *greeter) greetAs(all bool, keys []wgtypes.Key) {
 	now := g.now()
 	g.mu.Lock()
 	for _, k := range keys {
@@ -95,12 +117,21 @@ func (g *greeter) greet(keys ...wgtypes.Key) {
 		if peer == nil {
 			continue
 		}
-		// A peer new to the device sends at once; one that already
-		// initiated within 5 s makes this a no-op.
-		if err := peer.SendHandshakeInitiation(false); err != nil {
-			g.log.Debug("greeting a peer failed", "peer", k.String(), "err", err)
+		initiator := initiates(g.self, k)
+		if initiator || all {
+			// A peer new to the device sends at once; one that
+			// already initiated within 5 s makes this a no-op.
+			if err := peer.SendHandshakeInitiation(false); err != nil {
+				g.log.Debug("greeting a peer failed", "peer", k.String(), "err", err)
+			}
 		}
-		g.watched[k] = &watch{since: now, next: now.Add(repairFirst), backoff: repairFirst}
+		if initiator {
+			g.watched[k] = &watch{since: now, next: now.Add(repairEvery), backoff: repairEvery}
+		} else {
+			// The other side greets and repairs; we answer, or
+			// initiate after answerWait.
+			g.watched[k] = &watch{since: now, next: now.Add(answerWait), backoff: repairMax}
+		}
 	}
 	g.mu.Unlock()
 	select {
@@ -170,7 +201,7 @@ func (g *greeter) check() time.Duration {
 	self, peers, err := g.read()
 	if err != nil {
 		g.log.Debug("reading the device for the handshake watch failed", "err", err)
-		return repairFirst
+		return repairEvery
 	}
 	sleep = time.Hour
 	for k, w := range g.watched {
@@ -189,21 +220,25 @@ func (g *greeter) check() time.Duration {
 				"peer", k.String(), "watched", watchFor, "repairs", w.repairs)
 			delete(g.watched, k)
 			continue
-		case st.endpoint && bytes.Compare(self[:], k[:]) < 0:
+		case st.endpoint:
 			if peer := g.dev.LookupPeer(device.NoisePublicKey(k)); peer != nil {
 				// Drops the half-done handshake (useless after a
-				// crossing) and the 5 s rate limit with it.
+				// crossing or a dropped greeting) and the 5 s
+				// rate limit with it.
 				peer.ExpireCurrentKeypairs()
 				if err := peer.SendHandshakeInitiation(false); err != nil {
 					g.log.Debug("handshake repair failed", "peer", k.String(), "err", err)
 				}
 				w.repairs++
 				g.log.Debug("no handshake with peer yet; initiating again", "peer", k.String(),
-					"since", now.Sub(w.since).Round(time.Millisecond), "repairs", w.repairs)
+					"since", now.Sub(w.since).Round(time.Millisecond), "repairs", w.repairs,
+					"initiator", initiates(self, k))
 			}
 		}
 		w.next = now.Add(w.backoff)
-		w.backoff = min(2*w.backoff, repairMax)
+		if now.Sub(w.since) >= repairFast {
+			w.backoff = min(2*w.backoff, repairMax)
+		}
 		sleep = min(sleep, w.next.Sub(now))
 	}
 	return sleep

@@ -130,47 +130,62 @@ func watching(d *Device, key wgtypes.Key) bool {
 	return ok
 }
 
-// TestGreetSilent: a peer without a session is greeted (an initiation
-// leaves, the peer is watched); one with a session is left alone.
+// TestGreetSilent: a peer without a session is greeted (by the smaller
+// key an initiation leaves at once; the larger key only watches, to
+// initiate after answerWait); one with a session is left alone.
 func TestGreetSilent(t *testing.T) {
 	p := newGreetPair(t)
-	peer := p.keys[1].PublicKey()
-	p.devs[0].GreetSilent(peer)
-	if n := p.gates[0].held(); n != 1 {
+	// a is the smaller key: it initiates.
+	a, b := 0, 1
+	if !initiates(p.keys[0].PublicKey(), p.keys[1].PublicKey()) {
+		a, b = 1, 0
+	}
+	p.devs[b].GreetSilent(p.keys[a].PublicKey())
+	if n := p.gates[b].held(); n != 0 {
+		t.Fatalf("the larger key sent %d datagrams after greeting a silent peer, want none (the smaller key initiates)", n)
+	}
+	if !watching(p.devs[b], p.keys[a].PublicKey()) {
+		t.Error("larger key: silent peer greeted but not watched")
+	}
+	peer := p.keys[b].PublicKey()
+	p.devs[a].GreetSilent(peer)
+	if n := p.gates[a].held(); n != 1 {
 		t.Fatalf("%d datagrams sent after greeting a silent peer, want the initiation", n)
 	}
-	if !watching(p.devs[0], peer) {
+	if !watching(p.devs[a], peer) {
 		t.Error("silent peer greeted but not watched")
 	}
-	p.gates[0].flush(true)
-	p.gates[1].flush(true)
+	p.gates[a].flush(true)
+	p.gates[b].flush(true)
 	start := time.Now()
 	// Bound: one round trip over in-memory channels; 5 s is room for a
 	// loaded machine.
-	for !hs(t, p.socks[0]) {
+	for !hs(t, p.socks[a]) {
 		if time.Since(start) > 5*time.Second {
-			t.Fatalf("no session 5s after the greeting\nlog 0:\n%s", p.logs[0])
+			t.Fatalf("no session 5s after the greeting\nlog %d:\n%s", a, p.logs[a])
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	p.devs[0].greeter.mu.Lock()
-	clear(p.devs[0].greeter.watched)
-	p.devs[0].greeter.mu.Unlock()
-	p.devs[0].GreetSilent(peer)
-	if watching(p.devs[0], peer) {
+	p.devs[a].greeter.mu.Lock()
+	clear(p.devs[a].greeter.watched)
+	p.devs[a].greeter.mu.Unlock()
+	p.devs[a].GreetSilent(peer)
+	if watching(p.devs[a], peer) {
 		t.Error("peer with a session greeted again")
 	}
 }
 
-// TestGreetRepairsCrossedHandshakes makes both devices greet each other
-// with initiations that cross (the state a fresh mesh under load got
-// stuck in for 5 s and more) and checks that the pair has a session long
-// before WireGuard's own 5 s retry.
+// TestGreetRepairsCrossedHandshakes makes both devices initiate to each
+// other with initiations that cross (the state a fresh mesh under load
+// got stuck in for 5 s and more; a fresh pair no longer greets from both
+// sides, but pod traffic or a restart can still make both initiate) and
+// checks that the pair has a session long before WireGuard's own 5 s
+// retry.
 func TestGreetRepairsCrossedHandshakes(t *testing.T) {
 	p := newGreetPair(t)
 	devs, keys, socks, gates, logs := p.devs, p.keys, p.socks, p.gates, p.logs
 	for i := range devs {
-		devs[i].Greet(keys[1-i].PublicKey())
+		devs[i].greeter.greetAll(keys[1-i].PublicKey())
 	}
 	// Both initiations are on their way before either is answered, and
 	// both answers only after both initiations were answered: they cross,
@@ -194,8 +209,8 @@ func TestGreetRepairsCrossedHandshakes(t *testing.T) {
 		g.flush(true)
 	}
 
-	// The bound: the repair comes after repairFirst (0.5 s); 3 s leaves
-	// a loaded machine 2.5 s for two round trips over in-memory channels
+	// The bound: the repair comes after repairEvery (0.25 s); 3 s leaves
+	// a loaded machine 2.75 s for two round trips over in-memory channels
 	// and stays below WireGuard's own retry (5 s), which would otherwise
 	// be what repaired it.
 	const bound = 3 * time.Second
@@ -216,8 +231,9 @@ func TestGreetRepairsCrossedHandshakes(t *testing.T) {
 			t.Errorf("device %d: the greetings did not cross (no dropped response in its log); the test tests nothing", i)
 		}
 	}
-	// Only the smaller key repaired: the other side's initiation could
-	// otherwise cross the repair.
+	// Only the smaller key repaired: its repair came long before the
+	// larger key's answerWait (1 s), so the larger key had no reason to
+	// initiate again (and cross the repair).
 	for i, l := range logs {
 		p0, p1 := keys[i].PublicKey(), keys[1-i].PublicKey()
 		smaller := bytes.Compare(p0[:], p1[:]) < 0

@@ -80,8 +80,20 @@ func (l *Local) ConfigureDevice(cfg wgtypes.Config) error {
 	if err != nil {
 		return err
 	}
-	if err := d.dev.IpcSetOperation(strings.NewReader(renderSet(cfg))); err != nil {
+	self := d.selfKey()
+	if cfg.PrivateKey != nil {
+		self = cfg.PrivateKey.PublicKey()
+	}
+	// New peers that the other side initiates to are added quietly (see
+	// quiet.go): no initiation from here can cross the other's.
+	err = quietly(d.dev, d.hold, self, cfg, func() error {
+		return d.dev.IpcSetOperation(strings.NewReader(renderSet(cfg)))
+	})
+	if err != nil {
 		return fmt.Errorf("configure wireguard device %s: %w", d.name, err)
+	}
+	if cfg.PrivateKey != nil {
+		d.setSelf(self)
 	}
 	return nil
 }
