@@ -56,40 +56,49 @@ func firstPod(t *testing.T, l *lab.Lab, node string) lab.PodRef {
 	return pods[0]
 }
 
-// matrixBound is how long requireMatrix lets pod pairs become reachable.
-// The crossed first handshakes of fresh pairs are repaired in the product
-// (wgdev greet; TestFreshPairs alone: p99 485 ms over 90 pairs), but under
-// make test's parallel load one fresh pair still stayed silent for more
-// than a 10 s matrix run after that fix (issue 14.1 stays open), so the
-// matrix is retried and any wait beyond the first run is logged as a figure.
-const matrixBound = 40 * time.Second
+// matrixBound is how long requireMatrix gives the pod pairs, measured from
+// its start: one matrix run, each pair pinged once a second until it
+// answers, no run retried. A fresh pair has its session within about a
+// second of the later agent adding the other (one initiator per pair, the
+// smaller key's repairs every 250 ms, the larger key's own initiation after
+// 1 s: mesh/wgdev quiet.go; TestFreshPairs, docs/reliability.md), and an
+// agent's routes and rules follow within its pass. The rest is the run
+// itself on a loaded 2-core box (nsenter and ping per pair, 4 sources at a
+// time: 1-4 s for 36 pairs). 10 s stays below the 15 s that the broken
+// sessions of the handshake race lasted (issue 14.1), so that cause would
+// fail here instead of being waited out, as the 40 s retry before it did.
+const matrixBound = 10 * time.Second
 
 // requireMatrix fails t unless every pod reaches every pod within
 // matrixBound.
 func requireMatrix(t *testing.T, ctx context.Context, l *lab.Lab) {
 	t.Helper()
-	requireMatrixOf(t, func() lab.Matrix { return l.PingMatrix(ctx, 5) })
+	requireMatrixOf(t, ctx, l.PingMatrix)
 }
 
-// requireMatrixOf is requireMatrix over any matrix (e.g. the IPv6 one); it
-// logs how long the pairs took, as a figure.
-func requireMatrixOf(t *testing.T, matrix func() lab.Matrix) {
+// requireMatrixOf is requireMatrix over any matrix (e.g. the IPv6 one).
+func requireMatrixOf(t *testing.T, ctx context.Context, matrix func(ctx context.Context, attempts int) lab.Matrix) {
+	t.Helper()
+	requireMatrixWithin(t, ctx, matrix, matrixBound)
+}
+
+// requireMatrixWithin is requireMatrixOf with another bound, for a test
+// whose pairs wait for something slower by design (a relay). It logs how
+// long the matrix took, as a figure.
+func requireMatrixWithin(t *testing.T, ctx context.Context, matrix func(ctx context.Context, attempts int) lab.Matrix, bound time.Duration) {
 	t.Helper()
 	start := time.Now()
-	for {
-		m := matrix()
-		f := m.Failures()
-		if len(f) == 0 {
-			t.Logf("%d/%d pod pairs reachable after %s", len(m.Pods)*len(m.Pods), len(m.Pods)*len(m.Pods), time.Since(start).Round(time.Millisecond))
-			return
-		}
-		if time.Since(start) > matrixBound {
-			var b strings.Builder
-			m.Print(&b)
-			t.Fatalf("%d of %d pod pairs unreachable after %s:\n%s", len(f), len(m.Pods)*len(m.Pods), matrixBound, b.String())
-		}
-		t.Logf("%d pod pairs unreachable %s after the first try: %v; trying again", len(f), time.Since(start).Round(time.Second), f)
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	// One ping a second (ping -W 1) for as long as the bound allows.
+	m := matrix(ctx, int(bound/time.Second))
+	n := len(m.Pods) * len(m.Pods)
+	if f := m.Failures(); len(f) > 0 {
+		var b strings.Builder
+		m.Print(&b)
+		t.Fatalf("%d of %d pod pairs unreachable within %s (the matrix took %s):\n%s", len(f), n, bound, time.Since(start).Round(time.Millisecond), b.String())
 	}
+	t.Logf("%d/%d pod pairs reachable; the matrix took %s", n, n, time.Since(start).Round(time.Millisecond))
 }
 
 // capture is a running tcpdump.
