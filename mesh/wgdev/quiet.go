@@ -41,7 +41,9 @@ import (
 
 // holdBind drops handshake initiations to the endpoints it holds, so that
 // a device can start WireGuard's initiation hold-off for a peer without
-// the initiation reaching it. Everything else passes.
+// the initiation reaching it. Everything else passes. Like boundedBind it
+// costs wireguard-go's route listener (see there), now also with
+// MaxInflight < 0.
 type holdBind struct {
 	conn.Bind
 
