@@ -21,6 +21,7 @@ import (
 
 	"github.com/wgmesh/wgmesh/integration/internal/filesource"
 	"github.com/wgmesh/wgmesh/mesh/agent"
+	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
 
 // NodeRoleConfig configures the wgmesh node role: the agent as shipped
@@ -188,14 +189,15 @@ func writePeakHeap(ctx context.Context, path string) {
 
 // writeMemTrace appends a line every 200 ms until ctx ends: seconds since
 // start, VmRSS and VmHWM (MiB), the heap's objects, its goal, the bytes
-// the runtime holds but has not returned to the OS, and GC cycles.
+// the runtime holds but has not returned to the OS, GC cycles and the
+// in-flight bound's stalls (wgdev.InflightStalls).
 func writeMemTrace(ctx context.Context, path string) {
 	f, err := os.Create(path)
 	if err != nil {
 		return
 	}
 	defer f.Close()
-	fmt.Fprintln(f, "s\trss_mib\thwm_mib\theap_objects_mib\theap_goal_mib\theap_free_mib\tgc_cycles")
+	fmt.Fprintln(f, "s\trss_mib\thwm_mib\theap_objects_mib\theap_goal_mib\theap_free_mib\tgc_cycles\tinflight_stalls")
 	sample := []metrics.Sample{
 		{Name: "/memory/classes/heap/objects:bytes"},
 		{Name: "/gc/heap/goal:bytes"},
@@ -217,9 +219,9 @@ func writeMemTrace(ctx context.Context, path string) {
 			rss, hwm = statusMiB(st, "VmRSS:"), statusMiB(st, "VmHWM:")
 		}
 		metrics.Read(sample)
-		fmt.Fprintf(f, "%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\n", time.Since(start).Seconds(), rss, hwm,
+		fmt.Fprintf(f, "%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%d\n", time.Since(start).Seconds(), rss, hwm,
 			float64(sample[0].Value.Uint64())/mib, float64(sample[1].Value.Uint64())/mib,
-			float64(sample[2].Value.Uint64())/mib, sample[3].Value.Uint64())
+			float64(sample[2].Value.Uint64())/mib, sample[3].Value.Uint64(), wgdev.InflightStalls())
 	}
 }
 

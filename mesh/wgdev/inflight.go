@@ -2,6 +2,7 @@ package wgdev
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -35,6 +36,15 @@ const DefaultMaxInflight = 256
 // under a millisecond; a stall this long means loss or a descheduled
 // process, and either way waiting longer would only add delay.
 const inflightStall = 10 * time.Millisecond
+
+// inflightStalls counts, for the whole process, the times a wait gave up
+// (see inflight.wait): the harness records it beside the memory it measures,
+// since each one lets up to the bound's worth of buffers more in.
+var inflightStalls atomic.Uint64
+
+// InflightStalls is how often, in this process, a reader stopped waiting for
+// the in-flight bound because nothing was released for a stall period.
+func InflightStalls() uint64 { return inflightStalls.Load() }
 
 // inflight bounds the buffers held between the two ends of one direction of
 // wireguard-go's pipeline. It tracks buffers by address, not a count: a
@@ -86,6 +96,7 @@ func (f *inflight) wait() {
 			}
 			clear(f.held)
 			f.stalls++
+			inflightStalls.Add(1)
 			f.signal()
 		}
 	}

@@ -76,6 +76,7 @@ func TestInflightForgetsAfterStall(t *testing.T) {
 	f := newInflight(2)
 	bufs := buffers(2)
 	f.hold(bufs, 2)
+	before := InflightStalls()
 	start := time.Now()
 	// Nothing is ever released (wireguard-go dropped them): the waiter
 	// goes on after inflightStall, forgetting what it counted.
@@ -89,6 +90,11 @@ func TestInflightForgetsAfterStall(t *testing.T) {
 	defer f.mu.Unlock()
 	if len(f.held) != 0 || f.stalls != 1 {
 		t.Errorf("after a stall: held %d, stalls %d; want 0, 1", len(f.held), f.stalls)
+	}
+	// Other tests of the package may stall too (tests run one by one
+	// unless they call t.Parallel, which these do not).
+	if got := InflightStalls() - before; got != 1 {
+		t.Errorf("InflightStalls grew by %d, want 1", got)
 	}
 }
 
