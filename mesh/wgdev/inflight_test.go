@@ -98,6 +98,77 @@ func TestInflightForgetsAfterStall(t *testing.T) {
 	}
 }
 
+// lateClock is a clock for inflight.now that, from its second reading on,
+// reads an hour later at every reading: every timer looks late, as in a
+// process descheduled for longer than the stall period.
+func lateClock() func() time.Time {
+	var skew time.Duration
+	return func() time.Time {
+		now := time.Now().Add(skew)
+		skew += time.Hour
+		return now
+	}
+}
+
+func TestInflightLateTimer(t *testing.T) {
+	tests := []struct {
+		name    string
+		maxLate int
+		// want: whether wait gives up (forgets) on its own, and the late
+		// periods it sits out.
+		givesUp  bool
+		wantLate uint64
+	}{
+		// A late timer says nothing about the pipeline: keep waiting
+		// until a release.
+		{"late timers are sat out", 1 << 30, false, 0},
+		// But not forever: lost buffers must not stop the data path on
+		// a box that stays loaded.
+		{"up to maxLate in a row", 3, true, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newInflight(2)
+			f.stall = 5 * time.Millisecond
+			f.now = lateClock()
+			f.maxLate = tt.maxLate
+			bufs := buffers(2)
+			f.hold(bufs, 2)
+			done := make(chan struct{})
+			go func() { f.wait(); close(done) }()
+			if !tt.givesUp {
+				// 100 stall periods, every one late.
+				select {
+				case <-done:
+					t.Fatal("wait gave up on late timers")
+				case <-time.After(500 * time.Millisecond):
+				}
+				f.release(bufs[:1])
+			}
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second): // a loaded 2-core box; normally milliseconds
+				t.Fatal("wait did not return")
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			wantStalls := uint64(0)
+			if tt.givesUp {
+				wantStalls = 1
+			}
+			if f.stalls != wantStalls {
+				t.Errorf("stalls %d, want %d", f.stalls, wantStalls)
+			}
+			if tt.givesUp && f.late != tt.wantLate {
+				t.Errorf("late periods %d, want %d", f.late, tt.wantLate)
+			}
+			if !tt.givesUp && f.late == 0 {
+				t.Error("no late period counted in 500 ms of 5 ms periods")
+			}
+		})
+	}
+}
+
 func TestInflightKeepsWaitingWhileReleasing(t *testing.T) {
 	f := newInflight(2)
 	// Long enough that the releases below, 0.4 s apart, each come well
