@@ -33,8 +33,8 @@ const DefaultMaxInflight = 256
 // buffers before it assumes the ones it counts were dropped inside
 // wireguard-go (no peer for the address, no session yet, a packet that fails
 // to decrypt) and forgets them all. The pipeline hands a batch on in well
-// under a millisecond; a stall this long means loss or a descheduled
-// process, and either way waiting longer would only add delay.
+// under a millisecond, so a stall this long, in which the process did run
+// (see wait), means loss, and waiting longer would only add delay.
 const inflightStall = 10 * time.Millisecond
 
 // inflightStalls counts, for the whole process, the times a wait gave up
