@@ -159,6 +159,17 @@ func underlayFor(i int) UnderlayKind {
 	return UnderlayDefault
 }
 
+// kubeletUnderlayFor is the IPv6Underlay pattern of the kubelet mode: no
+// IPv6-only nodes there (the DaemonSet's agent reaches the apiserver through
+// the IPv4 kubernetes Service, pods the cluster DNS on an IPv4 address), so
+// node i publishes its IPv6 endpoint when i is even, its IPv4 one when odd.
+func kubeletUnderlayFor(i int) UnderlayKind {
+	if i%2 == 0 {
+		return UnderlayPreferIPv6
+	}
+	return UnderlayDefault
+}
+
 // Up removes leftovers of an earlier lab with the same state directory and
 // name, then starts the control plane, the nodes with their agents, and the
 // pods.
@@ -173,8 +184,8 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 		return err
 	}
 	if opt.Kubelet {
-		if opt.DualStack || opt.IPv6Underlay {
-			return errors.New("the kubelet mode is IPv4 only so far; dual-stack and the IPv6 underlay run with the agents started directly")
+		if opt.IPv6Underlay && !opt.DualStack {
+			return errors.New("the kubelet mode takes --ipv6-underlay only with --dual-stack (its IPv6 node addresses serve IPv6 NodePorts and Services)")
 		}
 		if err := l.checkKubeletBinaries(); err != nil {
 			return err
@@ -198,6 +209,13 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 		Kubelet:      opt.Kubelet,
 		DualStack:    opt.DualStack,
 		IPv6Underlay: opt.IPv6Underlay,
+	}
+	if opt.Kubelet && opt.DualStack {
+		// A dual-stack node has node IPs of both families (kubelet
+		// --node-ip): kube-proxy serves IPv6 NodePorts on the IPv6 one.
+		// So the underlay carries IPv6 too; --ipv6-underlay only adds
+		// nodes that publish their IPv6 endpoint (kubeletUnderlayFor).
+		st.IPv6Underlay = true
 	}
 	if err := saveState(l.cfg.StateDir, st); err != nil {
 		return err
@@ -264,7 +282,7 @@ func (l *Lab) Up(ctx context.Context, opt UpOptions) error {
 	}
 	// Start every node's agent first, then wait for them together: the
 	// agents come up in parallel.
-	names, err := l.addNodesNoWait(ctx, opt.Nodes, opt.IPv6Underlay)
+	names, err := l.addNodesNoWait(ctx, opt.Nodes, underlayFor, opt.IPv6Underlay)
 	if err != nil {
 		return err
 	}
@@ -519,12 +537,12 @@ func lookPath(name string) (string, error) {
 
 // addNodesNoWait adds n nodes without waiting for any of them, so their
 // agents (or kubelets) start in parallel, and returns their names.
-func (l *Lab) addNodesNoWait(ctx context.Context, n int, mixedUnderlay bool) ([]string, error) {
+func (l *Lab) addNodesNoWait(ctx context.Context, n int, pattern func(int) UnderlayKind, mixedUnderlay bool) ([]string, error) {
 	var names []string
 	for i := 0; i < n; i++ {
 		opt := NodeOptions{NoWait: true}
 		if mixedUnderlay {
-			opt.Underlay = underlayFor(i + 1)
+			opt.Underlay = pattern(i + 1)
 		}
 		node, err := l.AddNode(ctx, opt)
 		if err != nil {
