@@ -25,9 +25,9 @@ import (
 
 // TestRealNodesDualStack runs the real node stack dual-stack (issue 16):
 // kube-controller-manager allocates a podCIDR of each family, kubelets
-// register node IPs of both families (node2 lists its IPv6 one first and
-// so publishes an IPv6 endpoint), kube-proxy (nftables) serves Services of
-// both families. An agnhost Deployment spreads over the nodes behind
+// register node IPs of both families, IPv6 first (lab.UpOptions.IPv6Underlay
+// in the kubelet mode), so the agents publish IPv6 endpoints and WireGuard
+// runs over IPv6; kube-proxy (nftables) serves Services of both families. An agnhost Deployment spreads over the nodes behind
 // RequireDualStack ClusterIP, NodePort and headless Services. The underlay
 // is captured for the whole test: no frame may carry a pod address of
 // either family.
@@ -70,8 +70,10 @@ func TestRealNodesDualStack(t *testing.T) {
 	bad, wg4, wg6 := dualPodAddressFrames(frames, l)
 	t.Logf("underlay capture across the dual-stack real-node test: %d frames (%d WireGuard UDP over IPv4, %d over IPv6), %d with a pod address",
 		len(frames), wg4, wg6, len(bad))
-	if wg4+wg6 == 0 {
-		t.Error("the underlay capture saw no WireGuard frame at all: the capture is broken")
+	// Every endpoint is IPv6: WireGuard over IPv4 would mean an endpoint
+	// the agents never published.
+	if wg6 == 0 || wg4 != 0 {
+		t.Errorf("WireGuard frames: %d over IPv6, %d over IPv4; want IPv6 only (and some: else the capture is broken)", wg6, wg4)
 	}
 	if len(bad) > 0 {
 		t.Errorf("%d underlay frames carry a pod address, first: %v", len(bad), bad[:min(len(bad), 10)])
@@ -121,13 +123,14 @@ func dualPodAddressFrames(frames []frame, l *lab.Lab) (bad []string, wg4, wg6 in
 
 // testKubeletDualNodes: kube-controller-manager gave every node an IPv4
 // /24 and an IPv6 /64 of the cluster ranges (IPv4 first); the kubelets
-// registered node IPs of both families in the lab's order; each agent
-// published the first as its endpoint; every peer's allowed IPs are the
-// other node's two podCIDRs.
+// registered node IPs of both families in the lab's order (IPv6 first);
+// each agent published the first as its endpoint; every peer's allowed IPs
+// are the other node's two podCIDRs and its endpoint is IPv6.
 func testKubeletDualNodes(t *testing.T, ctx context.Context, l *lab.Lab, c kubernetes.Interface) {
 	pod4, pod6 := netip.MustParsePrefix(lab.ClusterCIDRs), netip.MustParsePrefix(lab.ClusterCIDRv6)
 	byCIDR := map[string]string{}
 	cidrsOf := map[string][]string{}
+	endpointOf := map[string]string{}
 	for _, name := range l.State().NodeNames() {
 		n := l.State().Nodes[name]
 		node, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
@@ -158,10 +161,11 @@ func testKubeletDualNodes(t *testing.T, ctx context.Context, l *lab.Lab, c kuber
 		if !slices.Equal(internal, n.InternalIPs()) {
 			t.Errorf("%s: InternalIPs %v, want %v (kubelet --node-ip)", name, internal, n.InternalIPs())
 		}
-		want := net.JoinHostPort(n.InternalIPs()[0], fmt.Sprint(listenPort))
-		if got := node.Annotations[mesh.AnnotationEndpoint]; got != want {
-			t.Errorf("%s: published endpoint %q, want %q (its first InternalIP)", name, got, want)
+		want := net.JoinHostPort(n.UnderlayIPv6, fmt.Sprint(listenPort))
+		if got := node.Annotations[mesh.AnnotationEndpoint]; got != want || n.InternalIPs()[0] != n.UnderlayIPv6 {
+			t.Errorf("%s: published endpoint %q, want %q (its first InternalIP, the IPv6 one)", name, got, want)
 		}
+		endpointOf[name] = want
 	}
 	for _, name := range l.State().NodeNames() {
 		peers, err := wgPeers(ctx, l, name)
@@ -182,6 +186,9 @@ func testKubeletDualNodes(t *testing.T, ctx context.Context, l *lab.Lab, c kuber
 			if other == "" || !slices.Equal(got, slices.Sorted(slices.Values(cidrsOf[other]))) {
 				t.Errorf("%s: peer %s allowed IPs %v, want exactly another node's two podCIDRs", name, p.PublicKey, got)
 				continue
+			}
+			if p.Endpoint != endpointOf[other] {
+				t.Errorf("%s: peer %s at %s, want its IPv6 endpoint %s", name, other, p.Endpoint, endpointOf[other])
 			}
 			t.Logf("%s: peer %s at %s, allowed IPs %v", name, other, p.Endpoint, got)
 		}

@@ -48,7 +48,7 @@ func TestKubeletDualStackRanges(t *testing.T) {
 
 // TestKubeletNodeAddresses: node IPs (--node-ip) of both families in the
 // order the Node lists them, the kubelet serving on both, and the kubelet
-// mode's endpoint pattern (no IPv6-only nodes).
+// mode's endpoint pattern (IPv6 first everywhere, no IPv6-only nodes).
 func TestKubeletNodeAddresses(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -73,7 +73,7 @@ func TestKubeletNodeAddresses(t *testing.T) {
 	for i := 1; i <= 4; i++ {
 		got = append(got, kubeletUnderlayFor(i))
 	}
-	if want := []UnderlayKind{UnderlayDefault, UnderlayPreferIPv6, UnderlayDefault, UnderlayPreferIPv6}; !cmp.Equal(got, want) {
+	if want := []UnderlayKind{UnderlayPreferIPv6, UnderlayPreferIPv6, UnderlayPreferIPv6, UnderlayPreferIPv6}; !cmp.Equal(got, want) {
 		t.Errorf("kubelet-mode endpoint pattern %v, want %v", got, want)
 	}
 }
