@@ -59,6 +59,9 @@ type junitSuite struct {
 // with 6 (a serial run did 39 of 112 specs in 25 min).
 const conformanceProcs = 6
 
+// conformanceNodes is the lab's size.
+const conformanceNodes = 3
+
 // TestConformance runs the focus under the ginkgo CLI in parallel
 // processes (a serial run needs about two hours here). Environment:
 //   - WGMESH_CONFORMANCE_TIMEOUT: ginkgo's time limit (default 60m).
@@ -101,9 +104,9 @@ func TestConformance(t *testing.T) {
 	if os.Getenv("WGMESH_CONFORMANCE_DUAL_STACK") == "1" {
 		skip, whole = conformanceSkipDualStack, false
 		// As newKubeletLab, dual-stack; "kc": never the IPv4 run's names.
-		l = upLab(t, "kc", lab.UpOptions{Nodes: 3, Kubelet: true, DualStack: true}, 8*time.Minute)
+		l = upLab(t, "kc", lab.UpOptions{Nodes: conformanceNodes, Kubelet: true, DualStack: true}, 8*time.Minute)
 	} else {
-		l = newKubeletLab(t, 3, 0)
+		l = newKubeletLab(t, conformanceNodes, 0)
 	}
 	if keep != "" {
 		// Registered after the lab's cleanup, so it runs before Down.
@@ -132,6 +135,12 @@ func TestConformance(t *testing.T) {
 		filepath.Join(binDir, "e2e.test"), "--",
 		"--kubeconfig=" + l.AdminKubeconfig(),
 		"--report-dir=" + report,
+		// Only ginkgo process 1 counts the nodes (setupSuite, in the
+		// first half of SynchronizedBeforeSuite); on the others NumNodes
+		// stays -1 and every spec behind SkipUnlessNodeCountIsAtLeast(2)
+		// (NetworkingTestConfig.setup: the Granular Checks: Services
+		// specs) skips itself as "Requires at least 2 nodes (not -1)".
+		fmt.Sprintf("--num-nodes=%d", conformanceNodes),
 	}
 	cmd := exec.CommandContext(ctx, "nsenter", args...)
 	cmd.Dir = report
