@@ -144,7 +144,10 @@ type UpOptions struct {
 	// IPv6Underlay adds 2001:db8:100::/64 to the underlay and makes a
 	// mixed cluster: node i (1-based) publishes an IPv4 endpoint when
 	// i%3 == 1, an IPv6 one when i%3 == 2, and has no IPv4 underlay at
-	// all when i%3 == 0 (see UnderlayKind).
+	// all when i%3 == 0 (see UnderlayKind). In the kubelet mode (with
+	// DualStack only) every node lists its IPv6 node IP first instead
+	// (kubeletUnderlayFor); DualStack alone already gives the kubelet
+	// mode's nodes IPv6 underlay addresses.
 	IPv6Underlay bool
 }
 
