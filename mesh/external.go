@@ -114,11 +114,15 @@ func ParseExternalPeers(raws []RawExternalPeer, list NodeList) ([]ExternalPeer, 
 		addNode(n.Name, n.PodCIDRs)
 	}
 	if list.Own != nil {
-		// Our own key is published on our Node like any other's.
-		if k, err := ParsePublicKey(list.Own.Raw.Annotations[AnnotationPublicKey]); err == nil {
-			nodeKeys = append(nodeKeys, nodeKey{list.SelfName, k})
+		// Our own Node counts exactly when the other agents count it:
+		// when it parses as a peer (key, endpoint and pod CIDRs
+		// published). Counting our pod CIDRs or key earlier (before our
+		// key or endpoint is out) would refuse on this node a Peer that
+		// every other node accepts.
+		if n, err := ParseNode(list.Own.Raw); err == nil {
+			nodeKeys = append(nodeKeys, nodeKey{list.SelfName, n.PublicKey})
+			addNode(list.SelfName, n.PodCIDRs)
 		}
-		addNode(list.SelfName, list.Own.PodCIDRs)
 	}
 
 	sorted := slices.Clone(raws)
