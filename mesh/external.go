@@ -119,7 +119,7 @@ func ParseExternalPeers(raws []RawExternalPeer, list NodeList) ([]ExternalPeer, 
 		// published). Counting our pod CIDRs or key earlier (before our
 		// key or endpoint is out) would refuse on this node a Peer that
 		// every other node accepts.
-		if n, err := ParseNode(list.Own.Raw); err == nil {
+		if n := list.Own.Peer; n != nil {
 			nodeKeys = append(nodeKeys, nodeKey{list.SelfName, n.PublicKey})
 			addNode(list.SelfName, n.PodCIDRs)
 		}
