@@ -208,10 +208,10 @@ func parseExternalPeer(raw RawExternalPeer) (ExternalPeer, Reason, error) {
 	return p, "", nil
 }
 
-// withExternal adds the external peers to d: a WireGuard peer each and
+// WithExternal adds the external peers to d: a WireGuard peer each and
 // routes to their allowed IPs through the device. The keepalive is the
 // Peer's own, else this node's default.
-func withExternal(d Desired, peers []ExternalPeer, defaultKA time.Duration) Desired {
+func WithExternal(d Desired, peers []ExternalPeer, defaultKA time.Duration) Desired {
 	if len(peers) == 0 {
 		return d
 	}

@@ -84,7 +84,7 @@ func TestWithExternal(t *testing.T) {
 		Peers:  []Peer{{Node: "n1", AllowedIPs: pfx("10.244.1.0/24")}},
 		Routes: pfx("10.244.1.0/24"),
 	}
-	got := withExternal(d, []ExternalPeer{
+	got := WithExternal(d, []ExternalPeer{
 		{Name: "site", PublicKey: testKey(51), AllowedIPs: pfx("192.168.10.0/24"), Endpoint: ap("192.0.2.7:51820"), Keepalive: &ka},
 		{Name: "laptop", PublicKey: testKey(50), AllowedIPs: pfx("10.244.250.1/32")},
 	}, 25*time.Second)
@@ -97,10 +97,10 @@ func TestWithExternal(t *testing.T) {
 		Routes: pfx("10.244.1.0/24", "10.244.250.1/32", "192.168.10.0/24"),
 	}
 	if diff := cmp.Diff(want, got, cmpNet); diff != "" {
-		t.Errorf("withExternal (-want +got):\n%s", diff)
+		t.Errorf("WithExternal (-want +got):\n%s", diff)
 	}
 	if len(d.Peers) != 1 || len(d.Routes) != 1 {
-		t.Error("withExternal modified its input")
+		t.Error("WithExternal modified its input")
 	}
 }
 

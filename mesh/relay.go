@@ -241,10 +241,10 @@ func planRelays(in RelayInput, peers []Peer, paths map[string]*pathState) relayP
 
 func isExternalPeerNode(node string) bool { return strings.HasPrefix(node, "peer:") }
 
-// withRelays applies the plan to d: a relayed far node's peer keeps its
+// WithRelays applies the plan to d: a relayed far node's peer keeps its
 // endpoint but loses its allowed IPs to the relay's peer, and says via
 // whom. A pair whose relay is not among our peers stays direct.
-func withRelays(d Desired, via map[string]string) Desired {
+func WithRelays(d Desired, via map[string]string) Desired {
 	if len(via) == 0 {
 		return d
 	}

@@ -87,17 +87,17 @@ func TestWithRelays(t *testing.T) {
 		{Node: "c", AllowedIPs: pfx("10.244.3.0/24", "fd00:3::/64")},
 		{Node: "r", AllowedIPs: pfx("10.244.9.0/24")},
 	}, Routes: pfx("10.244.2.0/24", "10.244.3.0/24", "10.244.9.0/24", "fd00:3::/64")}
-	got := withRelays(d, map[string]string{"c": "r", "b": "gone"})
+	got := WithRelays(d, map[string]string{"c": "r", "b": "gone"})
 	want := Desired{Peers: []Peer{
 		{Node: "b", AllowedIPs: pfx("10.244.2.0/24")},
 		{Node: "c", Via: "r"},
 		{Node: "r", AllowedIPs: pfx("10.244.3.0/24", "10.244.9.0/24", "fd00:3::/64")},
 	}, Routes: d.Routes}
 	if diff := cmp.Diff(want, got, cmpNet); diff != "" {
-		t.Errorf("withRelays (-want +got):\n%s", diff)
+		t.Errorf("WithRelays (-want +got):\n%s", diff)
 	}
 	if len(d.Peers[1].AllowedIPs) != 2 || len(d.Peers[2].AllowedIPs) != 1 {
-		t.Error("withRelays modified its input")
+		t.Error("WithRelays modified its input")
 	}
 }
 
