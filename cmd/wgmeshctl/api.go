@@ -24,6 +24,8 @@ type apiQuery struct {
 	device     *wgtypes.Device
 	prev       *agentstate.State // the agent's state file, or nil
 	now        time.Time
+	// warn reports a problem that leaves the answer usable (nil: none).
+	warn func(string)
 }
 
 // desiredFromAPI lists the Nodes and runs the agent's own computation
@@ -44,8 +46,10 @@ func desiredFromAPI(ctx context.Context, q apiQuery) (*agentstate.State, error) 
 		raws = append(raws, kube.RawNode(&list.Items[i]))
 	}
 	peers, err := externalPeersFromAPI(ctx, q.kubeconfig)
-	if err != nil {
-		return nil, err
+	if err != nil && q.warn != nil {
+		// Reading Nodes may be all a kubeconfig allows: the nodes'
+		// peers are still worth showing.
+		q.warn(fmt.Sprintf("external peers left out: %v", err))
 	}
 	return desiredState(q, raws, peers)
 }

@@ -280,7 +280,8 @@ func buildReport(ctx context.Context, o options, stderr io.Writer) (show.Report,
 	if o.kubeconfig != "" {
 		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
-		api, err := desiredFromAPI(ctx, apiQuery{kubeconfig: o.kubeconfig, nodeName: o.nodeName, device: dev, prev: st, now: in.Now})
+		warn := func(msg string) { fmt.Fprintf(stderr, "wgmeshctl: %s\n", msg) }
+		api, err := desiredFromAPI(ctx, apiQuery{kubeconfig: o.kubeconfig, nodeName: o.nodeName, device: dev, prev: st, now: in.Now, warn: warn})
 		if err != nil {
 			return show.Report{}, err
 		}
