@@ -1,5 +1,3 @@
-//go:build soak
-
 package soak
 
 import (
@@ -267,9 +265,28 @@ func (s *soak) report(seed uint64, soaked time.Duration, baseline, final agentSa
 		fmt.Fprintf(&b, "| %s | %d | %s | %s | %d |\n", kind, len(ds)+failed, p50, mx, failed)
 	}
 
+	var subs []string
+	for _, f := range s.faults {
+		if f.Substitute != "" && !slices.Contains(subs, f.Kind+": "+f.Substitute) {
+			subs = append(subs, f.Kind+": "+f.Substitute)
+		}
+	}
+	for _, sub := range subs {
+		fmt.Fprintf(&b, "\nSUBSTITUTED %s\n", sub)
+	}
+	for _, f := range s.faults {
+		if f.Substitute != "" {
+			fmt.Fprintf(&b, "- %s %s: %s\n", f.Start.Format("15:04:05"), f.Kind, f.Note)
+		}
+	}
+
 	var intact, removed int
 	var bytes int64
 	var worst *stream
+	// Intact streams that lived through a SIGKILL of the agent, or a key
+	// rotation, of a node at one of their ends: what "no stream broken by
+	// an agent restart or a rotation" rests on.
+	throughEnd := map[string]int{}
 	for _, st := range s.finished {
 		switch {
 		case st.removed.Load():
@@ -279,6 +296,12 @@ func (s *soak) report(seed uint64, soaked time.Duration, baseline, final agentSa
 			bytes += st.got.Bytes
 			if worst == nil || st.got.MaxGap > worst.got.MaxGap {
 				worst = st
+			}
+			for _, f := range s.faults {
+				if (f.Kind == "agent-kill" || f.Kind == "key-rotation") && f.Start.Before(st.end) && !f.Repaired.Before(st.start) &&
+					(f.Target == st.from.Node || f.Target == st.to.Node) {
+					throughEnd[f.Kind]++
+				}
 			}
 		case st.err == "" && st.got.Bytes > 0:
 			t.Errorf("%s CORRUPTED: sent %d bytes sha256 %s, received %d bytes sha256 %s; faults meanwhile: %s",
@@ -290,6 +313,8 @@ func (s *soak) report(seed uint64, soaked time.Duration, baseline, final agentSa
 	}
 	fmt.Fprintf(&b, "\nstreams: %d started, %d intact (%d MiB checked), %d ended with their pod (node removal, pod churn), %d broken or corrupted\n",
 		len(s.finished), intact, bytes>>20, removed, len(s.finished)-intact-removed)
+	fmt.Fprintf(&b, "intact streams through a fault at one of their ends' nodes (stream × fault): agent-kill %d, key-rotation %d\n",
+		throughEnd["agent-kill"], throughEnd["key-rotation"])
 	if worst != nil {
 		fmt.Fprintf(&b, "longest stall of an intact stream: %s (%s, faults meanwhile: %s)\n", worst.got.MaxGap.Round(time.Millisecond), worst,
 			s.faultsDuring(worst.start, worst.end))

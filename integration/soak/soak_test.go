@@ -1,5 +1,3 @@
-//go:build soak
-
 package soak
 
 import (
@@ -38,7 +36,7 @@ var (
 // faultKinds are the faults the soak injects, each once per round in a
 // seeded random order.
 var faultKinds = []string{"agent-kill", "apiserver-restart", "node-add", "node-remove", "key-rotation",
-	"link-flap", "netem", "mtu", "pod-churn"}
+	"link-flap", "loss-jitter", "mtu", "pod-churn"}
 
 // faultRecord is one injected fault.
 type faultRecord struct {
@@ -51,6 +49,9 @@ type faultRecord struct {
 	Converged time.Duration
 	OK        bool
 	Note      string
+	// Substitute says how a fault was injected in place of the issue's
+	// (tc netem's loss and jitter on a kernel without sch_netem).
+	Substitute string
 }
 
 type soak struct {

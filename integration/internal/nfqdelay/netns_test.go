@@ -63,8 +63,8 @@ func TestDelaysPackets(t *testing.T) {
 		t.Fatal("Run did not return within 10s of its cancel")
 	}
 	s := d.Stats()
-	if s.Packets != n || s.Errors != 0 {
-		t.Errorf("delayer: %d packets, %d errors (%s); want %d, 0", s.Packets, s.Errors, s.FirstError, n)
+	if s.Packets != n || s.Errors != 0 || s.Flushed != 0 {
+		t.Errorf("delayer: %d packets, %d flushed, %d errors (%s); want %d, 0, 0", s.Packets, s.Flushed, s.Errors, s.FirstError, n)
 	}
 	for _, dl := range s.Delays {
 		if dl < lo || dl > hi {

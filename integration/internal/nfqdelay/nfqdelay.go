@@ -19,7 +19,7 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -72,6 +72,10 @@ type Stats struct {
 	Packets int
 	// Delays are the delays it gave (sorted), as many as Packets.
 	Delays []time.Duration
+	// Flushed counts packets the kernel dropped before their verdict (it
+	// flushes a namespace's queues whenever a netfilter hook there is
+	// unregistered): loss on top of whatever loss is meant.
+	Flushed int
 	// Errors counts failed receives or verdicts (each may lose packets).
 	Errors int
 	// FirstError is the first of them.
@@ -83,9 +87,8 @@ type Delayer struct {
 	cfg   Config
 	ready chan struct{}
 
-	mu      sync.Mutex
-	stats   Stats
-	pending atomic.Int64
+	mu    sync.Mutex
+	stats Stats
 }
 
 // New returns a delayer for cfg.
@@ -144,27 +147,57 @@ func (d *Delayer) Run(ctx context.Context) error {
 	close(d.ready)
 
 	rng := rand.New(rand.NewPCG(d.cfg.Seed, d.cfg.Seed^0xde1a7))
+	// Conn.Receive stops at the first error message of a batch and drops
+	// the packets after it, which would then never get a verdict; the
+	// socket is read directly, each message on its own.
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("nfqdelay: %w", err)
+	}
 	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
 	defer stop()
 	var wg sync.WaitGroup
+	buf := make([]byte, 1<<16)
 	for ctx.Err() == nil {
-		msgs, err := c.Receive()
+		var n int
+		var rerr error
+		err := raw.Read(func(fd uintptr) bool {
+			n, _, rerr = unix.Recvfrom(int(fd), buf, 0)
+			return rerr != unix.EAGAIN
+		})
+		if err == nil {
+			err = rerr
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				break
 			}
 			// ENOBUFS: the kernel could not deliver some packets (they
-			// stay queued until the queue is unbound); counted.
+			// stay queued until the socket closes); counted.
 			d.fail(fmt.Errorf("receive: %w", err))
 			continue
 		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			d.fail(fmt.Errorf("parse: %w", err))
+			continue
+		}
 		for _, m := range msgs {
-			id, ok, err := parsePacket(m)
-			if err != nil {
+			id, ok, err := parseMessage(m.Header.Type, m.Data)
+			switch {
+			case errors.Is(err, unix.ENOENT):
+				// The answer to a verdict for a packet the kernel no
+				// longer holds: it dropped it meanwhile (it flushes
+				// every queue of a namespace when a netfilter hook
+				// there is unregistered, e.g. a base chain replaced).
+				d.mu.Lock()
+				d.stats.Flushed++
+				d.mu.Unlock()
+				continue
+			case err != nil:
 				d.fail(err)
 				continue
-			}
-			if !ok {
+			case !ok:
 				continue
 			}
 			delay := d.cfg.Min
@@ -258,16 +291,26 @@ func verdictMessage(queue uint16, id uint32) netlink.Message {
 
 var errShort = errors.New("nfqdelay: short packet message")
 
-// parsePacket returns the packet id of an NFQNL_MSG_PACKET (ok false for
-// any other message).
-func parsePacket(m netlink.Message) (id uint32, ok bool, err error) {
-	if m.Header.Type != netlink.HeaderType(subsysQueue<<8|msgPacket) {
+// parseMessage returns the packet id of an NFQNL_MSG_PACKET (ok false for
+// any other message); an NLMSG_ERROR with an error number is returned as
+// that syscall.Errno.
+func parseMessage(typ uint16, data []byte) (id uint32, ok bool, err error) {
+	if typ == unix.NLMSG_ERROR {
+		if len(data) < 4 {
+			return 0, false, errShort
+		}
+		if e := int32(binary.NativeEndian.Uint32(data)); e != 0 {
+			return 0, false, fmt.Errorf("nfqdelay: kernel answered: %w", syscall.Errno(-e))
+		}
 		return 0, false, nil
 	}
-	if len(m.Data) < 4 {
+	if typ != subsysQueue<<8|msgPacket {
+		return 0, false, nil
+	}
+	if len(data) < 4 {
 		return 0, false, errShort
 	}
-	ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+	ad, err := netlink.NewAttributeDecoder(data[4:])
 	if err != nil {
 		return 0, false, fmt.Errorf("nfqdelay: packet attributes: %w", err)
 	}

@@ -2,7 +2,9 @@ package nfqdelay
 
 import (
 	"encoding/binary"
+	"errors"
 	"slices"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -52,35 +54,46 @@ func TestMessages(t *testing.T) {
 	}
 }
 
-func TestParsePacket(t *testing.T) {
+func TestParseMessage(t *testing.T) {
 	nla := func(length, typ uint16) []byte {
 		return binary.NativeEndian.AppendUint16(binary.NativeEndian.AppendUint16(nil, length), typ)
 	}
 	packet := func(attrs ...[]byte) netlink.Message {
 		return netlink.Message{Header: netlink.Header{Type: 0x0300}, Data: slices.Concat(append([][]byte{{2, 0, 0, 7}}, attrs...)...)}
 	}
+	nlerr := func(errno int32) netlink.Message {
+		// struct nlmsgerr: error (negative errno, host order), then the
+		// request's header.
+		return netlink.Message{Header: netlink.Header{Type: 2}, Data: append(binary.NativeEndian.AppendUint32(nil, uint32(errno)), make([]byte, 16)...)}
+	}
 	tests := []struct {
 		name    string
 		m       netlink.Message
 		id      uint32
 		ok      bool
-		wantErr bool
+		wantErr error
 	}{
 		{"packet", packet(
 			nla(8, 9), []byte{0, 0, 0, 1}, // another attribute first (NFQA_IFINDEX_OUTDEV)
 			nla(11, 1), []byte{0, 0, 0x12, 0x34, 8, 0, 3, 0}, // NFQA_PACKET_HDR: id 0x1234, ETH_P_IP, NF_INET_LOCAL_OUT, pad
-		), 0x1234, true, false},
-		{"other message", netlink.Message{Header: netlink.Header{Type: 0x0302}, Data: []byte{0, 0, 0, 7}}, 0, false, false},
-		{"no header", packet(nla(8, 9), []byte{0, 0, 0, 1}), 0, false, true},
-		{"short header", packet(nla(6, 1), []byte{0, 0, 0, 0}), 0, false, true},
-		{"truncated", netlink.Message{Header: netlink.Header{Type: 0x0300}, Data: []byte{2, 0}}, 0, false, true},
+		), 0x1234, true, nil},
+		{"other message", netlink.Message{Header: netlink.Header{Type: 0x0302}, Data: []byte{0, 0, 0, 7}}, 0, false, nil},
+		{"ack", nlerr(0), 0, false, nil},
+		{"verdict for a flushed packet", nlerr(-2), 0, false, syscall.ENOENT},
+		{"no header", packet(nla(8, 9), []byte{0, 0, 0, 1}), 0, false, errAny},
+		{"short header", packet(nla(6, 1), []byte{0, 0, 0, 0}), 0, false, errShort},
+		{"truncated", netlink.Message{Header: netlink.Header{Type: 0x0300}, Data: []byte{2, 0}}, 0, false, errShort},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			id, ok, err := parsePacket(tt.m)
-			if (err != nil) != tt.wantErr || id != tt.id || ok != tt.ok {
-				t.Errorf("parsePacket = %#x, %v, %v; want %#x, %v, error %v", id, ok, err, tt.id, tt.ok, tt.wantErr)
+			id, ok, err := parseMessage(uint16(tt.m.Header.Type), tt.m.Data)
+			errOK := errors.Is(err, tt.wantErr) || (tt.wantErr == errAny && err != nil)
+			if !errOK || id != tt.id || ok != tt.ok {
+				t.Errorf("parseMessage = %#x, %v, %v; want %#x, %v, error %v", id, ok, err, tt.id, tt.ok, tt.wantErr)
 			}
 		})
 	}
 }
+
+// errAny stands for any error in a table.
+var errAny = errors.New("any error")
