@@ -279,6 +279,9 @@ func (s *soak) report(seed uint64, soaked time.Duration, baseline, final agentSa
 			fmt.Fprintf(&b, "- %s %s: %s\n", f.Start.Format("15:04:05"), f.Kind, f.Note)
 		}
 	}
+	if pooled := s.checkPooledLoss(); pooled != "" {
+		fmt.Fprintf(&b, "%s\n", pooled)
+	}
 
 	var intact, removed int
 	var bytes int64

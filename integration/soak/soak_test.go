@@ -73,6 +73,8 @@ type soak struct {
 	seq      int
 
 	faults []*faultRecord
+	// The substituted loss's counters, summed over the faults.
+	lossSeen, lossDropped int
 }
 
 // TestSoak is the chaos soak; see the package comment.
