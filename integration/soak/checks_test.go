@@ -24,6 +24,7 @@ type agentSample struct {
 	At         time.Time
 	RSS        float64 // process_resident_memory_bytes
 	Goroutines float64 // go_goroutines
+	HeapInuse  float64 // go_memstats_heap_inuse_bytes (live heap and not yet collected garbage)
 }
 
 // sampler reads the witness agent's /metrics every samplePeriod.
@@ -61,7 +62,7 @@ func startSampler(t *testing.T, l *lab.Lab, node string) *sampler {
 	return s
 }
 
-var metricLine = regexp.MustCompile(`(?m)^(process_resident_memory_bytes|go_goroutines) ([0-9.e+]+)$`)
+var metricLine = regexp.MustCompile(`(?m)^(process_resident_memory_bytes|go_goroutines|go_memstats_heap_inuse_bytes) ([0-9.e+]+)$`)
 
 func (s *sampler) read() (agentSample, error) {
 	out, err := exec.Command(s.argv[0], s.argv[1:]...).Output()
@@ -75,15 +76,18 @@ func (s *sampler) read() (agentSample, error) {
 	found := 0
 	for _, m := range metricLine.FindAllStringSubmatch(string(out), -1) {
 		v, _ := strconv.ParseFloat(m[2], 64)
-		if m[1] == "go_goroutines" {
+		switch m[1] {
+		case "go_goroutines":
 			a.Goroutines = v
-		} else {
+		case "go_memstats_heap_inuse_bytes":
+			a.HeapInuse = v
+		default:
 			a.RSS = v
 		}
 		found++
 	}
-	if found != 2 {
-		return agentSample{}, fmt.Errorf("metrics of the witness lack go_goroutines or process_resident_memory_bytes")
+	if found != 3 {
+		return agentSample{}, fmt.Errorf("metrics of the witness lack go_goroutines, go_memstats_heap_inuse_bytes or process_resident_memory_bytes")
 	}
 	s.mu.Lock()
 	s.samples = append(s.samples, a)
@@ -336,6 +340,13 @@ func (s *soak) report(seed uint64, soaked time.Duration, baseline, final agentSa
 	fmt.Fprintf(&b, "witness agent %s (never restarted), same mesh shape at both readings, %s apart: goroutines %.0f → %.0f (%+.0f; %.0f–%.0f over %d samples), RSS %.1f → %.1f MiB (%+.1f MiB; max %.1f MiB); %d failed readings\n",
 		s.witness, final.At.Sub(baseline.At).Round(time.Second), baseline.Goroutines, final.Goroutines, dg, minG, maxG, len(samples),
 		baseline.RSS/(1<<20), final.RSS/(1<<20), drss, maxRSS/(1<<20), errs)
+	// The trend: the readings nearest to each fifth of the time between
+	// the baseline and the final reading.
+	fmt.Fprintf(&b, "witness over time (goroutines / RSS MiB / heap in use MiB):")
+	for _, a := range trend(append(append([]agentSample{baseline}, samples...), final), 5) {
+		fmt.Fprintf(&b, " %s %.0f/%.1f/%.1f", a.At.Format("15:04:05"), a.Goroutines, a.RSS/(1<<20), a.HeapInuse/(1<<20))
+	}
+	b.WriteString("\n")
 	t.Logf("soak figures:\n%s", b.String())
 
 	// Flat: the agent holds one goroutine set per peer and per watch, the
@@ -357,6 +368,27 @@ const (
 	goroutineSlack = 10
 	rssSlackMiB    = 20
 )
+
+// trend returns the samples nearest to the n+1 evenly spaced moments from
+// the first sample's to the last's (samples in time order).
+func trend(samples []agentSample, n int) []agentSample {
+	if len(samples) == 0 || n < 1 {
+		return nil
+	}
+	first, last := samples[0].At, samples[len(samples)-1].At
+	var out []agentSample
+	for i := 0; i <= n; i++ {
+		at := first.Add(time.Duration(int64(last.Sub(first)) * int64(i) / int64(n)))
+		best := samples[0]
+		for _, a := range samples {
+			if a.At.Sub(at).Abs() < best.At.Sub(at).Abs() {
+				best = a
+			}
+		}
+		out = append(out, best)
+	}
+	return out
+}
 
 func (s *soak) faultsDuring(from, to time.Time) string {
 	var out []string

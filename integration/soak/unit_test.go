@@ -93,3 +93,27 @@ func TestQuantile(t *testing.T) {
 		}
 	}
 }
+
+func TestTrend(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 15, 0, 0, 0, time.UTC)
+	var samples []agentSample
+	for i := range 11 { // every 10 s from t0 to t0+100s
+		samples = append(samples, agentSample{At: t0.Add(time.Duration(i) * 10 * time.Second), RSS: float64(i)})
+	}
+	var got []float64
+	for _, a := range trend(samples, 4) { // t0, +25s, +50s, +75s, +100s
+		got = append(got, a.RSS)
+	}
+	want := []float64{0, 2, 5, 7, 10} // +25s: 20s and 30s are as near; the first wins
+	if len(got) != len(want) {
+		t.Fatalf("trend = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("trend = %v, want %v", got, want)
+		}
+	}
+	if got := trend(nil, 4); got != nil {
+		t.Errorf("trend(nil) = %v, want nil", got)
+	}
+}
