@@ -240,7 +240,7 @@ func (s *soak) checkIPAM() {
 
 // report logs the figures (the markdown docs/reliability.md takes) and
 // fails the test on a broken or corrupted stream.
-func (s *soak) report(seed uint64, soaked time.Duration, baseline, final agentSample, smp *sampler) {
+func (s *soak) report(seed uint64, soaked time.Duration, baseline, warm, final agentSample, smp *sampler) {
 	t := s.t
 	var b strings.Builder
 	fmt.Fprintf(&b, "seed %d, faults injected for %s, %d faults\n\n", seed, soaked.Round(time.Second), len(s.faults))
@@ -347,6 +347,10 @@ func (s *soak) report(seed uint64, soaked time.Duration, baseline, final agentSa
 		fmt.Fprintf(&b, " %s %.0f/%.1f/%.1f", a.At.Format("15:04:05"), a.Goroutines, a.RSS/(1<<20), a.HeapInuse/(1<<20))
 	}
 	b.WriteString("\n")
+	drssWarm := (final.RSS - warm.RSS) / (1 << 20)
+	fmt.Fprintf(&b, "after the first round (%s, every fault kind once): RSS %.1f → %.1f MiB (%+.1f MiB), heap in use %.1f → %.1f MiB (%+.1f MiB), goroutines %.0f → %.0f\n",
+		warm.At.Format("15:04:05"), warm.RSS/(1<<20), final.RSS/(1<<20), drssWarm, warm.HeapInuse/(1<<20), final.HeapInuse/(1<<20),
+		(final.HeapInuse-warm.HeapInuse)/(1<<20), warm.Goroutines, final.Goroutines)
 	t.Logf("soak figures:\n%s", b.String())
 
 	// Flat: the agent holds one goroutine set per peer and per watch, the
@@ -357,10 +361,16 @@ func (s *soak) report(seed uint64, soaked time.Duration, baseline, final agentSa
 		t.Errorf("witness goroutines grew by %.0f (> %d) over the soak", dg, goroutineSlack)
 	}
 	// RSS: Go keeps freed heap mapped for minutes, so RSS follows the peak
-	// heap, not the live one; rssSlack is two peak heaps of a small agent.
-	// A leak per fault or per stream grows without bound over 30 minutes.
-	if drss > rssSlackMiB {
-		t.Errorf("witness RSS grew by %.1f MiB (> %d MiB) over the soak", drss, rssSlackMiB)
+	// heap, not the live one. It is compared from the end of the first
+	// round: before, the agent's working set is still forming (informer
+	// caches, wireguard-go's pools, up to base+1 peers); the first 30-min
+	// run went 35.6 → 56.7 MiB from the start, most of it in the first
+	// minutes, while its heap in use stayed at 40–45 MiB from minute 7
+	// on (sampled from outside in the second run). A leak per fault or per
+	// stream keeps growing after the first round: over 30 minutes, dozens
+	// of rounds.
+	if drssWarm > rssSlackMiB {
+		t.Errorf("witness RSS grew by %.1f MiB (> %d MiB) after the first round", drssWarm, rssSlackMiB)
 	}
 }
 
