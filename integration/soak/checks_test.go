@@ -363,11 +363,11 @@ func (s *soak) report(seed uint64, soaked time.Duration, baseline, warm, final a
 	// RSS: Go keeps freed heap mapped for minutes, so RSS follows the peak
 	// heap, not the live one. It is compared from the end of the first
 	// round: before, the agent's working set is still forming (informer
-	// caches, wireguard-go's pools, up to base+1 peers): the 30-min runs
-	// went from ~36 to ~54 MiB in their first 7 minutes. A leak per fault
+	// caches, wireguard-go's pools, up to base+1 peers): the second
+	// 30-min run went from 37 to 52 MiB in its first 7 minutes. A leak per fault
 	// or per stream keeps growing after the first round: over 30 minutes,
-	// dozens of rounds. (The second 30-min run then crept ~0.6 MiB/min,
-	// heap in use swinging 41–50 MiB: docs/reliability.md.)
+	// dozens of rounds. (The second 30-min run then crept ~0.6 MiB/min for
+	// a while, heap in use swinging 38–55 MiB: docs/reliability.md.)
 	if drssWarm > rssSlackMiB {
 		t.Errorf("witness RSS grew by %.1f MiB (> %d MiB) after the first round", drssWarm, rssSlackMiB)
 	}
