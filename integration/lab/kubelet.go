@@ -88,7 +88,9 @@ func (l *Lab) checkKubeletBinaries() error {
 			missing = append(missing, filepath.Join(l.cfg.BinDir, b))
 		}
 	}
-	for _, t := range []string{"busybox", "curl", "nc.openbsd", "wget", "ldd"} {
+	// wireguard-go and wg: the control plane joins the mesh as a Peer
+	// (controlpeer.go).
+	for _, t := range []string{"busybox", "curl", "nc.openbsd", "wget", "ldd", "wireguard-go", "wg"} {
 		if _, err := lookPath(t); err != nil {
 			missing = append(missing, t)
 		}
@@ -788,6 +790,13 @@ func (l *Lab) upKubelet(ctx context.Context, opt UpOptions, start time.Time) err
 		}
 	}
 	log.Info("nodes ready", "after", time.Since(start).Round(time.Millisecond))
+	if err := l.joinControlPlane(ctx); err != nil {
+		return err
+	}
+	if err := l.waitControlPlaneAccepted(ctx, time.Minute); err != nil {
+		return err
+	}
+	log.Info("control plane on the pod network", "peer", ControlPlanePeer, "address", ControlPlaneTunnelIP, "after", time.Since(start).Round(time.Millisecond))
 	for _, name := range names {
 		for j := 0; j < opt.Pods; j++ {
 			if _, err := l.AddPod(ctx, name); err != nil {
