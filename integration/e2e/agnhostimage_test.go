@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,16 +45,24 @@ func TestAgnhostImageWget(t *testing.T) {
 	if err := unpackImage(archive, root); err != nil {
 		t.Fatal(err)
 	}
+	// A container runtime gives the container /dev; the chroot needs at
+	// least /dev/null (dash's background jobs read it). Device 1:3 in the
+	// kernel's old encoding (major<<8 | minor).
+	if err := os.MkdirAll(filepath.Join(root, "dev"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mknod(filepath.Join(root, "dev", "null"), syscall.S_IFCHR|0o666, 1<<8|3); err != nil {
+		t.Fatal(err)
+	}
 
 	// Port 9376 is serve-hostname's; 9377 is a listener that never answers
 	// (nc accepts and reads), so wget's 1-second read timeout fires.
-	// The unpacked image has no /dev: output goes to /scratch, and the
-	// background jobs read it too (dash gives them /dev/null otherwise).
+	// The servers' and the waiting loop's output goes to /scratch (shown
+	// if the server never answers).
 	script := `set -e
-: >/scratch
 ip link set lo up
-/agnhost serve-hostname --port 9376 </scratch >>/scratch 2>&1 &
-nc -l 127.0.0.1 9377 </scratch >>/scratch 2>&1 &
+/agnhost serve-hostname --port 9376 >>/scratch 2>&1 &
+nc -l 127.0.0.1 9377 >>/scratch 2>&1 &
 i=0
 until wget -q -O - -T 1 http://127.0.0.1:9376 >>/scratch 2>&1; do
   i=$((i+1)); [ $i -lt 100 ] || { echo "serve-hostname never answered" >&2; cat /scratch >&2; exit 1; }
