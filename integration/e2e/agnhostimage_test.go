@@ -75,7 +75,11 @@ start=$(date +%s)
 wget -q -O - -T 1 http://127.0.0.1:9377 >>/scratch 2>&1 && echo "SILENT answered" || echo "SILENT rc=$?"
 echo "SILENT seconds=$(( $(date +%s) - start ))"
 `
-	cmd := exec.CommandContext(ctx, "unshare", "--net", "--uts", "--fork", "--kill-child", "chroot", root, "/bin/sh", "-c", "hostname agnhost-image-test; "+script)
+	// A PID namespace of its own: the shell is its init, so when it exits
+	// the kernel kills the background servers too. Without it they were
+	// reparented to the host's init and outlived the test, holding the
+	// descriptors it inherited (the test lock's among them).
+	cmd := exec.CommandContext(ctx, "unshare", "--net", "--uts", "--pid", "--fork", "--kill-child", "chroot", root, "/bin/sh", "-c", "hostname agnhost-image-test; "+script)
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
 	t.Logf("in the image:\n%s", out)
