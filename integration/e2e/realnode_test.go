@@ -92,8 +92,8 @@ func TestRealNodes(t *testing.T) {
 	}
 }
 
-// echoBackend is one pod of the echo Deployment.
-type echoBackend struct{ Name, Node, IP string }
+// echoBackend is one pod of the echo Deployment; IPv6 in a dual-stack lab.
+type echoBackend struct{ Name, Node, IP, IPv6 string }
 
 type echoServices struct {
 	ClusterIP string
@@ -157,7 +157,17 @@ func deployEcho(t *testing.T, ctx context.Context, c kubernetes.Interface) []ech
 				ready = ready || (cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue)
 			}
 			if ready && p.Status.PodIP != "" {
-				out = append(out, echoBackend{Name: p.Name, Node: p.Spec.NodeName, IP: p.Status.PodIP})
+				b := echoBackend{Name: p.Name, Node: p.Spec.NodeName}
+				// status.podIPs starts with the node's primary family
+				// (IPv6 on a node whose first node IP is IPv6).
+				for _, ip := range p.Status.PodIPs {
+					if a, err := netip.ParseAddr(ip.IP); err == nil && a.Is4() {
+						b.IP = ip.IP
+					} else if err == nil {
+						b.IPv6 = ip.IP
+					}
+				}
+				out = append(out, b)
 				nodes[p.Spec.NodeName] = true
 			}
 		}

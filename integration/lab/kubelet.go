@@ -110,8 +110,11 @@ func (l *Lab) checkKubeletBinaries() error {
 func (l *Lab) kubeletAPIServerArgv(st *State) []string {
 	var argv []string
 	for _, a := range l.apiserverArgv(st) {
-		if a == "--disable-admission-plugins=ServiceAccount" {
+		switch {
+		case a == "--disable-admission-plugins=ServiceAccount":
 			continue
+		case strings.HasPrefix(a, "--service-cluster-ip-range="):
+			a = "--service-cluster-ip-range=" + serviceCIDRs(st)
 		}
 		argv = append(argv, a)
 	}
@@ -124,6 +127,24 @@ func (l *Lab) kubeletAPIServerArgv(st *State) []string {
 		// --node-ip) always answers.
 		"--kubelet-preferred-address-types=InternalIP",
 	)
+}
+
+// serviceCIDRs is the apiserver's and kube-controller-manager's
+// --service-cluster-ip-range: IPv4 first (the kubernetes Service's family).
+func serviceCIDRs(st *State) string {
+	if st.DualStack {
+		return ServiceCIDR + "," + ServiceCIDRv6
+	}
+	return ServiceCIDR
+}
+
+// clusterCIDRs is kube-controller-manager's --cluster-cidr and
+// kube-proxy's clusterCIDR: IPv4 first, so spec.podCIDRs[0] is IPv4.
+func clusterCIDRs(st *State) string {
+	if st.DualStack {
+		return ClusterCIDR + "," + ClusterCIDRv6
+	}
+	return ClusterCIDR
 }
 
 // writeKubeconfig writes a kubeconfig for a client certificate issued by the
@@ -148,9 +169,8 @@ func (l *Lab) startControllers(st *State) error {
 		"--kubeconfig=" + l.AdminKubeconfig(),
 		"--leader-elect=false",
 		"--allocate-node-cidrs=true",
-		"--cluster-cidr=" + ClusterCIDR,
-		"--node-cidr-mask-size=24",
-		"--service-cluster-ip-range=" + ServiceCIDR,
+		"--cluster-cidr=" + clusterCIDRs(st),
+		"--service-cluster-ip-range=" + serviceCIDRs(st),
 		"--service-account-private-key-file=" + p.path("sa.key"),
 		"--root-ca-file=" + p.CAFile(),
 		"--use-service-account-credentials=false",
@@ -158,6 +178,13 @@ func (l *Lab) startControllers(st *State) error {
 		"--cert-dir=" + filepath.Join(l.cfg.StateDir, "kcm-certs"),
 		"--profiling=false",
 		"--v=1",
+	}
+	if st.DualStack {
+		// A /64 per node out of the /56 (design.md's address plan); the
+		// single-family flag is refused with a dual-stack cluster-cidr.
+		kcm = append(kcm, "--node-cidr-mask-size-ipv4=24", "--node-cidr-mask-size-ipv6=64")
+	} else {
+		kcm = append(kcm, "--node-cidr-mask-size=24")
 	}
 	proc, err := startDetached(kcm, l.logPath("kube-controller-manager"), os.Environ())
 	if err != nil {
@@ -199,7 +226,7 @@ func (l *Lab) startControllers(st *State) error {
 // hierarchies; the hybrid cgroup2 mount (/sys/fs/cgroup/unified) is dropped
 // because crun refuses the hybrid layout; the kubelet's kernel tunables are
 // shown over /proc/sys (kernelTunables).
-func createKubeletMountNS(ctx context.Context, n *Node) error {
+func createKubeletMountNS(ctx context.Context, n *Node, dualStack bool) error {
 	stash := filepath.Join(n.Dir, "cgroup-stash")
 	tun := filepath.Join(n.Dir, "sysctl")
 	if err := os.MkdirAll(stash, 0o755); err != nil {
@@ -216,6 +243,13 @@ func createKubeletMountNS(ctx context.Context, n *Node) error {
 	// node provisioner's job, not the agent's, whose container sees /proc/sys
 	// read-only (deploy/base/daemonset.yaml). This is the node's own netns.
 	script.WriteString("echo 1 > /proc/sys/net/ipv4/ip_forward\n")
+	if dualStack {
+		// The same for IPv6 pods. New interfaces (the agent's bridge)
+		// start without router advertisements: the agent's sysctlsFor
+		// wants accept_ra=0 there and cannot write it itself.
+		script.WriteString("echo 1 > /proc/sys/net/ipv6/conf/all/forwarding\n")
+		script.WriteString("echo 0 > /proc/sys/net/ipv6/conf/default/accept_ra\n")
+	}
 	// A fresh sysfs shows the node's network devices (the kubelet and
 	// cAdvisor read /sys/class/net); the cgroup mounts move over to it.
 	fmt.Fprintf(&script, "mount --rbind /sys/fs/cgroup %q\n", stash)
@@ -417,10 +451,20 @@ serializeImagePulls: false
 maxPods: 110
 registerNode: true
 nodeStatusUpdateFrequency: 5s
-`, n.CgroupRoot, containerdSock, n.UnderlayIP, l.pki().CAFile(), UnderlayGateway)
+`, n.CgroupRoot, containerdSock, kubeletAddress(n), l.pki().CAFile(), UnderlayGateway)
 }
 
-func (l *Lab) kubeProxyConfig(n *Node, mode string) string {
+// kubeletAddress is where the kubelet serves: both families on a node with
+// an IPv6 underlay address (the apiserver dials the first InternalIP, IPv6
+// on a node that lists it first).
+func kubeletAddress(n *Node) string {
+	if n.UnderlayIPv6 != "" {
+		return "'::'"
+	}
+	return n.UnderlayIP
+}
+
+func (l *Lab) kubeProxyConfig(n *Node, mode, clusterCIDR string) string {
 	return fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: %s
@@ -436,7 +480,7 @@ conntrack:
   min: 0
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
-`, mode, n.Name, ClusterCIDR, filepath.Join(n.Dir, "kube-proxy.kubeconfig"))
+`, mode, n.Name, clusterCIDR, filepath.Join(n.Dir, "kube-proxy.kubeconfig"))
 }
 
 // nodeArgv runs argv inside the node's network and mount namespaces.
@@ -487,7 +531,7 @@ func (l *Lab) setupKubeletNode(ctx context.Context, st *State, n *Node, save fun
 			return fmt.Errorf("create mount point %s: %w", d.target, err)
 		}
 	}
-	if err := createKubeletMountNS(ctx, n); err != nil {
+	if err := createKubeletMountNS(ctx, n, st.DualStack); err != nil {
 		return err
 	}
 	// containerd's CRI calls loopback for every sandbox; portmap serves
@@ -507,7 +551,7 @@ func (l *Lab) setupKubeletNode(ctx context.Context, st *State, n *Node, save fun
 	files := map[string]string{
 		"containerd.toml": containerdConfig(),
 		"kubelet.yaml":    l.kubeletConfig(n),
-		"kube-proxy.yaml": l.kubeProxyConfig(n, kubeProxyMode()),
+		"kube-proxy.yaml": l.kubeProxyConfig(n, kubeProxyMode(), clusterCIDRs(st)),
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(n.Dir, name), []byte(data), 0o644); err != nil {
@@ -546,7 +590,9 @@ func (l *Lab) setupKubeletNode(ctx context.Context, st *State, n *Node, save fun
 		"--config="+filepath.Join(n.Dir, "kubelet.yaml"),
 		"--kubeconfig="+filepath.Join(n.Dir, "kubelet.kubeconfig"),
 		"--hostname-override="+n.Name,
-		"--node-ip="+n.UnderlayIP,
+		// Both families on a dual-homed node, in the order its Node lists
+		// them (the first is the endpoint the agent publishes).
+		"--node-ip="+strings.Join(n.InternalIPs(), ","),
 		"--v=1",
 	), l.logPath("kubelet-"+n.Name), l.nodeEnv())
 	if err != nil {
@@ -768,7 +814,7 @@ func stopKubeletNode(n *Node) error {
 // their agent wrote the conflist; then the pods.
 func (l *Lab) upKubelet(ctx context.Context, opt UpOptions, start time.Time) error {
 	log := l.cfg.Log
-	names, err := l.addNodesNoWait(ctx, opt.Nodes, false)
+	names, err := l.addNodesNoWait(ctx, opt.Nodes, kubeletUnderlayFor, opt.DualStack && opt.IPv6Underlay)
 	if err != nil {
 		return err
 	}
@@ -808,10 +854,45 @@ func (l *Lab) upKubelet(ctx context.Context, opt UpOptions, start time.Time) err
 	return nil
 }
 
+// dualStackOverlay is deploy/overlays/lab for a dual-stack cluster: the
+// agents' cluster-cidrs get the IPv6 range too (fail-closed and never
+// masqueraded for both families). The environment variable overrides the
+// shared config file (flag > env > file).
+const dualStackOverlay = `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../lab
+patches:
+  - target: {kind: DaemonSet, name: wgmesh-agent}
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {name: WGMESH_CLUSTER_CIDRS, value: "` + ClusterCIDRs + "," + ClusterCIDRv6 + `"}
+`
+
 // ApplyLabOverlay runs `kubectl apply -k deploy/overlays/lab` on the files
 // embedded in package deploy (written out under the state dir).
 func (l *Lab) ApplyLabOverlay(ctx context.Context) error {
-	dir := filepath.Join(l.cfg.StateDir, "deploy")
+	if err := l.Load(); err != nil {
+		return err
+	}
+	overlay, err := writeDeployFiles(filepath.Join(l.cfg.StateDir, "deploy"), l.st.DualStack)
+	if err != nil {
+		return err
+	}
+	l.cfg.Log.Info("kubectl apply -k", "overlay", overlay)
+	out, err := output(ctx, l.KubectlCommand("apply", "-k", overlay)...)
+	if err != nil {
+		return err
+	}
+	l.cfg.Log.Info("applied", "output", strings.TrimSpace(string(out)))
+	return nil
+}
+
+// writeDeployFiles writes deploy/base and deploy/overlays/lab under dir and
+// returns the overlay to apply: overlays/lab, or in a dual-stack lab
+// overlays/lab-dual-stack (dualStackOverlay) on top of it.
+func writeDeployFiles(dir string, dualStack bool) (string, error) {
 	err := fs.WalkDir(deploy.LabOverlay, ".", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -827,18 +908,21 @@ func (l *Lab) ApplyLabOverlay(ctx context.Context) error {
 		return os.WriteFile(dst, data, 0o644)
 	})
 	if err != nil {
-		return fmt.Errorf("write deploy files: %w", err)
+		return "", fmt.Errorf("write deploy files: %w", err)
 	}
-	if err := l.Load(); err != nil {
-		return err
+	overlay := filepath.Join(dir, "overlays", "lab")
+	if !dualStack {
+		return overlay, nil
 	}
-	l.cfg.Log.Info("kubectl apply -k deploy/overlays/lab")
-	out, err := output(ctx, l.KubectlCommand("apply", "-k", filepath.Join(dir, "overlays", "lab"))...)
-	if err != nil {
-		return err
+	// As a user turns a cluster dual-stack: one more overlay on top.
+	overlay = filepath.Join(dir, "overlays", "lab-dual-stack")
+	if err := os.MkdirAll(overlay, 0o755); err != nil {
+		return "", fmt.Errorf("write deploy files: %w", err)
 	}
-	l.cfg.Log.Info("applied", "output", strings.TrimSpace(string(out)))
-	return nil
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(dualStackOverlay), 0o644); err != nil {
+		return "", fmt.Errorf("write deploy files: %w", err)
+	}
+	return overlay, nil
 }
 
 // waitNodeRegistered waits for the kubelet's Node object and its podCIDR
@@ -860,10 +944,17 @@ func (l *Lab) waitNodeRegistered(ctx context.Context, name string, timeout time.
 			last = err.Error()
 		case len(node.Spec.PodCIDRs) == 0:
 			last = "registered, no podCIDR yet"
+		case l.st.DualStack && len(node.Spec.PodCIDRs) < 2:
+			last = fmt.Sprintf("registered with podCIDRs %v, want one of each family", node.Spec.PodCIDRs)
 		default:
 			return l.withState(func(st *State, save func() error) error {
 				if n, ok := st.Nodes[name]; ok {
+					// kube-controller-manager allocates in --cluster-cidr
+					// order: IPv4, then IPv6.
 					n.PodCIDR = node.Spec.PodCIDRs[0]
+					if len(node.Spec.PodCIDRs) > 1 {
+						n.PodCIDRv6 = node.Spec.PodCIDRs[1]
+					}
 				}
 				return nil
 			})

@@ -47,6 +47,8 @@ type State struct {
 	// IPv6Underlay adds 2001:db8:100::/64 to the underlay: every node
 	// gets 2001:db8:100::(10+i) beside its IPv4 address (see
 	// NodeOptions.Underlay for nodes with IPv6 endpoints or no IPv4).
+	// Always set in a kubelet-mode dual-stack lab (node IPs of both
+	// families).
 	IPv6Underlay bool `json:"ipv6Underlay,omitempty"`
 }
 
