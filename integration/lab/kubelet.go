@@ -88,7 +88,9 @@ func (l *Lab) checkKubeletBinaries() error {
 			missing = append(missing, filepath.Join(l.cfg.BinDir, b))
 		}
 	}
-	for _, t := range []string{"busybox", "curl", "nc.openbsd", "ldd"} {
+	// wireguard-go and wg: the control plane joins the mesh as a Peer
+	// (controlpeer.go).
+	for _, t := range []string{"busybox", "curl", "nc.openbsd", "wget", "ldd", "wireguard-go", "wg"} {
 		if _, err := lookPath(t); err != nil {
 			missing = append(missing, t)
 		}
@@ -642,7 +644,13 @@ func (l *Lab) ctrArgv(n *Node, args ...string) []string {
 // /bin/sh, which the e2e suite execs into) and wgmesh (deploy/Dockerfile's
 // contents: the binaries deploy/image-binaries.txt lists, on an empty base).
 func (l *Lab) buildImages(ctx context.Context) (map[string]string, error) {
-	dir := filepath.Join(l.cfg.StateDir, "images")
+	return BuildImages(ctx, l.cfg.BinDir, filepath.Join(l.cfg.StateDir, "images"))
+}
+
+// BuildImages writes the lab's image archives into dir (those already there
+// are kept) from the binaries in binDir and returns each reference's
+// archive: the lab's images, for tests that check what is in them.
+func BuildImages(ctx context.Context, binDir, dir string) (map[string]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -650,11 +658,16 @@ func (l *Lab) buildImages(ctx context.Context) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	bin := func(b string) string { return filepath.Join(l.cfg.BinDir, b) }
+	bin := func(b string) string { return filepath.Join(binDir, b) }
 	tools, err := shellTools(ctx, busybox)
 	if err != nil {
 		return nil, err
 	}
+	wgetrc := filepath.Join(dir, "wgetrc")
+	if err := os.WriteFile(wgetrc, []byte(imageWgetrc), 0o644); err != nil {
+		return nil, fmt.Errorf("write %s: %w", wgetrc, err)
+	}
+	tools = append(tools, "/etc/wgetrc="+wgetrc)
 	images := map[string][]string{
 		PauseImage:   {"-entrypoint=/agnhost,pause", "-user=65535:65535", "/agnhost=" + bin("agnhost")},
 		AgnhostImage: append([]string{"-entrypoint=/agnhost", "/agnhost=" + bin("agnhost")}, tools...),
@@ -681,7 +694,7 @@ func (l *Lab) buildImages(ctx context.Context) (map[string]string, error) {
 // busyboxApplets are linked in the agnhost image as the real image's base
 // provides them: the e2e suite runs `/bin/sh -c '... curl ...'` in agnhost
 // containers, and tests and people use the usual tools there.
-var busyboxApplets = []string{"cat", "ls", "wget", "sleep", "ip", "hostname", "ps", "grep",
+var busyboxApplets = []string{"cat", "ls", "sleep", "ip", "hostname", "ps", "grep",
 	"ping", "timeout", "test", "echo", "env", "mkdir", "rm", "cp", "mv", "touch", "date", "sed", "awk", "head", "tail", "wc", "tr", "cut",
 	// Services specs loop with `for i in $(seq 1 150); do wget ...` and check
 	// ExternalName Services with nslookup.
@@ -693,10 +706,20 @@ var busyboxApplets = []string{"cat", "ls", "wget", "sleep", "ip", "hostname", "p
 
 // imageHostTools are host binaries the agnhost image carries, as the real
 // image's base does: curl (the upstream e2e suite execs it for every HTTP
-// probe), a netcat with UDP (its UDP probes; busybox's nc has no -u) and
-// dash as /bin/sh: Debian's static busybox sh runs its own applets before
-// anything on PATH, so `nc` under it would be busybox's nc again.
-var imageHostTools = map[string]string{"/usr/bin/curl": "curl", "/usr/bin/nc": "nc.openbsd", "/bin/sh": "dash"}
+// probe), a netcat with UDP (its UDP probes; busybox's nc has no -u), dash
+// as /bin/sh (Debian's static busybox sh runs its own applets before
+// anything on PATH, so `nc` under it would be busybox's nc again) and GNU
+// wget: the Services specs run `wget -q -O - -T 1 URL`, and Debian 12's
+// busybox 1.35 is built without FEATURE_WGET_TIMEOUT, so its getopt writes
+// -T's value through a NULL pointer: every such wget segfaults (gdb: SIGSEGV
+// at address 0 while parsing options; `--timeout=1` or no -T do not crash).
+var imageHostTools = map[string]string{"/usr/bin/curl": "curl", "/usr/bin/nc": "nc.openbsd", "/bin/sh": "dash", "/usr/bin/wget": "wget"}
+
+// imageWgetrc is the agnhost image's /etc/wgetrc (GNU wget's system file):
+// one try per call, as busybox's wget (the real image's) behaves. GNU wget
+// retries a timed-out request up to 20 times with growing waits, which would
+// turn the specs' 1-second probes into minutes.
+const imageWgetrc = "tries = 1\n"
 
 // shellTools returns ocibuild arguments adding busybox (static) with its
 // applets under /bin, and imageHostTools with the shared libraries ldd names.
@@ -813,6 +836,13 @@ func (l *Lab) upKubelet(ctx context.Context, opt UpOptions, start time.Time) err
 		}
 	}
 	log.Info("nodes ready", "after", time.Since(start).Round(time.Millisecond))
+	if err := l.joinControlPlane(ctx); err != nil {
+		return err
+	}
+	if err := l.waitControlPlaneAccepted(ctx, time.Minute); err != nil {
+		return err
+	}
+	log.Info("control plane on the pod network", "peer", ControlPlanePeer, "address", ControlPlaneTunnelIP, "after", time.Since(start).Round(time.Millisecond))
 	for _, name := range names {
 		for j := 0; j < opt.Pods; j++ {
 			if _, err := l.AddPod(ctx, name); err != nil {

@@ -386,6 +386,11 @@ func (l *Lab) Down(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if st.Kubelet {
+		if err := stopControlPlaneWG(st); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, p := range []*Proc{st.ClusterDNS, st.Scheduler, st.ControllerManager, st.APIServer, st.Etcd} {
 		if p != nil {
 			if err := p.stop(syscall.SIGTERM, 10*time.Second); err != nil {

@@ -196,6 +196,12 @@ func (l *Lab) AddNode(ctx context.Context, opt NodeOptions) (*Node, error) {
 	if err := l.WaitAgentReady(ctx, node.Name, 2*time.Minute); err != nil {
 		return node, err
 	}
+	if l.st.Kubelet && l.st.ControlPlaneWG != nil {
+		// The control plane's tunnel learns the new node (controlpeer.go).
+		if err := l.joinControlPlane(ctx); err != nil {
+			return node, err
+		}
+	}
 	for i := 0; i < opt.Pods; i++ {
 		if _, err := l.AddPod(ctx, node.Name); err != nil {
 			return node, err

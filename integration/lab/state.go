@@ -39,6 +39,8 @@ type State struct {
 	ControllerManager *Proc `json:"controllerManager,omitempty"`
 	Scheduler         *Proc `json:"scheduler,omitempty"`
 	ClusterDNS        *Proc `json:"clusterDNS,omitempty"`
+	// ControlPlaneWG is the control plane's wireguard-go (controlpeer.go).
+	ControlPlaneWG *Proc `json:"controlPlaneWG,omitempty"`
 	// DualStack gives every node an IPv6 podCIDR (fd00:10:244:i::/64)
 	// beside its IPv4 one, and every pod an address of each family.
 	DualStack bool `json:"dualStack,omitempty"`
