@@ -114,11 +114,15 @@ func ParseExternalPeers(raws []RawExternalPeer, list NodeList) ([]ExternalPeer, 
 		addNode(n.Name, n.PodCIDRs)
 	}
 	if list.Own != nil {
-		// Our own key is published on our Node like any other's.
-		if k, err := ParsePublicKey(list.Own.Raw.Annotations[AnnotationPublicKey]); err == nil {
-			nodeKeys = append(nodeKeys, nodeKey{list.SelfName, k})
+		// Our own Node counts exactly when the other agents count it:
+		// when it parses as a peer (key, endpoint and pod CIDRs
+		// published). Counting our pod CIDRs or key earlier (before our
+		// key or endpoint is out) would refuse on this node a Peer that
+		// every other node accepts.
+		if n := list.Own.Peer; n != nil {
+			nodeKeys = append(nodeKeys, nodeKey{list.SelfName, n.PublicKey})
+			addNode(list.SelfName, n.PodCIDRs)
 		}
-		addNode(list.SelfName, list.Own.PodCIDRs)
 	}
 
 	sorted := slices.Clone(raws)
@@ -204,10 +208,10 @@ func parseExternalPeer(raw RawExternalPeer) (ExternalPeer, Reason, error) {
 	return p, "", nil
 }
 
-// withExternal adds the external peers to d: a WireGuard peer each and
+// WithExternal adds the external peers to d: a WireGuard peer each and
 // routes to their allowed IPs through the device. The keepalive is the
 // Peer's own, else this node's default.
-func withExternal(d Desired, peers []ExternalPeer, defaultKA time.Duration) Desired {
+func WithExternal(d Desired, peers []ExternalPeer, defaultKA time.Duration) Desired {
 	if len(peers) == 0 {
 		return d
 	}

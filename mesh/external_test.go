@@ -13,7 +13,7 @@ func extRaw(name string, i byte, minute int, allowed ...string) RawExternalPeer 
 }
 
 func TestParseExternalPeers(t *testing.T) {
-	own := RawNode{Name: "self", Annotations: map[string]string{AnnotationPublicKey: testKey(200).String()}, PodCIDRs: []string{"10.244.0.0/24"}}
+	own := RawNode{Name: "self", Annotations: map[string]string{AnnotationPublicKey: testKey(200).String(), AnnotationEndpoint: "198.51.100.200:51820"}, PodCIDRs: []string{"10.244.0.0/24"}}
 	list := ParseNodes([]RawNode{own, goodRaw("n1", 1), goodRaw("n2", 2)}, "self")
 	ka := int64(25)
 	tests := []struct {
@@ -84,7 +84,7 @@ func TestWithExternal(t *testing.T) {
 		Peers:  []Peer{{Node: "n1", AllowedIPs: pfx("10.244.1.0/24")}},
 		Routes: pfx("10.244.1.0/24"),
 	}
-	got := withExternal(d, []ExternalPeer{
+	got := WithExternal(d, []ExternalPeer{
 		{Name: "site", PublicKey: testKey(51), AllowedIPs: pfx("192.168.10.0/24"), Endpoint: ap("192.0.2.7:51820"), Keepalive: &ka},
 		{Name: "laptop", PublicKey: testKey(50), AllowedIPs: pfx("10.244.250.1/32")},
 	}, 25*time.Second)
@@ -97,9 +97,55 @@ func TestWithExternal(t *testing.T) {
 		Routes: pfx("10.244.1.0/24", "10.244.250.1/32", "192.168.10.0/24"),
 	}
 	if diff := cmp.Diff(want, got, cmpNet); diff != "" {
-		t.Errorf("withExternal (-want +got):\n%s", diff)
+		t.Errorf("WithExternal (-want +got):\n%s", diff)
 	}
 	if len(d.Peers) != 1 || len(d.Routes) != 1 {
-		t.Error("withExternal modified its input")
+		t.Error("WithExternal modified its input")
+	}
+}
+
+// TestParseExternalPeersSameOnEveryNode: every agent reaches the same
+// verdicts, whichever node it runs on, also while a node is joining (its
+// pod CIDR assigned, its key or endpoint not yet published): the joining
+// node itself does not count its pod CIDR or key before the others do.
+func TestParseExternalPeersSameOnEveryNode(t *testing.T) {
+	joining := goodRaw("j", 3)
+	states := []struct {
+		name string
+		j    RawNode
+	}{
+		{"pod CIDR only", with(joining, func(r *RawNode) { r.Annotations = map[string]string{} })},
+		{"key, no endpoint", with(joining, func(r *RawNode) { delete(r.Annotations, AnnotationEndpoint) })},
+		{"bad endpoint", with(joining, func(r *RawNode) { r.Annotations[AnnotationEndpoint] = "nope" })},
+		{"joined", joining},
+	}
+	peers := []RawExternalPeer{
+		extRaw("on-j-cidr", 50, 0, "10.244.3.7/32"),
+		extRaw("j-key", 3, 0, "10.9.0.1/32"),
+		extRaw("fine", 51, 0, "10.9.0.2/32"),
+	}
+	for _, st := range states {
+		t.Run(st.name, func(t *testing.T) {
+			raws := []RawNode{goodRaw("a", 1), goodRaw("b", 2), st.j}
+			var first []string
+			for i, self := range []string{"a", "b", "j", ""} {
+				valid, bad := ParseExternalPeers(peers, ParseNodes(raws, self))
+				var got []string
+				for _, p := range valid {
+					got = append(got, p.Name)
+				}
+				got = append(got, summary(bad)...)
+				if i == 0 {
+					first = got
+					continue
+				}
+				if diff := cmp.Diff(first, got); diff != "" {
+					t.Errorf("on %q the verdicts differ from node a's (-a +%s):\n%s", self, self, diff)
+				}
+			}
+			if st.name == "joined" && !cmp.Equal(first, []string{"fine", "j-key:duplicate-public-key", "on-j-cidr:overlaps-pod-cidr"}) {
+				t.Errorf("joined: verdicts %v, want the joined node's CIDR and key protected", first)
+			}
+		})
 	}
 }

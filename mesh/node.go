@@ -57,6 +57,10 @@ func ParseNode(raw RawNode) (Node, error) {
 	if parseHook != nil {
 		parseHook(raw.Name)
 	}
+	return parseNode(raw)
+}
+
+func parseNode(raw RawNode) (Node, error) {
 	n := Node{Name: raw.Name, Created: raw.Created}
 	fail := func(r Reason, err error) (Node, error) {
 		return Node{}, &NodeError{Node: raw.Name, Reason: r, Err: err}
@@ -108,7 +112,7 @@ func ParseNode(raw RawNode) (Node, error) {
 	if err := parseLocation(raw, &n); err != nil {
 		return Node{}, err
 	}
-	n.Relay = isRelay(raw)
+	n.Relay, n.NoRelay = relayMark(raw)
 	return n, nil
 }
 

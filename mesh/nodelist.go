@@ -37,6 +37,11 @@ type OwnEntry struct {
 	KeepaliveErr error
 	// Location is LocationOf our Node.
 	Location string
+	// Peer is our Node as the other agents parse it (ParseNode); nil
+	// while it does not parse (e.g. before our key is published).
+	// Whatever every node must judge alike (Peers' overlaps, relay
+	// candidates) counts our Node only through it.
+	Peer *Node
 }
 
 // ParseNodes parses every Node of raws once: the first entry named self as
@@ -66,6 +71,9 @@ func parseOwn(raw RawNode) *OwnEntry {
 		parseHook(raw.Name)
 	}
 	o := &OwnEntry{Raw: raw, Location: LocationOf(raw)}
+	if n, err := parseNode(raw); err == nil {
+		o.Peer = &n
+	}
 	o.PodCIDRs, o.PodCIDRsErr = ParsePodCIDRs(raw.PodCIDRs)
 	if ka, ok := raw.Annotations[AnnotationKeepalive]; ok {
 		d, err := ParseKeepalive(ka)

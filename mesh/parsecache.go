@@ -34,7 +34,8 @@ type parseInput struct {
 	// location is LocationOf (what ParseNode reads of the labels and the
 	// location annotation); privEP the private endpoint annotation.
 	location, privEP string
-	hasPrivEP, relay bool
+	hasPrivEP        bool
+	relay            string
 }
 
 func inputOf(raw *RawNode) parseInput {
@@ -45,7 +46,7 @@ func inputOf(raw *RawNode) parseInput {
 	in.ka, in.hasKA = raw.Annotations[AnnotationKeepalive]
 	in.location = LocationOf(*raw)
 	in.privEP, in.hasPrivEP = raw.Annotations[AnnotationPrivateEndpoint]
-	in.relay = isRelay(*raw)
+	in.relay = raw.Annotations[AnnotationRelay]
 	return in
 }
 

@@ -66,10 +66,10 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 		KnownKeys:        r.knownKeys,
 	})
 	r.report(d)
-	d = withExternal(d, ext, r.cfg.DefaultKeepalive)
+	d = WithExternal(d, ext, r.cfg.DefaultKeepalive)
 	prevVia := r.relays.via
 	plan := r.relays.plan(r.cfg.NodeName, r.passStart, list, d, dev)
-	d = withRelays(d, plan.via)
+	d = WithRelays(d, plan.via)
 	for far, relay := range plan.via {
 		if prevVia[far] != relay {
 			r.log.Info("no handshake on the direct path; relaying", "peer_node", far, "relay", relay)

@@ -69,9 +69,10 @@ type Config struct {
 	OnReconcile func(Status)
 	// Now returns the current time; nil means time.Now. For tests.
 	Now func() time.Time
-	// RelayAfter and RelayRetry tune relaying (see AnnotationRelay);
-	// zero means DefaultRelayAfter and DefaultRelayRetry.
-	RelayAfter, RelayRetry time.Duration
+	// RelayAfter, RelayRetry, RelayStale and RelayWatch tune relaying
+	// (see AnnotationRelay); zero means DefaultRelayAfter,
+	// DefaultRelayRetry, DefaultRelayStale and DefaultRelayWatch.
+	RelayAfter, RelayRetry, RelayStale, RelayWatch time.Duration
 	// KnownKeys maps each peer's node to the public key the previous run
 	// of the agent configured it with (from its state file, beside the
 	// peers restored onto the device). It carries incumbency across a
@@ -213,7 +214,7 @@ func New(cfg Config) *Reconciler {
 		own:         newOwnObject(cfg, dev, log),
 		resolver:    newEndpointResolver(cfg.Resolver, cfg.LookupTimeout, log),
 		knownKeys:   knownKeys(cfg.KnownKeys),
-		relays:      relayer{after: cfg.RelayAfter, retry: cfg.RelayRetry},
+		relays:      relayer{after: cfg.RelayAfter, retry: cfg.RelayRetry, stale: cfg.RelayStale},
 		lastApplied: map[wgtypes.Key]netip.AddrPort{},
 	}
 }
@@ -270,6 +271,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
+	// While relaying is on, the device is read between passes: a relayed
+	// pair's handshake or a stale direct path asks for a pass at once.
+	watch := time.NewTicker(cmp.Or(r.cfg.RelayWatch, DefaultRelayWatch))
+	defer watch.Stop()
 	backoff := time.Second
 	full := true // the first pass, resyncs and retries read everything
 	for {
@@ -288,6 +293,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		if next := r.relayNext(); !next.IsZero() {
 			relayDue.Reset(max(next.Sub(r.now()), 100*time.Millisecond))
 		}
+	wait:
 		select {
 		case <-ctx.Done():
 			return nil
@@ -299,8 +305,30 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			full = true
 		case <-relayDue.C:
 			full = true
+		case <-watch.C:
+			if !r.relayWatchDue() {
+				goto wait
+			}
+			full = true
 		}
 	}
+}
+
+// relayWatchDue reads the device and reports whether a relay decision
+// changed since the last pass (see due); false while relaying is off.
+func (r *Reconciler) relayWatchDue() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.relays.watching() {
+		return false
+	}
+	// The device itself, not the pass's snapshot wrapper: a read here
+	// must not change what the next pass believes it last wrote.
+	dev, err := r.cfg.Device.Device()
+	if err != nil {
+		return false // the next pass reports it
+	}
+	return due(r.now(), handshakesOf(dev), r.relays.paths)
 }
 
 // relayNext is when the next relay decision falls due (zero: none).

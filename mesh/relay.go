@@ -3,6 +3,7 @@ package mesh
 import (
 	"cmp"
 	"hash/fnv"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -16,13 +17,16 @@ import (
 // CIDRs from the far node's peer to the relay's peer; the relay, which
 // holds both as ordinary peers, forwards between them. Both sides decide
 // alike from what both see: no handshake on the direct path within
-// RelayAfter of wanting it (handshakes complete on both ends), and the
-// relay is chosen from the same candidates by the same hash. The direct
-// peer stays on the device, without allowed IPs, and is sent a handshake
-// every RelayRetry; once one completes, the pair goes direct again.
+// RelayAfter of wanting it, or, on a path that worked, no handshake for
+// staleBound (handshakes complete on both ends, so both see the same
+// times); and the relay is chosen from the same candidates by the same
+// hash. The direct peer stays on the device, without allowed IPs, and is
+// sent a handshake every RelayRetry; once one completes, the pair goes
+// direct again.
 const (
 	// AnnotationRelay marks a node as a relay candidate ("true"): it must
-	// be reachable by every node (a public endpoint).
+	// be reachable by every node (a public endpoint). "false" keeps a node
+	// out of the automatic choice (see RelayCandidates).
 	AnnotationRelay = AnnotationPrefix + "relay"
 	// DefaultRelayAfter is how long a direct path may go without a
 	// handshake before the pair is relayed: the greeting at peer creation
@@ -30,26 +34,82 @@ const (
 	DefaultRelayAfter = 15 * time.Second
 	// DefaultRelayRetry is how often a relayed pair's direct path is tried.
 	DefaultRelayRetry = time.Minute
+	// DefaultRelayStale is the base of staleBound. WireGuard renews a
+	// session that carries any packet (a persistent keepalive is one):
+	// the keypair's initiator starts a new handshake on sending after
+	// 120 s or on receiving after 165 s, and a responder whose keypair
+	// expires at 180 s starts one on its next send. So a working pair
+	// with a persistent keepalive K has a handshake at least every
+	// 165 s + K (+5 s per lost message); 180 s + 2K leaves 15 s + K.
+	DefaultRelayStale = 180 * time.Second
+	// DefaultRelayWatch is how often the reconciler reads the device
+	// between passes while relaying is on, to act on a handshake of a
+	// relayed pair or a direct path going stale within that long (both
+	// ends of a pair do, so they disagree for at most about that long).
+	DefaultRelayWatch = time.Second
 )
 
-// RelayCandidates returns the names of the nodes marked AnnotationRelay,
-// sorted, from the parsed list (our own Node included).
+// staleBound is how long a direct path that worked may go without a
+// handshake before it counts as broken; zero (never) without a persistent
+// keepalive: an idle pair then renews nothing, and its old handshake says
+// nothing about the path.
+func staleBound(base, keepalive time.Duration) time.Duration {
+	if keepalive <= 0 {
+		return 0
+	}
+	return base + 2*keepalive
+}
+
+// RelayCandidates returns the relay candidates, sorted, from the parsed
+// list: the nodes marked AnnotationRelay=true if there are any; otherwise,
+// automatically, every node whose endpoint is a public address (see
+// publicAddr) and that is not marked AnnotationRelay=false. Our own Node
+// counts when it parses as a peer, as it does on the other nodes, so every
+// node computes the same candidates.
 func RelayCandidates(list NodeList) []string {
-	var out []string
-	for _, n := range list.Nodes {
-		if n.Relay {
-			out = append(out, n.Name)
+	nodes := list.Nodes
+	if list.Own != nil && list.Own.Peer != nil {
+		nodes = append(slices.Clip(nodes), *list.Own.Peer)
+	}
+	var marked, auto []string
+	for _, n := range nodes {
+		switch {
+		case n.Relay:
+			marked = append(marked, n.Name)
+		case !n.NoRelay && publicEndpoint(n.Endpoint):
+			auto = append(auto, n.Name)
 		}
 	}
-	if list.Own != nil && isRelay(list.Own.Raw) {
-		out = append(out, list.SelfName)
+	out := marked
+	if len(out) == 0 {
+		out = auto
 	}
 	slices.Sort(out)
 	return out
 }
 
-func isRelay(raw RawNode) bool {
-	return strings.EqualFold(strings.TrimSpace(raw.Annotations[AnnotationRelay]), "true")
+func relayMark(raw RawNode) (relay, noRelay bool) {
+	v := strings.TrimSpace(raw.Annotations[AnnotationRelay])
+	return strings.EqualFold(v, "true"), strings.EqualFold(v, "false")
+}
+
+// cgnat is the shared address space of carrier-grade NAT (RFC 6598).
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
+// publicEndpoint reports whether an endpoint is an IP literal that other
+// networks can route to: global unicast, not private (RFC 1918, ULA) and
+// not CGNAT. Names do not count (they would have to be resolved alike on
+// every node). A node behind NAT that publishes its inside address is
+// thus never chosen; one whose published address is a NAT's public one
+// (an endpoint override) is, and must forward: mark relays explicitly
+// where that is wrong.
+func publicEndpoint(ep Endpoint) bool {
+	a, err := netip.ParseAddr(ep.Host)
+	if err != nil {
+		return false
+	}
+	a = a.Unmap()
+	return a.IsGlobalUnicast() && !a.IsPrivate() && !cgnat.Contains(a)
 }
 
 // ChooseRelay picks the relay for the pair (a, b) among the candidates:
@@ -82,6 +142,11 @@ type pathState struct {
 	// relayed is when the pair went through a relay (zero: direct);
 	// probed when the direct path was last tried.
 	relayed, probed time.Time
+	// stale is staleBound for this peer; stuck is the handshake time at
+	// which the path was found broken with no relay to go through (so
+	// the watch does not ask for a pass again until it changes).
+	stale time.Duration
+	stuck time.Time
 }
 
 // RelayInput is what the relay decision reads.
@@ -94,6 +159,8 @@ type RelayInput struct {
 	Handshakes map[wgtypes.Key]time.Time
 	After      time.Duration
 	Retry      time.Duration
+	// Stale is the base of staleBound (DefaultRelayStale).
+	Stale time.Duration
 }
 
 // relayPlan is the outcome of one decision: the relayed pairs (far node →
@@ -126,6 +193,7 @@ func planRelays(in RelayInput, peers []Peer, paths map[string]*pathState) relayP
 			ps = &pathState{key: p.PublicKey, wanted: in.Now}
 			paths[p.Node] = ps
 		}
+		ps.stale = staleBound(in.Stale, p.Keepalive)
 		hs := in.Handshakes[p.PublicKey]
 		if !ps.relayed.IsZero() {
 			if hs.After(ps.relayed) || hs.After(ps.probed) && !ps.probed.IsZero() {
@@ -135,10 +203,16 @@ func planRelays(in RelayInput, peers []Peer, paths map[string]*pathState) relayP
 				continue
 			}
 		} else {
-			if !hs.IsZero() || in.Now.Sub(ps.wanted) < in.After {
-				if hs.IsZero() {
-					due(ps.wanted.Add(in.After))
-				}
+			switch {
+			case hs.IsZero() && in.Now.Sub(ps.wanted) < in.After:
+				// Young: WireGuard is still trying.
+				due(ps.wanted.Add(in.After))
+				continue
+			case !hs.IsZero() && (ps.stale == 0 || in.Now.Sub(hs) < ps.stale):
+				// It worked and is not stale (the watch notices when
+				// it goes stale; see relayer.due).
+				continue
+			case !hs.IsZero() && ps.stuck.Equal(hs):
 				continue
 			}
 			ps.relayed, ps.probed = in.Now, in.Now
@@ -146,7 +220,7 @@ func planRelays(in RelayInput, peers []Peer, paths map[string]*pathState) relayP
 		relay := ChooseRelay(in.Self, p.Node, in.Candidates)
 		if relay == "" {
 			// Nobody to relay through: stay direct and keep trying.
-			ps.relayed, ps.probed = time.Time{}, time.Time{}
+			ps.relayed, ps.probed, ps.stuck = time.Time{}, time.Time{}, hs
 			continue
 		}
 		plan.via[p.Node] = relay
@@ -167,10 +241,10 @@ func planRelays(in RelayInput, peers []Peer, paths map[string]*pathState) relayP
 
 func isExternalPeerNode(node string) bool { return strings.HasPrefix(node, "peer:") }
 
-// withRelays applies the plan to d: a relayed far node's peer keeps its
+// WithRelays applies the plan to d: a relayed far node's peer keeps its
 // endpoint but loses its allowed IPs to the relay's peer, and says via
 // whom. A pair whose relay is not among our peers stays direct.
-func withRelays(d Desired, via map[string]string) Desired {
+func WithRelays(d Desired, via map[string]string) Desired {
 	if len(via) == 0 {
 		return d
 	}
@@ -216,10 +290,31 @@ func probeConfig(d Desired, nodes []string) wgtypes.Config {
 	return cfg
 }
 
+// due reports whether a pass would change a relay decision at now, from
+// the device's handshakes: a relayed pair's direct path had a handshake,
+// or a direct path went stale. It reads what planRelays left and changes
+// nothing; bounds and retries that fall due at a known time are the
+// plan's next instead.
+func due(now time.Time, handshakes map[wgtypes.Key]time.Time, paths map[string]*pathState) bool {
+	for _, ps := range paths {
+		hs := handshakes[ps.key]
+		if !ps.relayed.IsZero() {
+			if hs.After(ps.relayed) || !ps.probed.IsZero() && hs.After(ps.probed) {
+				return true
+			}
+			continue
+		}
+		if !hs.IsZero() && ps.stale > 0 && now.Sub(hs) >= ps.stale && !ps.stuck.Equal(hs) {
+			return true
+		}
+	}
+	return false
+}
+
 // relayer is the reconciler's relay state between passes.
 type relayer struct {
-	after, retry time.Duration
-	paths        map[string]*pathState
+	after, retry, stale time.Duration
+	paths               map[string]*pathState
 	// via is the last pass's relayed pairs; next when a decision falls
 	// due (see relayPlan).
 	via  map[string]string
@@ -238,7 +333,12 @@ func (rl *relayer) plan(self string, now time.Time, list NodeList, d Desired, de
 		rl.paths = map[string]*pathState{}
 	}
 	p := planRelays(RelayInput{Self: self, Now: now, Candidates: cands, Handshakes: handshakesOf(dev),
-		After: cmp.Or(rl.after, DefaultRelayAfter), Retry: cmp.Or(rl.retry, DefaultRelayRetry)}, d.Peers, rl.paths)
+		After: cmp.Or(rl.after, DefaultRelayAfter), Retry: cmp.Or(rl.retry, DefaultRelayRetry),
+		Stale: cmp.Or(rl.stale, DefaultRelayStale)}, d.Peers, rl.paths)
 	rl.via, rl.next = p.via, p.next
 	return p
 }
+
+// watching reports whether relaying is on (the last full pass found
+// candidates), so that the device is worth watching between passes.
+func (rl *relayer) watching() bool { return len(rl.paths) > 0 }

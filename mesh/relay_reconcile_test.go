@@ -1,7 +1,9 @@
 package mesh_test
 
 import (
+	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,11 +95,15 @@ func TestReconcileRelay(t *testing.T) {
 	}
 }
 
-// TestReconcileNoRelayCandidates: without a node marked as relay nothing
-// is ever relayed, however long a peer stays silent.
+// TestReconcileNoRelayCandidates: without a node marked as relay and
+// without a public endpoint (here: opted out, or a private address)
+// nothing is ever relayed, however long a peer stays silent.
 func TestReconcileNoRelayCandidates(t *testing.T) {
 	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	f := newFixture(t, func(c *mesh.Config) { c.Now = func() time.Time { return now } }, selfNode(), node(1), node(2))
+	n1, n2 := node(1), node(2)
+	n1.Annotations[mesh.AnnotationRelay] = "false"
+	n2.Annotations[mesh.AnnotationEndpoint] = "10.0.0.12:51820"
+	f := newFixture(t, func(c *mesh.Config) { c.Now = func() time.Time { return now } }, selfNode(), n1, n2)
 	f.reconcile(t)
 	now = now.Add(time.Hour)
 	f.reconcile(t)
@@ -106,4 +112,81 @@ func TestReconcileNoRelayCandidates(t *testing.T) {
 			t.Errorf("peer %d lost its allowed IPs: %q", k, p)
 		}
 	}
+}
+
+// TestRunRelaysStalePath: with no node marked, the nodes with public
+// endpoints are the candidates. A direct path that worked goes stale
+// while the agent runs (no handshake for 180 s + 2 × keepalive); Run's
+// watch reads the device between passes and relays the pair without any
+// Node change, and puts it back on the direct path as soon as a handshake
+// completes there. Run drives the passes; the clock is fake.
+func TestRunRelaysStalePath(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	f := newFixture(t, func(c *mesh.Config) {
+		c.Now = clock
+		c.Resync = time.Hour // only the watch can start the passes that matter
+		c.RelayWatch = 10 * time.Millisecond
+	}, selfNode(), node(1), node(2), node(3))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.r.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	waitFor(t, func() bool { return len(f.peers(t)) == 3 })
+	for _, i := range []byte{1, 2, 3} {
+		if err := f.dev.Handshake(key(i), clock()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Renewed as WireGuard does with traffic, except n2's.
+	advance(150 * time.Second)
+	for _, i := range []byte{1, 3} {
+		if err := f.dev.Handshake(key(i), clock()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The test fixture's keepalive is 25 s: stale after 230 s.
+	advance(79 * time.Second)
+	time.Sleep(100 * time.Millisecond) // ten watch periods: nothing to do yet
+	if p := f.peers(t)[2]; strings.HasSuffix(p, " ") {
+		t.Fatalf("n2 relayed before its path went stale: %q", p)
+	}
+	advance(time.Second)
+	relay := mesh.ChooseRelay("n0", "n2", []string{"n0", "n1", "n2", "n3"})
+	ri := map[string]byte{"n1": 1, "n3": 3}[relay]
+	if ri == 0 {
+		t.Fatalf("relay for n0-n2 is %q", relay)
+	}
+	waitFor(t, func() bool { return strings.HasSuffix(f.peers(t)[2], " ") })
+	if p := f.peers(t)[ri]; !strings.Contains(p, "10.244.2.0/24") {
+		t.Errorf("relay %s's peer is %q, want it to carry n2's pod CIDR", relay, p)
+	}
+	if via := viaOf(f.r.Status(), "n2"); via != relay {
+		t.Errorf("status: n2 via %q, want %q", via, relay)
+	}
+
+	// The direct path works again: a handshake, and back within a watch
+	// period or so, long before the next retry would find it.
+	advance(time.Second)
+	if err := f.dev.Handshake(key(2), clock()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return f.peers(t)[2] == "198.51.100.12:51820 25s 10.244.2.0/24" })
+	if via := viaOf(f.r.Status(), "n2"); via != "" {
+		t.Errorf("status: n2 still via %q", via)
+	}
+}
+
+func viaOf(st mesh.Status, node string) string {
+	for _, p := range st.Peers {
+		if p.Node == node {
+			return p.Via
+		}
+	}
+	return "?"
 }

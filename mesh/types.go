@@ -77,9 +77,10 @@ type Node struct {
 	// Endpoint by nodes of the same location (see towards).
 	Location        string
 	PrivateEndpoint Endpoint
-	// Relay is AnnotationRelay: the node offers to relay between nodes
-	// that cannot reach each other.
-	Relay bool
+	// Relay is AnnotationRelay=true: the node offers to relay between
+	// nodes that cannot reach each other. NoRelay is
+	// AnnotationRelay=false: never choose it automatically.
+	Relay, NoRelay bool
 }
 
 // Peer is one WireGuard peer this node should have.

@@ -144,8 +144,8 @@ func upCmd(cfg func() (lab.Config, error)) *cobra.Command {
 	}
 	c.Flags().IntVar(&nodes, "nodes", 3, "number of nodes")
 	c.Flags().IntVar(&pods, "pods", 2, "pods per node")
-	c.Flags().BoolVar(&dualStack, "dual-stack", false, "dual-stack pods: every node also gets fd00:10:244:i::/64, every pod an address of each family; agents get --cluster-cidrs=10.244.0.0/16,fd00:10:244::/56")
-	c.Flags().BoolVar(&ipv6Underlay, "ipv6-underlay", false, "add 2001:db8:100::/64 to the underlay and mix endpoints: node i publishes IPv4 (i%3=1), IPv6 (i%3=2), or is IPv6-only (i%3=0)")
+	c.Flags().BoolVar(&dualStack, "dual-stack", false, "dual-stack pods: every node also gets fd00:10:244:i::/64, every pod an address of each family; agents get --cluster-cidrs=10.244.0.0/16,fd00:10:244::/56; with --kubelet: dual-stack Services (fd00:10:96::/112), kube-controller-manager allocates a /64 per node, and nodes get 2001:db8:100::(10+i) as a second node IP")
+	c.Flags().BoolVar(&ipv6Underlay, "ipv6-underlay", false, "add 2001:db8:100::/64 to the underlay and mix endpoints: node i publishes IPv4 (i%3=1), IPv6 (i%3=2), or is IPv6-only (i%3=0); with --kubelet (needs --dual-stack): every node lists its IPv6 node IP first and publishes an IPv6 endpoint, no IPv6-only nodes")
 	c.Flags().BoolVar(&kubelet, "kubelet", false, "real node stack per node (containerd + crun, kubelet, kube-proxy; kube-controller-manager and kube-scheduler beside the apiserver); wgmesh installed with kubectl apply -k deploy/overlays/lab")
 	return c
 }

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -21,6 +24,8 @@ type apiQuery struct {
 	device     *wgtypes.Device
 	prev       *agentstate.State // the agent's state file, or nil
 	now        time.Time
+	// warn reports a problem that leaves the answer usable (nil: none).
+	warn func(string)
 }
 
 // desiredFromAPI lists the Nodes and runs the agent's own computation
@@ -40,14 +45,45 @@ func desiredFromAPI(ctx context.Context, q apiQuery) (*agentstate.State, error) 
 	for i := range list.Items {
 		raws = append(raws, kube.RawNode(&list.Items[i]))
 	}
-	return desiredState(q, raws)
+	peers, err := externalPeersFromAPI(ctx, q.kubeconfig)
+	if err != nil && q.warn != nil {
+		// Reading Nodes may be all a kubeconfig allows: the nodes'
+		// peers are still worth showing.
+		q.warn(fmt.Sprintf("external peers left out: %v", err))
+	}
+	return desiredState(q, raws, peers)
 }
 
-// desiredState runs the agent's reconcile computation on the listed Nodes,
-// the same parse (mesh.ParseNodes) and mesh.Compute, with the device's
-// peers as the incumbents. The agent's --keepalive default is not known
-// here: peers without a keepalive annotation (theirs or ours) show none.
-func desiredState(q apiQuery, raws []mesh.RawNode) (*agentstate.State, error) {
+// externalPeersFromAPI lists the Peer objects; none (and no error) where
+// the Peer CRD is not installed, as for the agents.
+func externalPeersFromAPI(ctx context.Context, kubeconfig string) ([]mesh.RawExternalPeer, error) {
+	dyn, err := kube.NewDynamicClient(kube.ClientConfig{Kubeconfig: kubeconfig, DefaultRules: true, UserAgent: userAgent})
+	if err != nil {
+		return nil, err
+	}
+	list, err := dyn.Resource(kube.PeerGVR).List(ctx, metav1.ListOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list peers: %w", err)
+	}
+	out := make([]mesh.RawExternalPeer, 0, len(list.Items))
+	for i := range list.Items {
+		out = append(out, kube.RawExternalPeer(&list.Items[i]))
+	}
+	return out, nil
+}
+
+// desiredState runs the agent's reconcile computation on the listed Nodes
+// and Peers, the same parse (mesh.ParseNodes, mesh.ParseExternalPeers),
+// mesh.Compute and mesh.WithExternal, with the device's peers as the
+// incumbents; a refused Peer is listed as excluded ("peer:NAME"). The
+// agent's --keepalive default is not known here: peers without a
+// keepalive annotation (theirs or ours) show none. Which pairs are
+// relayed is decided by the agent from its device's handshakes, not from
+// the API: the agent's latest decisions (its state file) are kept.
+func desiredState(q apiQuery, raws []mesh.RawNode, peers []mesh.RawExternalPeer) (*agentstate.State, error) {
 	self, err := selfNode(q, raws)
 	if err != nil {
 		return nil, err
@@ -59,12 +95,32 @@ func desiredState(q apiQuery, raws []mesh.RawNode) (*agentstate.State, error) {
 		Parsed:     &nodes,
 		Configured: mesh.ConfiguredFrom(q.device),
 	})
+	ext, refused := mesh.ParseExternalPeers(peers, nodes)
+	d = mesh.WithExternal(d, ext, 0)
+	if q.prev != nil && q.prev.Node == self {
+		via := map[string]string{}
+		for _, p := range q.prev.Peers {
+			if p.RelayedVia != "" {
+				via[p.Node] = p.RelayedVia
+			}
+		}
+		d = mesh.WithRelays(d, via)
+	}
+	excluded := slices.Clone(d.Excluded)
+	for _, e := range refused {
+		e.Node = mesh.ExternalPeerNode(e.Node)
+		excluded = append(excluded, e)
+	}
+	slices.SortFunc(excluded, func(a, b mesh.Exclusion) int { return strings.Compare(a.Node, b.Node) })
 	created := map[string]time.Time{}
 	for _, n := range nodes.Nodes {
 		created[n.Name] = n.Created
 	}
+	for _, e := range ext {
+		created[mesh.ExternalPeerNode(e.Name)] = e.Created
+	}
 	st := mesh.Status{Synced: true, SelfFound: nodes.Own != nil, LocalPodCIDRs: me.PodCIDRs,
-		Peers: d.Peers, Excluded: d.Excluded, Degraded: d.Degraded}
+		Peers: d.Peers, Excluded: excluded, Degraded: d.Degraded}
 	s := agentstate.FromStatus(agentstate.Info{Node: self, Interface: q.device.Name, PublicKey: q.device.PublicKey,
 		ListenPort: q.device.ListenPort}, st, q.prev)
 	// The agent's record of its last pass, if there is one, still tells

@@ -96,7 +96,11 @@ func newCommand(stdout, stderr io.Writer) *cobra.Command {
 wg) and puts each peer's node name and health next to it. Node names and the
 desired peers come from the state file the agent writes on every reconcile
 (<run-dir>/state.json), so no API access is needed; with --kubeconfig the
-desired peers are computed from the API's Nodes instead.
+desired peers are computed from the API's Nodes and Peers (external peers,
+"peer:NAME"; refused ones are listed as excluded) instead. Relayed pairs
+("relayed: NODE via RELAY", and per peer "relayed via") are the agent's
+decision from its device's handshakes: with --kubeconfig they are taken from
+the state file when it is there.
 
 --interface, --run-dir and --node-name may also come from the agent's config
 file (--config /etc/wgmesh/agent.yaml) or WGMESH_* variables, like the agent's.
@@ -276,7 +280,8 @@ func buildReport(ctx context.Context, o options, stderr io.Writer) (show.Report,
 	if o.kubeconfig != "" {
 		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
-		api, err := desiredFromAPI(ctx, apiQuery{kubeconfig: o.kubeconfig, nodeName: o.nodeName, device: dev, prev: st, now: in.Now})
+		warn := func(msg string) { fmt.Fprintf(stderr, "wgmeshctl: %s\n", msg) }
+		api, err := desiredFromAPI(ctx, apiQuery{kubeconfig: o.kubeconfig, nodeName: o.nodeName, device: dev, prev: st, now: in.Now, warn: warn})
 		if err != nil {
 			return show.Report{}, err
 		}

@@ -14,12 +14,14 @@ import (
 	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/wgmesh/wgmesh/integration/internal/filesource"
 	"github.com/wgmesh/wgmesh/mesh/agent"
+	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
 
 // NodeRoleConfig configures the wgmesh node role: the agent as shipped
@@ -113,6 +115,9 @@ func runNodeRole(raw []byte) error {
 		// And the heap at its largest (sampled twice a second): where
 		// the memory under bulk load is held.
 		go writePeakHeap(ctx, filepath.Join(dir, cfg.Name+"-"+cfg.Interface+".heap.pprof"))
+		// And the resident set beside the Go heap over time: what the
+		// peak RSS is made of, and when it is reached.
+		go writeMemTrace(ctx, filepath.Join(dir, cfg.Name+"-"+cfg.Interface+".mem.tsv"))
 	}
 	// WGMESH_BENCH_INFLIGHT overrides the device's in-flight bound, for
 	// sweeping it (-bench.extras=env:WGMESH_BENCH_INFLIGHT=N; -1: none).
@@ -180,4 +185,53 @@ func writePeakHeap(ctx context.Context, path string) {
 			f.Close()
 		}
 	}
+}
+
+// writeMemTrace appends a line every 200 ms until ctx ends: seconds since
+// start, VmRSS and VmHWM (MiB), the heap's objects, its goal, the bytes
+// the runtime holds but has not returned to the OS, GC cycles and the
+// in-flight bound's stalls (wgdev.InflightStalls).
+func writeMemTrace(ctx context.Context, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintln(f, "s\trss_mib\thwm_mib\theap_objects_mib\theap_goal_mib\theap_free_mib\tgc_cycles\tinflight_stalls")
+	sample := []metrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/gc/heap/goal:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/gc/cycles/total:gc-cycles"},
+	}
+	start := time.Now()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	const mib = 1 << 20
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		var rss, hwm float64
+		if st, err := os.ReadFile("/proc/self/status"); err == nil {
+			rss, hwm = statusMiB(st, "VmRSS:"), statusMiB(st, "VmHWM:")
+		}
+		metrics.Read(sample)
+		fmt.Fprintf(f, "%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%d\n", time.Since(start).Seconds(), rss, hwm,
+			float64(sample[0].Value.Uint64())/mib, float64(sample[1].Value.Uint64())/mib,
+			float64(sample[2].Value.Uint64())/mib, sample[3].Value.Uint64(), wgdev.InflightStalls())
+	}
+}
+
+// statusMiB reads a "Key:   123 kB" line of /proc/<pid>/status in MiB.
+func statusMiB(status []byte, key string) float64 {
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, key); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
 }

@@ -113,8 +113,11 @@ func (r *Report) Targets() []Target {
 		ts = append(ts, Target{Name: "wgmesh: 0 retransmits", Measured: fmt.Sprintf("%.0f over all runs", total), Met: total == 0})
 		ts = append(ts, Target{Name: "≤ 0.8 core-s per Gbit (whole machine)", Measured: fmt.Sprintf("worst shape %.2f", cpuWorst), Met: cpuWorst <= 0.8})
 		ts = append(ts, Target{Name: "wgmesh RSS ≤ 128 MB under bulk load (peak)", Measured: fmt.Sprintf("%.1f MiB peak, %.1f MiB after", wm.RSSPeakMB, wm.RSSAfterMB), Met: wm.RSSPeakMB <= 128})
-		ts = append(ts, Target{Name: "wgmesh RSS ≤ 20 MB idle", Measured: fmt.Sprintf("%.1f MiB (of which private anonymous %.1f MiB)", wm.RSSIdleMB, wm.AnonIdleMB), Met: wm.RSSIdleMB <= 20})
-		ts = append(ts, Target{Name: "wgmesh private memory ≤ 10 MiB idle (Private_Dirty)", Measured: fmt.Sprintf("%.1f MiB", wm.PrivateIdleMB), Met: wm.PrivateIdleMB <= 10})
+		// Idle memory is judged by what the process itself dirtied (issue
+		// 15): the clean file-backed pages of its binary count in RSS but
+		// are shared and reclaimable.
+		ts = append(ts, Target{Name: "wgmesh private memory ≤ 10 MiB idle (Private_Dirty)",
+			Measured: fmt.Sprintf("%.1f MiB (RSS %.1f, private anonymous %.1f)", wm.PrivateIdleMB, wm.RSSIdleMB, wm.AnonIdleMB), Met: wm.PrivateIdleMB <= 10})
 		off := wm.Offloads
 		ts = append(ts, Target{Name: "offloads engaged (TSO and USO on the TUN, GSO super-packets on the underlay)",
 			Measured: fmt.Sprintf("TSO %v, USO %v, captured mean %.0f B / max %.0f B", off.TSO, off.USO, wm.CaptureMeanBytes, wm.CaptureMaxBytes),

@@ -20,6 +20,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wgmesh/wgmesh/integration/lab"
 )
 
 // Conformance focus and skip (regular expressions over spec names).
@@ -29,6 +31,9 @@ import (
 const (
 	conformanceFocus = `\[sig-network\] (Networking Granular Checks|Services|Netpol|NetworkPolicy)`
 	conformanceSkip  = `Feature:SCTPConnectivity|SCTP|LoadBalancer|ESIPP|DNS|dns|IPv6|Dual|\[Slow\]|\[Serial\]|\[Disruptive\]|Feature:ServiceCIDRs|Feature:Traffic`
+	// conformanceSkipDualStack is the skip of a dual-stack lab
+	// (WGMESH_CONFORMANCE_DUAL_STACK): the IPv6 and dual-stack specs run.
+	conformanceSkipDualStack = `Feature:SCTPConnectivity|SCTP|LoadBalancer|ESIPP|DNS|dns|\[Slow\]|\[Serial\]|\[Disruptive\]|Feature:ServiceCIDRs|Feature:Traffic`
 )
 
 type junitSuite struct {
@@ -54,6 +59,9 @@ type junitSuite struct {
 // with 6 (a serial run did 39 of 112 specs in 25 min).
 const conformanceProcs = 6
 
+// conformanceNodes is the lab's size.
+const conformanceNodes = 3
+
 // TestConformance runs the focus under the ginkgo CLI in parallel
 // processes (a serial run needs about two hours here). Environment:
 //   - WGMESH_CONFORMANCE_TIMEOUT: ginkgo's time limit (default 60m).
@@ -61,6 +69,11 @@ const conformanceProcs = 6
 //   - WGMESH_CONFORMANCE_FOCUS: run only these specs (a rerun of some
 //     failures); the table is then logged and docs/conformance.md is left
 //     as it is, since it describes a run of the whole focus.
+//   - WGMESH_CONFORMANCE_DUAL_STACK=1: the lab is `up --kubelet
+//     --dual-stack` (IPv4 first, IPv6 Services and node IPs beside) and the
+//     IPv6/dual-stack specs are not skipped; with a focus such as
+//     `Feature:IPv6DualStack`. The table is logged, docs/conformance.md
+//     (the IPv4 run) left as it is.
 //   - WGMESH_CONFORMANCE_KEEP: a directory that receives the ginkgo output,
 //     the junit report and the lab's logs (component logs and pod logs), so
 //     failures can be read after the lab is gone.
@@ -86,7 +99,15 @@ func TestConformance(t *testing.T) {
 		focus, whole = v, false
 	}
 	keep := os.Getenv("WGMESH_CONFORMANCE_KEEP")
-	l := newKubeletLab(t, 3, 0)
+	skip := conformanceSkip
+	var l *lab.Lab
+	if os.Getenv("WGMESH_CONFORMANCE_DUAL_STACK") == "1" {
+		skip, whole = conformanceSkipDualStack, false
+		// As newKubeletLab, dual-stack; "kc": never the IPv4 run's names.
+		l = upLab(t, "kc", lab.UpOptions{Nodes: conformanceNodes, Kubelet: true, DualStack: true}, 8*time.Minute)
+	} else {
+		l = newKubeletLab(t, conformanceNodes, 0)
+	}
 	if keep != "" {
 		// Registered after the lab's cleanup, so it runs before Down.
 		t.Cleanup(func() { keepLabLogs(t, l.Config().StateDir, filepath.Join(keep, "lab")) })
@@ -108,12 +129,18 @@ func TestConformance(t *testing.T) {
 	args := []string{"--net=/run/netns/" + ns, "--", filepath.Join(binDir, "ginkgo"),
 		"-p", "--procs=" + strconv.Itoa(procs),
 		"--focus=" + focus,
-		"--skip=" + conformanceSkip,
+		"--skip=" + skip,
 		"--no-color",
 		"--timeout=" + timeout.String(),
 		filepath.Join(binDir, "e2e.test"), "--",
 		"--kubeconfig=" + l.AdminKubeconfig(),
 		"--report-dir=" + report,
+		// Only ginkgo process 1 counts the nodes (setupSuite, in the
+		// first half of SynchronizedBeforeSuite); on the others NumNodes
+		// stays -1 and every spec behind SkipUnlessNodeCountIsAtLeast(2)
+		// (NetworkingTestConfig.setup: the Granular Checks: Services
+		// specs) skips itself as "Requires at least 2 nodes (not -1)".
+		fmt.Sprintf("--num-nodes=%d", conformanceNodes),
 	}
 	cmd := exec.CommandContext(ctx, "nsenter", args...)
 	cmd.Dir = report
@@ -161,7 +188,7 @@ func TestConformance(t *testing.T) {
 	fmt.Fprintf(&b, "k8s.io/kubernetes v1.37.2 against a 3-node `wgmesh-lab up --kubelet` (containerd 2.4.2 + runc,\n")
 	fmt.Fprintf(&b, "kubelet and kube-proxy nftables v1.37.2, wgmesh from deploy/overlays/lab), run by the ginkgo CLI\n")
 	fmt.Fprintf(&b, "in %d parallel processes. Run time %s.\n\n", procs, took)
-	fmt.Fprintf(&b, "Focus: `%s`\n\nSkip: `%s`\n\n", focus, conformanceSkip)
+	fmt.Fprintf(&b, "Focus: `%s`\n\nSkip: `%s`\n\n", focus, skip)
 	fmt.Fprintf(&b, "**%d passed, %d failed, %d not finished, %d skipped** (skipped = outside the focus or matched by the skip;\n", passed, failed, unfinished, skipped)
 	fmt.Fprintf(&b, "not finished = interrupted or never started when the run's time limit of %s was reached).\n\n", timeout)
 	b.WriteString("| spec | result | time / failure |\n| --- | --- | --- |\n")

@@ -135,6 +135,68 @@ func TestExternalPeer(t *testing.T) {
 		t.Errorf("config lacks the laptop's address or the Service range %s", lab.ServiceCIDR)
 	}
 
+	ns := startExtClient(t, l, conf, priv)
+
+	ulns, br := l.Underlay()
+	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
+	capt := startCapture(t, labtest.Tcpdump([]string{"ip", "netns", "exec", ulns}, "-i", br, "-s", "0", "-w", pcap))
+	pods := l.Pods()
+	for _, p := range pods {
+		// The first packets wait for the handshake: retried for 20 s
+		// (a handshake is one round trip; the bound is for a loaded box).
+		took, ok := lab.WaitFor(ctx, 20*time.Second, 0, func() bool {
+			return exec.Command("ip", "netns", "exec", ns, "ping", "-n", "-q", "-c", "1", "-W", "1", p.IP).Run() == nil
+		})
+		if !ok {
+			t.Errorf("client cannot reach pod %s/%s %s", p.Node, p.Pod, p.IP)
+			continue
+		}
+		t.Logf("client reaches %s/%s (%s) after %s", p.Node, p.Pod, p.IP, took.Round(time.Millisecond))
+		if out, err := l.PodExec(ctx, p.Node, p.Pod, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", extTunnelIP); err != nil {
+			t.Errorf("pod %s/%s cannot reach the client: %v\n%s", p.Node, p.Pod, err, out)
+		}
+	}
+	capt.stop()
+	frames, err := readPcap(pcap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	podNet := netip.MustParsePrefix(podCIDRs)
+	tunnel := netip.MustParseAddr(extTunnelIP)
+	client := netip.MustParseAddr(extUnderlayIP)
+	wg, bad := 0, 0
+	for _, f := range frames {
+		if f.EtherType != 0x0800 {
+			continue
+		}
+		switch {
+		case podNet.Contains(f.Src) || podNet.Contains(f.Dst) || f.Src == tunnel || f.Dst == tunnel:
+			bad++
+		case f.Proto == 17 && (f.Src == client || f.Dst == client):
+			wg++
+		}
+	}
+	t.Logf("underlay: %d frames, %d WireGuard to/from the client, %d with a pod or tunnel address", len(frames), wg, bad)
+	if bad > 0 {
+		t.Errorf("%d frames on the underlay carry a pod or tunnel address", bad)
+	}
+	if wg < 4*len(pods) {
+		t.Errorf("only %d WireGuard frames of the client captured for %d pods: the capture missed the traffic", wg, len(pods))
+	}
+	requireMatrix(t, ctx, l)
+}
+
+// startExtClient brings up the external peer's client for t: a namespace
+// of its own on the underlay (extUnderlayIP) running Debian's wireguard-go,
+// configured from conf (what `wgmeshctl peer-config` printed) with the
+// private key filled in, as wg-quick does: `wg setconf` with the Address
+// stripped, the address and a route per AllowedIPs added with ip(8). It
+// returns the namespace's name; t's clean-up removes it all.
+func startExtClient(t *testing.T, l *lab.Lab, conf string, priv wgtypes.Key) string {
+	t.Helper()
+	ctx := context.Background()
+	st := l.State()
+	_, br := l.Underlay()
 	// The client: its own namespace on the underlay, Debian's wireguard-go.
 	var rnd [3]byte
 	_, _ = rand.Read(rnd[:])
@@ -145,7 +207,7 @@ func TestExternalPeer(t *testing.T) {
 		{"ip", "netns", "add", ns},
 		{"ip", "-n", ns, "link", "set", "lo", "up"},
 		{"ip", "-n", st.Underlay, "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", ns},
-		{"ip", "-n", st.Underlay, "link", "set", "ext0", "master", "br0", "up"},
+		{"ip", "-n", st.Underlay, "link", "set", "ext0", "master", br, "up"},
 		{"ip", "-n", ns, "addr", "add", extUnderlayIP + "/24", "dev", "eth0"},
 		{"ip", "-n", ns, "link", "set", "eth0", "up"},
 	} {
@@ -198,53 +260,7 @@ func TestExternalPeer(t *testing.T) {
 		}
 	}
 
-	ulns, br := l.Underlay()
-	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
-	capt := startCapture(t, labtest.Tcpdump([]string{"ip", "netns", "exec", ulns}, "-i", br, "-s", "0", "-w", pcap))
-	pods := l.Pods()
-	for _, p := range pods {
-		// The first packets wait for the handshake: retried for 20 s
-		// (a handshake is one round trip; the bound is for a loaded box).
-		took, ok := lab.WaitFor(ctx, 20*time.Second, 0, func() bool {
-			return exec.Command("ip", "netns", "exec", ns, "ping", "-n", "-q", "-c", "1", "-W", "1", p.IP).Run() == nil
-		})
-		if !ok {
-			t.Errorf("client cannot reach pod %s/%s %s", p.Node, p.Pod, p.IP)
-			continue
-		}
-		t.Logf("client reaches %s/%s (%s) after %s", p.Node, p.Pod, p.IP, took.Round(time.Millisecond))
-		if out, err := l.PodExec(ctx, p.Node, p.Pod, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", extTunnelIP); err != nil {
-			t.Errorf("pod %s/%s cannot reach the client: %v\n%s", p.Node, p.Pod, err, out)
-		}
-	}
-	capt.stop()
-	frames, err := readPcap(pcap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	podNet := netip.MustParsePrefix(podCIDRs)
-	tunnel := netip.MustParseAddr(extTunnelIP)
-	client := netip.MustParseAddr(extUnderlayIP)
-	wg, bad := 0, 0
-	for _, f := range frames {
-		if f.EtherType != 0x0800 {
-			continue
-		}
-		switch {
-		case podNet.Contains(f.Src) || podNet.Contains(f.Dst) || f.Src == tunnel || f.Dst == tunnel:
-			bad++
-		case f.Proto == 17 && (f.Src == client || f.Dst == client):
-			wg++
-		}
-	}
-	t.Logf("underlay: %d frames, %d WireGuard to/from the client, %d with a pod or tunnel address", len(frames), wg, bad)
-	if bad > 0 {
-		t.Errorf("%d frames on the underlay carry a pod or tunnel address", bad)
-	}
-	if wg < 4*len(pods) {
-		t.Errorf("only %d WireGuard frames of the client captured for %d pods: the capture missed the traffic", wg, len(pods))
-	}
-	requireMatrix(t, ctx, l)
+	return ns
 }
 
 // wgQuickStrip does what `wg-quick strip` and wg-quick's up do with a

@@ -62,6 +62,7 @@ func TestRealNodes(t *testing.T) {
 	t.Run("NodePortFromAnotherNode", func(t *testing.T) { testNodePort(t, ctx, l, backends, svc) })
 	t.Run("NodePortToThirdNode", func(t *testing.T) { testNodePortToThirdNode(t, ctx, l, c) })
 	t.Run("Headless", func(t *testing.T) { testHeadless(t, ctx, l, c, backends) })
+	t.Run("APIServerReachesPods", func(t *testing.T) { testAPIServerReachesPods(t, ctx, c, backends) })
 	t.Run("RolloutKeepsFlows", func(t *testing.T) { testRolloutKeepsFlows(t, ctx, l) })
 	t.Run("UpstreamGranularChecks", func(t *testing.T) {
 		runUpstreamE2E(t, ctx, l, `Networking Granular Checks: Pods`, `Feature:SCTPConnectivity`, 10*time.Minute)
@@ -91,8 +92,8 @@ func TestRealNodes(t *testing.T) {
 	}
 }
 
-// echoBackend is one pod of the echo Deployment.
-type echoBackend struct{ Name, Node, IP string }
+// echoBackend is one pod of the echo Deployment; IPv6 in a dual-stack lab.
+type echoBackend struct{ Name, Node, IP, IPv6 string }
 
 type echoServices struct {
 	ClusterIP string
@@ -156,7 +157,17 @@ func deployEcho(t *testing.T, ctx context.Context, c kubernetes.Interface) []ech
 				ready = ready || (cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue)
 			}
 			if ready && p.Status.PodIP != "" {
-				out = append(out, echoBackend{Name: p.Name, Node: p.Spec.NodeName, IP: p.Status.PodIP})
+				b := echoBackend{Name: p.Name, Node: p.Spec.NodeName}
+				// status.podIPs starts with the node's primary family
+				// (IPv6 on a node whose first node IP is IPv6).
+				for _, ip := range p.Status.PodIPs {
+					if a, err := netip.ParseAddr(ip.IP); err == nil && a.Is4() {
+						b.IP = ip.IP
+					} else if err == nil {
+						b.IPv6 = ip.IP
+					}
+				}
+				out = append(out, b)
 				nodes[p.Spec.NodeName] = true
 			}
 		}
@@ -259,6 +270,33 @@ func testServicesAcrossNodes(t *testing.T, ctx context.Context, l *lab.Lab, back
 				t.Errorf("%s/%s (pod IP %s): the backend saw client %q: NAT between pods", client.Node, client.Pod, client.IP, host)
 			}
 		}
+	}
+}
+
+// testAPIServerReachesPods: the apiserver's pod proxy (which the upstream
+// specs use to check pods answer) reaches a pod on every node, and the pod
+// sees the control plane's tunnel address: the request came through the
+// control plane's WireGuard peer (lab/controlpeer.go), not over the underlay
+// in plaintext (the capture around the whole test checks that too).
+func testAPIServerReachesPods(t *testing.T, ctx context.Context, c kubernetes.Interface, backends []echoBackend) {
+	for _, b := range backends {
+		var got string
+		// The first request waits for the control plane's handshake with
+		// the pod's node: one round trip, 30 s for a loaded box.
+		_, err := curlUntil(ctx, 30*time.Second, func() ([]byte, error) {
+			return c.CoreV1().Pods(echoNS).ProxyGet("http", b.Name, "8080", "hostname", nil).DoRaw(ctx)
+		}, func(s string) bool { got = s; return s == b.Name })
+		if err != nil {
+			t.Errorf("apiserver proxy to %s (%s on %s): %v", b.Name, b.IP, b.Node, err)
+			continue
+		}
+		out, err := c.CoreV1().Pods(echoNS).ProxyGet("http", b.Name, "8080", "clientip", nil).DoRaw(ctx)
+		host, _, _ := strings.Cut(strings.TrimSpace(string(out)), ":")
+		if err != nil || host != lab.ControlPlaneTunnelIP {
+			t.Errorf("pod %s on %s saw the apiserver as %q (%v), want the control plane's tunnel address %s", b.Name, b.Node, out, err, lab.ControlPlaneTunnelIP)
+			continue
+		}
+		t.Logf("apiserver -> %s on %s: %q, seen from %s", b.Name, b.Node, got, host)
 	}
 }
 

@@ -37,6 +37,9 @@ const (
 	apiserverPort = 6443
 	// ServiceCIDR is the lab's service-cluster-ip-range.
 	ServiceCIDR = "10.96.0.0/16"
+	// ServiceCIDRv6 is the IPv6 service range of a kubelet-mode dual-stack
+	// lab (secondary: the kubernetes Service stays IPv4).
+	ServiceCIDRv6 = "fd00:10:96::/112"
 	// AgentNamespace and AgentServiceAccount name the identity the shipped
 	// RBAC (deploy/base) grants the agent.
 	AgentNamespace      = "wgmesh-system"

@@ -88,7 +88,9 @@ func (l *Lab) checkKubeletBinaries() error {
 			missing = append(missing, filepath.Join(l.cfg.BinDir, b))
 		}
 	}
-	for _, t := range []string{"busybox", "curl", "nc.openbsd", "ldd"} {
+	// wireguard-go and wg: the control plane joins the mesh as a Peer
+	// (controlpeer.go).
+	for _, t := range []string{"busybox", "curl", "nc.openbsd", "wget", "ldd", "wireguard-go", "wg"} {
 		if _, err := lookPath(t); err != nil {
 			missing = append(missing, t)
 		}
@@ -108,8 +110,11 @@ func (l *Lab) checkKubeletBinaries() error {
 func (l *Lab) kubeletAPIServerArgv(st *State) []string {
 	var argv []string
 	for _, a := range l.apiserverArgv(st) {
-		if a == "--disable-admission-plugins=ServiceAccount" {
+		switch {
+		case a == "--disable-admission-plugins=ServiceAccount":
 			continue
+		case strings.HasPrefix(a, "--service-cluster-ip-range="):
+			a = "--service-cluster-ip-range=" + serviceCIDRs(st)
 		}
 		argv = append(argv, a)
 	}
@@ -122,6 +127,24 @@ func (l *Lab) kubeletAPIServerArgv(st *State) []string {
 		// --node-ip) always answers.
 		"--kubelet-preferred-address-types=InternalIP",
 	)
+}
+
+// serviceCIDRs is the apiserver's and kube-controller-manager's
+// --service-cluster-ip-range: IPv4 first (the kubernetes Service's family).
+func serviceCIDRs(st *State) string {
+	if st.DualStack {
+		return ServiceCIDR + "," + ServiceCIDRv6
+	}
+	return ServiceCIDR
+}
+
+// clusterCIDRs is kube-controller-manager's --cluster-cidr and
+// kube-proxy's clusterCIDR: IPv4 first, so spec.podCIDRs[0] is IPv4.
+func clusterCIDRs(st *State) string {
+	if st.DualStack {
+		return ClusterCIDR + "," + ClusterCIDRv6
+	}
+	return ClusterCIDR
 }
 
 // writeKubeconfig writes a kubeconfig for a client certificate issued by the
@@ -146,9 +169,8 @@ func (l *Lab) startControllers(st *State) error {
 		"--kubeconfig=" + l.AdminKubeconfig(),
 		"--leader-elect=false",
 		"--allocate-node-cidrs=true",
-		"--cluster-cidr=" + ClusterCIDR,
-		"--node-cidr-mask-size=24",
-		"--service-cluster-ip-range=" + ServiceCIDR,
+		"--cluster-cidr=" + clusterCIDRs(st),
+		"--service-cluster-ip-range=" + serviceCIDRs(st),
 		"--service-account-private-key-file=" + p.path("sa.key"),
 		"--root-ca-file=" + p.CAFile(),
 		"--use-service-account-credentials=false",
@@ -156,6 +178,13 @@ func (l *Lab) startControllers(st *State) error {
 		"--cert-dir=" + filepath.Join(l.cfg.StateDir, "kcm-certs"),
 		"--profiling=false",
 		"--v=1",
+	}
+	if st.DualStack {
+		// A /64 per node out of the /56 (design.md's address plan); the
+		// single-family flag is refused with a dual-stack cluster-cidr.
+		kcm = append(kcm, "--node-cidr-mask-size-ipv4=24", "--node-cidr-mask-size-ipv6=64")
+	} else {
+		kcm = append(kcm, "--node-cidr-mask-size=24")
 	}
 	proc, err := startDetached(kcm, l.logPath("kube-controller-manager"), os.Environ())
 	if err != nil {
@@ -197,7 +226,7 @@ func (l *Lab) startControllers(st *State) error {
 // hierarchies; the hybrid cgroup2 mount (/sys/fs/cgroup/unified) is dropped
 // because crun refuses the hybrid layout; the kubelet's kernel tunables are
 // shown over /proc/sys (kernelTunables).
-func createKubeletMountNS(ctx context.Context, n *Node) error {
+func createKubeletMountNS(ctx context.Context, n *Node, dualStack bool) error {
 	stash := filepath.Join(n.Dir, "cgroup-stash")
 	tun := filepath.Join(n.Dir, "sysctl")
 	if err := os.MkdirAll(stash, 0o755); err != nil {
@@ -214,6 +243,13 @@ func createKubeletMountNS(ctx context.Context, n *Node) error {
 	// node provisioner's job, not the agent's, whose container sees /proc/sys
 	// read-only (deploy/base/daemonset.yaml). This is the node's own netns.
 	script.WriteString("echo 1 > /proc/sys/net/ipv4/ip_forward\n")
+	if dualStack {
+		// The same for IPv6 pods. New interfaces (the agent's bridge)
+		// start without router advertisements: the agent's sysctlsFor
+		// wants accept_ra=0 there and cannot write it itself.
+		script.WriteString("echo 1 > /proc/sys/net/ipv6/conf/all/forwarding\n")
+		script.WriteString("echo 0 > /proc/sys/net/ipv6/conf/default/accept_ra\n")
+	}
 	// A fresh sysfs shows the node's network devices (the kubelet and
 	// cAdvisor read /sys/class/net); the cgroup mounts move over to it.
 	fmt.Fprintf(&script, "mount --rbind /sys/fs/cgroup %q\n", stash)
@@ -415,10 +451,20 @@ serializeImagePulls: false
 maxPods: 110
 registerNode: true
 nodeStatusUpdateFrequency: 5s
-`, n.CgroupRoot, containerdSock, n.UnderlayIP, l.pki().CAFile(), UnderlayGateway)
+`, n.CgroupRoot, containerdSock, kubeletAddress(n), l.pki().CAFile(), UnderlayGateway)
 }
 
-func (l *Lab) kubeProxyConfig(n *Node, mode string) string {
+// kubeletAddress is where the kubelet serves: both families on a node with
+// an IPv6 underlay address (the apiserver dials the first InternalIP, IPv6
+// on a node that lists it first).
+func kubeletAddress(n *Node) string {
+	if n.UnderlayIPv6 != "" {
+		return "'::'"
+	}
+	return n.UnderlayIP
+}
+
+func (l *Lab) kubeProxyConfig(n *Node, mode, clusterCIDR string) string {
 	return fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: %s
@@ -434,7 +480,7 @@ conntrack:
   min: 0
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
-`, mode, n.Name, ClusterCIDR, filepath.Join(n.Dir, "kube-proxy.kubeconfig"))
+`, mode, n.Name, clusterCIDR, filepath.Join(n.Dir, "kube-proxy.kubeconfig"))
 }
 
 // nodeArgv runs argv inside the node's network and mount namespaces.
@@ -485,7 +531,7 @@ func (l *Lab) setupKubeletNode(ctx context.Context, st *State, n *Node, save fun
 			return fmt.Errorf("create mount point %s: %w", d.target, err)
 		}
 	}
-	if err := createKubeletMountNS(ctx, n); err != nil {
+	if err := createKubeletMountNS(ctx, n, st.DualStack); err != nil {
 		return err
 	}
 	// containerd's CRI calls loopback for every sandbox; portmap serves
@@ -505,7 +551,7 @@ func (l *Lab) setupKubeletNode(ctx context.Context, st *State, n *Node, save fun
 	files := map[string]string{
 		"containerd.toml": containerdConfig(),
 		"kubelet.yaml":    l.kubeletConfig(n),
-		"kube-proxy.yaml": l.kubeProxyConfig(n, kubeProxyMode()),
+		"kube-proxy.yaml": l.kubeProxyConfig(n, kubeProxyMode(), clusterCIDRs(st)),
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(n.Dir, name), []byte(data), 0o644); err != nil {
@@ -544,7 +590,9 @@ func (l *Lab) setupKubeletNode(ctx context.Context, st *State, n *Node, save fun
 		"--config="+filepath.Join(n.Dir, "kubelet.yaml"),
 		"--kubeconfig="+filepath.Join(n.Dir, "kubelet.kubeconfig"),
 		"--hostname-override="+n.Name,
-		"--node-ip="+n.UnderlayIP,
+		// Both families on a dual-homed node, in the order its Node lists
+		// them (the first is the endpoint the agent publishes).
+		"--node-ip="+strings.Join(n.InternalIPs(), ","),
 		"--v=1",
 	), l.logPath("kubelet-"+n.Name), l.nodeEnv())
 	if err != nil {
@@ -596,7 +644,13 @@ func (l *Lab) ctrArgv(n *Node, args ...string) []string {
 // /bin/sh, which the e2e suite execs into) and wgmesh (deploy/Dockerfile's
 // contents: the binaries deploy/image-binaries.txt lists, on an empty base).
 func (l *Lab) buildImages(ctx context.Context) (map[string]string, error) {
-	dir := filepath.Join(l.cfg.StateDir, "images")
+	return BuildImages(ctx, l.cfg.BinDir, filepath.Join(l.cfg.StateDir, "images"))
+}
+
+// BuildImages writes the lab's image archives into dir (those already there
+// are kept) from the binaries in binDir and returns each reference's
+// archive: the lab's images, for tests that check what is in them.
+func BuildImages(ctx context.Context, binDir, dir string) (map[string]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -604,11 +658,16 @@ func (l *Lab) buildImages(ctx context.Context) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	bin := func(b string) string { return filepath.Join(l.cfg.BinDir, b) }
+	bin := func(b string) string { return filepath.Join(binDir, b) }
 	tools, err := shellTools(ctx, busybox)
 	if err != nil {
 		return nil, err
 	}
+	wgetrc := filepath.Join(dir, "wgetrc")
+	if err := os.WriteFile(wgetrc, []byte(imageWgetrc), 0o644); err != nil {
+		return nil, fmt.Errorf("write %s: %w", wgetrc, err)
+	}
+	tools = append(tools, "/etc/wgetrc="+wgetrc)
 	images := map[string][]string{
 		PauseImage:   {"-entrypoint=/agnhost,pause", "-user=65535:65535", "/agnhost=" + bin("agnhost")},
 		AgnhostImage: append([]string{"-entrypoint=/agnhost", "/agnhost=" + bin("agnhost")}, tools...),
@@ -635,7 +694,7 @@ func (l *Lab) buildImages(ctx context.Context) (map[string]string, error) {
 // busyboxApplets are linked in the agnhost image as the real image's base
 // provides them: the e2e suite runs `/bin/sh -c '... curl ...'` in agnhost
 // containers, and tests and people use the usual tools there.
-var busyboxApplets = []string{"cat", "ls", "wget", "sleep", "ip", "hostname", "ps", "grep",
+var busyboxApplets = []string{"cat", "ls", "sleep", "ip", "hostname", "ps", "grep",
 	"ping", "timeout", "test", "echo", "env", "mkdir", "rm", "cp", "mv", "touch", "date", "sed", "awk", "head", "tail", "wc", "tr", "cut",
 	// Services specs loop with `for i in $(seq 1 150); do wget ...` and check
 	// ExternalName Services with nslookup.
@@ -647,10 +706,20 @@ var busyboxApplets = []string{"cat", "ls", "wget", "sleep", "ip", "hostname", "p
 
 // imageHostTools are host binaries the agnhost image carries, as the real
 // image's base does: curl (the upstream e2e suite execs it for every HTTP
-// probe), a netcat with UDP (its UDP probes; busybox's nc has no -u) and
-// dash as /bin/sh: Debian's static busybox sh runs its own applets before
-// anything on PATH, so `nc` under it would be busybox's nc again.
-var imageHostTools = map[string]string{"/usr/bin/curl": "curl", "/usr/bin/nc": "nc.openbsd", "/bin/sh": "dash"}
+// probe), a netcat with UDP (its UDP probes; busybox's nc has no -u), dash
+// as /bin/sh (Debian's static busybox sh runs its own applets before
+// anything on PATH, so `nc` under it would be busybox's nc again) and GNU
+// wget: the Services specs run `wget -q -O - -T 1 URL`, and Debian 12's
+// busybox 1.35 is built without FEATURE_WGET_TIMEOUT, so its getopt writes
+// -T's value through a NULL pointer: every such wget segfaults (gdb: SIGSEGV
+// at address 0 while parsing options; `--timeout=1` or no -T do not crash).
+var imageHostTools = map[string]string{"/usr/bin/curl": "curl", "/usr/bin/nc": "nc.openbsd", "/bin/sh": "dash", "/usr/bin/wget": "wget"}
+
+// imageWgetrc is the agnhost image's /etc/wgetrc (GNU wget's system file):
+// one try per call, as busybox's wget (the real image's) behaves. GNU wget
+// retries a timed-out request up to 20 times with growing waits, which would
+// turn the specs' 1-second probes into minutes.
+const imageWgetrc = "tries = 1\n"
 
 // shellTools returns ocibuild arguments adding busybox (static) with its
 // applets under /bin, and imageHostTools with the shared libraries ldd names.
@@ -745,7 +814,7 @@ func stopKubeletNode(n *Node) error {
 // their agent wrote the conflist; then the pods.
 func (l *Lab) upKubelet(ctx context.Context, opt UpOptions, start time.Time) error {
 	log := l.cfg.Log
-	names, err := l.addNodesNoWait(ctx, opt.Nodes, false)
+	names, err := l.addNodesNoWait(ctx, opt.Nodes, kubeletUnderlayFor, opt.DualStack && opt.IPv6Underlay)
 	if err != nil {
 		return err
 	}
@@ -767,6 +836,13 @@ func (l *Lab) upKubelet(ctx context.Context, opt UpOptions, start time.Time) err
 		}
 	}
 	log.Info("nodes ready", "after", time.Since(start).Round(time.Millisecond))
+	if err := l.joinControlPlane(ctx); err != nil {
+		return err
+	}
+	if err := l.waitControlPlaneAccepted(ctx, time.Minute); err != nil {
+		return err
+	}
+	log.Info("control plane on the pod network", "peer", ControlPlanePeer, "address", ControlPlaneTunnelIP, "after", time.Since(start).Round(time.Millisecond))
 	for _, name := range names {
 		for j := 0; j < opt.Pods; j++ {
 			if _, err := l.AddPod(ctx, name); err != nil {
@@ -778,10 +854,45 @@ func (l *Lab) upKubelet(ctx context.Context, opt UpOptions, start time.Time) err
 	return nil
 }
 
+// dualStackOverlay is deploy/overlays/lab for a dual-stack cluster: the
+// agents' cluster-cidrs get the IPv6 range too (fail-closed and never
+// masqueraded for both families). The environment variable overrides the
+// shared config file (flag > env > file).
+const dualStackOverlay = `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../lab
+patches:
+  - target: {kind: DaemonSet, name: wgmesh-agent}
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {name: WGMESH_CLUSTER_CIDRS, value: "` + ClusterCIDRs + "," + ClusterCIDRv6 + `"}
+`
+
 // ApplyLabOverlay runs `kubectl apply -k deploy/overlays/lab` on the files
 // embedded in package deploy (written out under the state dir).
 func (l *Lab) ApplyLabOverlay(ctx context.Context) error {
-	dir := filepath.Join(l.cfg.StateDir, "deploy")
+	if err := l.Load(); err != nil {
+		return err
+	}
+	overlay, err := writeDeployFiles(filepath.Join(l.cfg.StateDir, "deploy"), l.st.DualStack)
+	if err != nil {
+		return err
+	}
+	l.cfg.Log.Info("kubectl apply -k", "overlay", overlay)
+	out, err := output(ctx, l.KubectlCommand("apply", "-k", overlay)...)
+	if err != nil {
+		return err
+	}
+	l.cfg.Log.Info("applied", "output", strings.TrimSpace(string(out)))
+	return nil
+}
+
+// writeDeployFiles writes deploy/base and deploy/overlays/lab under dir and
+// returns the overlay to apply: overlays/lab, or in a dual-stack lab
+// overlays/lab-dual-stack (dualStackOverlay) on top of it.
+func writeDeployFiles(dir string, dualStack bool) (string, error) {
 	err := fs.WalkDir(deploy.LabOverlay, ".", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -797,18 +908,21 @@ func (l *Lab) ApplyLabOverlay(ctx context.Context) error {
 		return os.WriteFile(dst, data, 0o644)
 	})
 	if err != nil {
-		return fmt.Errorf("write deploy files: %w", err)
+		return "", fmt.Errorf("write deploy files: %w", err)
 	}
-	if err := l.Load(); err != nil {
-		return err
+	overlay := filepath.Join(dir, "overlays", "lab")
+	if !dualStack {
+		return overlay, nil
 	}
-	l.cfg.Log.Info("kubectl apply -k deploy/overlays/lab")
-	out, err := output(ctx, l.KubectlCommand("apply", "-k", filepath.Join(dir, "overlays", "lab"))...)
-	if err != nil {
-		return err
+	// As a user turns a cluster dual-stack: one more overlay on top.
+	overlay = filepath.Join(dir, "overlays", "lab-dual-stack")
+	if err := os.MkdirAll(overlay, 0o755); err != nil {
+		return "", fmt.Errorf("write deploy files: %w", err)
 	}
-	l.cfg.Log.Info("applied", "output", strings.TrimSpace(string(out)))
-	return nil
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(dualStackOverlay), 0o644); err != nil {
+		return "", fmt.Errorf("write deploy files: %w", err)
+	}
+	return overlay, nil
 }
 
 // waitNodeRegistered waits for the kubelet's Node object and its podCIDR
@@ -830,10 +944,17 @@ func (l *Lab) waitNodeRegistered(ctx context.Context, name string, timeout time.
 			last = err.Error()
 		case len(node.Spec.PodCIDRs) == 0:
 			last = "registered, no podCIDR yet"
+		case l.st.DualStack && len(node.Spec.PodCIDRs) < 2:
+			last = fmt.Sprintf("registered with podCIDRs %v, want one of each family", node.Spec.PodCIDRs)
 		default:
 			return l.withState(func(st *State, save func() error) error {
 				if n, ok := st.Nodes[name]; ok {
+					// kube-controller-manager allocates in --cluster-cidr
+					// order: IPv4, then IPv6.
 					n.PodCIDR = node.Spec.PodCIDRs[0]
+					if len(node.Spec.PodCIDRs) > 1 {
+						n.PodCIDRv6 = node.Spec.PodCIDRs[1]
+					}
 				}
 				return nil
 			})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"time"
@@ -60,25 +61,40 @@ func (l *Lab) addKubeletPod(ctx context.Context, n *Node, opt PodOptions, save f
 	if err := save(); err != nil {
 		return nil, err
 	}
-	ip, err := l.waitPodRunning(ctx, ns, obj.Name, 2*time.Minute)
+	ips, err := l.waitPodRunning(ctx, ns, obj.Name, 2*time.Minute)
 	if err != nil {
 		return nil, err
 	}
-	p.IP = ip
-	netns, err := l.findPodNetns(ctx, n, ip)
+	// status.podIPs lists the node's primary family first, IPv6 on a node
+	// whose first node IP is IPv6: pick by family.
+	for _, s := range ips {
+		a, err := netip.ParseAddr(s)
+		switch {
+		case err != nil:
+		case a.Is4() && p.IP == "":
+			p.IP = s
+		case a.Is6() && p.IPv6 == "":
+			p.IPv6 = s
+		}
+	}
+	if p.IP == "" || (l.st.DualStack && p.IPv6 == "") {
+		return nil, fmt.Errorf("pod %s/%s: status.podIPs %v, want an address of each of the lab's families", ns, obj.Name, ips)
+	}
+	netns, err := l.findPodNetns(ctx, n, p.IP)
 	if err != nil {
 		return nil, err
 	}
 	p.Netns = netns
-	l.cfg.Log.Info("pod running", "node", n.Name, "pod", name, "ip", p.IP, "netns", netns)
+	l.cfg.Log.Info("pod running", "node", n.Name, "pod", name, "ip", p.IP, "ipv6", p.IPv6, "netns", netns)
 	return p, nil
 }
 
-// waitPodRunning waits for phase Running with a pod IP and returns the IP.
-func (l *Lab) waitPodRunning(ctx context.Context, ns, name string, timeout time.Duration) (string, error) {
+// waitPodRunning waits for phase Running with a pod IP and returns
+// status.podIPs.
+func (l *Lab) waitPodRunning(ctx context.Context, ns, name string, timeout time.Duration) ([]string, error) {
 	c, err := l.Admin()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	deadline := time.Now().Add(timeout)
 	last := ""
@@ -86,7 +102,11 @@ func (l *Lab) waitPodRunning(ctx context.Context, ns, name string, timeout time.
 		pod, err := c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if err == nil {
 			if pod.Status.Phase == corev1.PodRunning && pod.Status.PodIP != "" {
-				return pod.Status.PodIP, nil
+				var ips []string
+				for _, ip := range pod.Status.PodIPs {
+					ips = append(ips, ip.IP)
+				}
+				return ips, nil
 			}
 			last = string(pod.Status.Phase)
 			for _, cs := range pod.Status.ContainerStatuses {
@@ -105,11 +125,11 @@ func (l *Lab) waitPodRunning(ctx context.Context, ns, name string, timeout time.
 					msgs = append(msgs, e.Reason+": "+e.Message)
 				}
 			}
-			return "", fmt.Errorf("pod %s/%s not running after %s (last: %s; events: %s)", ns, name, timeout, last, strings.Join(msgs, " | "))
+			return nil, fmt.Errorf("pod %s/%s not running after %s (last: %s; events: %s)", ns, name, timeout, last, strings.Join(msgs, " | "))
 		}
 		select {
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(300 * time.Millisecond):
 		}
 	}

@@ -95,6 +95,10 @@ func (l *Lab) AddNode(ctx context.Context, opt NodeOptions) (*Node, error) {
 			return fmt.Errorf("underlay %q needs a lab with an IPv6 underlay (up --ipv6-underlay)", opt.Underlay)
 		case opt.Underlay != UnderlayDefault && opt.NAT:
 			return fmt.Errorf("a NAT'd node's underlay is IPv4 only; underlay %q does not combine with nat", opt.Underlay)
+		case opt.Underlay == UnderlayIPv6Only && st.Kubelet:
+			// The DaemonSet's agent reaches the apiserver through the
+			// IPv4 kubernetes Service, pods the cluster DNS over IPv4.
+			return fmt.Errorf("underlay %q: the kubelet mode's nodes need IPv4 too", opt.Underlay)
 		}
 		n := &Node{
 			Name:       name,
@@ -191,6 +195,12 @@ func (l *Lab) AddNode(ctx context.Context, opt NodeOptions) (*Node, error) {
 	}
 	if err := l.WaitAgentReady(ctx, node.Name, 2*time.Minute); err != nil {
 		return node, err
+	}
+	if l.st.Kubelet && l.st.ControlPlaneWG != nil {
+		// The control plane's tunnel learns the new node (controlpeer.go).
+		if err := l.joinControlPlane(ctx); err != nil {
+			return node, err
+		}
 	}
 	for i := 0; i < opt.Pods; i++ {
 		if _, err := l.AddPod(ctx, node.Name); err != nil {

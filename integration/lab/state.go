@@ -39,12 +39,16 @@ type State struct {
 	ControllerManager *Proc `json:"controllerManager,omitempty"`
 	Scheduler         *Proc `json:"scheduler,omitempty"`
 	ClusterDNS        *Proc `json:"clusterDNS,omitempty"`
+	// ControlPlaneWG is the control plane's wireguard-go (controlpeer.go).
+	ControlPlaneWG *Proc `json:"controlPlaneWG,omitempty"`
 	// DualStack gives every node an IPv6 podCIDR (fd00:10:244:i::/64)
 	// beside its IPv4 one, and every pod an address of each family.
 	DualStack bool `json:"dualStack,omitempty"`
 	// IPv6Underlay adds 2001:db8:100::/64 to the underlay: every node
 	// gets 2001:db8:100::(10+i) beside its IPv4 address (see
 	// NodeOptions.Underlay for nodes with IPv6 endpoints or no IPv4).
+	// Always set in a kubelet-mode dual-stack lab (node IPs of both
+	// families).
 	IPv6Underlay bool `json:"ipv6Underlay,omitempty"`
 }
 

@@ -23,9 +23,11 @@ want ethtool ethtool
 # (1.8 rejects containerd 2.4's OCI spec version; see docs/real-node-lab.md).
 want runc runc
 want crun crun
-# The lab's agnhost image carries these (the e2e suite execs sh, curl and nc -u in it).
+# The lab's agnhost image carries these (the e2e suite execs sh, curl, nc -u and
+# wget -T in it; busybox's wget segfaults on -T, so GNU wget).
 want busybox busybox-static
 want nc.openbsd netcat-openbsd
+want wget wget
 want gcc gcc
 want git git
 want make make

@@ -3,14 +3,15 @@
 // wgmesh-agent and wgmesh-cni, nodes as network + mount namespaces) it runs
 // checked TCP streams and pings between all pod pairs while it injects
 // faults at random (seeded): agent SIGKILL, apiserver restart, node add and
-// removal, key rotation, underlay link flap, underlay loss and jitter, an
-// underlay MTU change and pod churn. TestSoak asserts no pod address in the
-// clear on the underlay, no stream broken or corrupted but by the removal of
-// its pod, convergence after every fault within a bound, no leaked pod IP,
-// and a flat agent (RSS, goroutines). The tests carry the build tag soak:
-// `make soak` runs it for 30 minutes (-soak.duration; 5 by default), and
-// `make test` will run the 5-minute soak once a run has passed on the
-// shared machine (docs/reliability.md). Figures: docs/reliability.md.
+// removal, key rotation, underlay link flap, underlay loss and jitter (tc
+// netem, or where the kernel lacks sch_netem an nftables loss rule and an
+// NFQUEUE delayer, reported as a substitute and asserted), an underlay MTU
+// change and pod churn. TestSoak asserts no pod address in the clear on the
+// underlay, no stream broken or corrupted but by the removal of its pod,
+// convergence after every fault within a bound, no leaked pod IP, and a
+// flat agent (RSS, goroutines). `make test` runs it for 5 minutes (the
+// -soak.duration default) beside the other packages; `make soak` for 30.
+// Figures: docs/reliability.md.
 //
 // It needs root and fails, never skips, without it.
 package soak

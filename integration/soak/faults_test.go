@@ -1,5 +1,3 @@
-//go:build soak
-
 package soak
 
 import (
@@ -38,8 +36,8 @@ func (s *soak) inject(kind string) {
 		err = s.keyRotation(f)
 	case "link-flap":
 		err = s.linkFlap(f)
-	case "netem":
-		err = s.netem(f)
+	case "loss-jitter":
+		err = s.lossJitter(f)
 	case "mtu":
 		err = s.mtuChange(f)
 	case "pod-churn":
@@ -207,69 +205,6 @@ func (s *soak) linkFlap(f *faultRecord) error {
 	f.Note = fmt.Sprintf("underlay port down %s", down.Round(time.Millisecond))
 	return nil
 }
-
-// netem puts 5% loss and 50 ms ± 50 ms delay on every node's underlay
-// egress (so every underlay packet passes one netem) for 10-20 s. A kernel
-// without sch_netem (this machine's: "Specified qdisc kind is unknown")
-// gets the loss alone, from an nftables rule on each node's output to eth0
-// (WireGuard's UDP is the node's own output); the note says so.
-func (s *soak) netem(f *faultRecord) error {
-	f.Target = "all nodes"
-	var applied []string
-	lossOnly := false
-	remove := func(ns string) error {
-		argv := []string{"tc", "-n", ns, "qdisc", "del", "dev", "eth0", "root"}
-		if lossOnly {
-			argv = []string{"ip", "netns", "exec", ns, "nft", "delete", "table", "inet", soakTable}
-		}
-		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
-			return fmt.Errorf("%v: %v: %s", argv, err, out)
-		}
-		return nil
-	}
-	defer func() {
-		for _, ns := range applied {
-			_ = remove(ns)
-		}
-	}()
-	for _, n := range s.nodes() {
-		ns := s.l.State().Nodes[n].Netns
-		if !lossOnly {
-			out, err := exec.Command("tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "netem",
-				"loss", "5%", "delay", "50ms", "50ms").CombinedOutput()
-			switch {
-			case err == nil:
-				applied = append(applied, ns)
-				continue
-			case len(applied) == 0 && strings.Contains(string(out), "qdisc kind is unknown"):
-				lossOnly = true
-			default:
-				return fmt.Errorf("tc netem on %s: %v: %s", n, err, out)
-			}
-		}
-		cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
-		cmd.Stdin = strings.NewReader("table inet " + soakTable + " {\n chain soakout { type filter hook output priority 0; oifname \"eth0\" numgen random mod 100 < 5 drop; }\n}\n")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("nft loss on %s: %v: %s", n, err, out)
-		}
-		applied = append(applied, ns)
-	}
-	held := s.pause(10*time.Second, 20*time.Second)
-	for _, ns := range applied {
-		if err := remove(ns); err != nil {
-			return err
-		}
-	}
-	applied = nil
-	f.Note = fmt.Sprintf("5%% loss, 50±50 ms delay for %s", held.Round(time.Millisecond))
-	if lossOnly {
-		f.Note = fmt.Sprintf("5%% loss (nftables; this kernel has no sch_netem, so no delay or jitter) for %s", held.Round(time.Millisecond))
-	}
-	return nil
-}
-
-// soakTable is the nftables table of the loss fallback (removed by name).
-const soakTable = "wgmesh-soak"
 
 // mtuChange switches the whole underlay (every node's eth0 and its bridge
 // port) between 1500 and 1400. The agents keep the MTU they detected at

@@ -1,5 +1,3 @@
-//go:build soak
-
 package soak
 
 import (
@@ -23,5 +21,5 @@ func init() {
 var binDir string
 
 func TestMain(m *testing.M) {
-	os.Exit(labtest.Main(m, "soak", []string{"ip", "tc", "nsenter", "unshare", "mount", "nft", "ping", "tcpdump", "wg", "curl"}, &binDir))
+	os.Exit(labtest.Main(m, "soak", []string{"ip", "tc", "nsenter", "unshare", "mount", "nft", "ping", "tcpdump", "wg", "curl", "iptables-legacy"}, &binDir))
 }

@@ -1,5 +1,3 @@
-//go:build soak
-
 package soak
 
 import (
@@ -36,13 +34,14 @@ func (p *pod) key() string { return p.Node + "/" + p.Name }
 const pingInterval = 200 * time.Millisecond
 
 // pinger is a ping running from one pod to another for as long as both
-// exist; it keeps the -D timestamp of every reply.
+// exist; it keeps the -D timestamp and round-trip time of every reply.
 type pinger struct {
 	from, to *pod
 	cmd      *exec.Cmd
 	done     chan struct{}
 	mu       sync.Mutex
 	replies  []time.Time
+	rtts     []time.Duration // rtts[i] is replies[i]'s
 	started  time.Time
 }
 
@@ -67,6 +66,7 @@ func startPinger(from, to *pod) (*pinger, error) {
 				}
 				p.mu.Lock()
 				p.replies = append(p.replies, r.At)
+				p.rtts = append(p.rtts, r.RTT)
 				p.mu.Unlock()
 			}
 		}
@@ -84,6 +84,17 @@ func (p *pinger) firstReplyAfter(t time.Time) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return p.replies[i], true
+}
+
+// rttsBetween returns the round-trip times of the replies that arrived in
+// [from, to).
+func (p *pinger) rttsBetween(from, to time.Time) []time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cmp := func(a, b time.Time) int { return a.Compare(b) }
+	i, _ := slices.BinarySearchFunc(p.replies, from, cmp)
+	j, _ := slices.BinarySearchFunc(p.replies, to, cmp)
+	return slices.Clone(p.rtts[i:j])
 }
 
 // stop kills the ping (by its process group: nsenter and ping) and waits.

@@ -157,7 +157,7 @@ func realHost() host {
 // what Run had opened (but never the fail-closed state).
 func (a *Agent) Run(ctx context.Context) error {
 	cfg, log := a.cfg, a.log
-	limit := newMemoryLimiter(cfg.MemoryLimit == MemoryLimitAuto, a.host.lookupEnv)
+	limit := newMemoryLimiter(cfg.MemoryLimit == MemoryLimitAuto, cfg.MaxInflight, a.host.lookupEnv)
 
 	dp, err := dataplane.New(dataplane.Config{
 		WGInterface:  cfg.Interface,

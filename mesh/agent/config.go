@@ -36,8 +36,9 @@ type NodeSource interface {
 type MemoryLimit int
 
 const (
-	// MemoryLimitAuto keeps the limit at DefaultMemoryLimit plus
-	// MemoryPerPeer per peer, unless the GOMEMLIMIT environment variable
+	// MemoryLimitAuto keeps the limit at DefaultMemoryLimit (for the
+	// default MaxInflight; it follows MaxInflight) plus MemoryPerPeer per
+	// peer, unless the GOMEMLIMIT environment variable
 	// is set (GOMEMLIMIT=off removes any limit): the shipped behaviour.
 	MemoryLimitAuto MemoryLimit = iota
 	// MemoryLimitOff never touches the runtime's limit.

@@ -1,36 +1,75 @@
 package agent
 
-import "runtime/debug"
+import (
+	"runtime/debug"
+
+	"github.com/wgmesh/wgmesh/mesh/wgdev"
+)
 
 // The Go runtime's soft memory limit, unless the GOMEMLIMIT environment
-// variable sets one (GOMEMLIMIT=off removes it): DefaultMemoryLimit plus
-// MemoryPerPeer for every peer. Under bulk load wireguard-go holds a
-// 64 KiB buffer per packet in flight and its pools keep what they once
-// needed: without a limit the heap grows to 400+ MiB and stays there. A
-// limit makes the GC hand pooled buffers back, at a throughput cost that
-// grows as the limit shrinks (integration/bench, 2 cores: 192 MiB about
-// -7%, 160 MiB -16%, 128 MiB -20%, 100 MiB -30%; see docs/benchmarks.md),
-// so the default is 192 MiB and memory-tight nodes can set GOMEMLIMIT.
+// variable sets one (GOMEMLIMIT=off removes it): a base that follows the
+// device's in-flight bound (memoryBase) plus MemoryPerPeer for every peer.
+//
+// Why a limit at all: wireguard-go's buffers are 64 KiB each, pooled, and the
+// GC runs only when the heap doubles (GOGC=100). Under 4-stream bulk load with
+// the in-flight bound the live heap is 55-90 MiB (the bound's 2 × 256
+// buffers, wireguard-go's read batches of 128 buffers per reader, the pool),
+// so without a limit the heap and the RSS grow to twice that: 168-197 MiB
+// (integration/bench node role, docs/benchmarks.md "Issue 15, round 2").
+// Since the bound keeps the live heap small, and the buffers hold no
+// pointers, a GC cycle is cheap: a limit of 96 MiB held the peak RSS at
+// 111 MiB (node role, its 40 MiB binary included) with 23 GC cycles instead
+// of 17 over the run and no throughput cost we could measure. Before the
+// bound the live heap itself was 200+ MiB and every limit cost throughput,
+// hence the old 192 MiB default; with the bound off that trade-off is still
+// the one to make (unboundedMemoryLimit).
+//
 // Each peer costs about 25 KiB in wireguard-go and the reconciler plus its
-// Node in the informer cache (the bench's scale figures), so the limit
-// grows with the mesh: a fixed one would make the GC run without pause in
-// a large cluster.
+// Node in the informer cache (the bench's scale figures), so the limit grows
+// with the mesh: a fixed one would make the GC run without pause in a large
+// cluster.
 const (
-	DefaultMemoryLimit = 192 << 20
+	// DefaultMemoryLimit is the limit with no peers and the default
+	// in-flight bound: 96 MiB.
+	DefaultMemoryLimit = fixedMemory + 2*wgdev.DefaultMaxInflight*messageBufferSize
 	MemoryPerPeer      = 48 << 10
+
+	// fixedMemory is what the limit allows beside the packets in flight:
+	// wireguard-go's read batches (3 readers × 128 × 64 KiB = 24 MiB, one
+	// reader per socket and the TUN's), the agent's own heap (informers,
+	// client-go: about 8 MiB) and the GC's headroom above the live heap.
+	fixedMemory = 64 << 20
+	// messageBufferSize is wireguard-go's buffer per packet
+	// (device.MaxMessageSize).
+	messageBufferSize = 64 << 10
+	// unboundedMemoryLimit is the base with the in-flight bound off.
+	unboundedMemoryLimit = 192 << 20
 )
+
+// memoryBase is the limit with no peers for a device with the given
+// in-flight bound (wgdev.Config.MaxInflight: 0 its default, negative none).
+func memoryBase(maxInflight int) int64 {
+	switch {
+	case maxInflight < 0:
+		return unboundedMemoryLimit
+	case maxInflight == 0:
+		maxInflight = wgdev.DefaultMaxInflight
+	}
+	return fixedMemory + 2*int64(maxInflight)*messageBufferSize
+}
 
 // memoryLimiter keeps the soft limit in step with the peer count.
 type memoryLimiter struct {
 	enabled bool
+	base    int64
 	peers   int
 }
 
 // newMemoryLimiter sets the limit for no peers, unless GOMEMLIMIT is set
 // or enabled is false.
-func newMemoryLimiter(enabled bool, lookupEnv func(string) (string, bool)) *memoryLimiter {
+func newMemoryLimiter(enabled bool, maxInflight int, lookupEnv func(string) (string, bool)) *memoryLimiter {
 	_, set := lookupEnv("GOMEMLIMIT")
-	m := &memoryLimiter{enabled: enabled && !set, peers: -1}
+	m := &memoryLimiter{enabled: enabled && !set, base: memoryBase(maxInflight), peers: -1}
 	m.observe(0)
 	return m
 }
@@ -40,5 +79,5 @@ func (m *memoryLimiter) observe(peers int) {
 		return
 	}
 	m.peers = peers
-	debug.SetMemoryLimit(DefaultMemoryLimit + int64(peers)*MemoryPerPeer)
+	debug.SetMemoryLimit(m.base + int64(peers)*MemoryPerPeer)
 }

@@ -32,7 +32,7 @@ func TestRelayedPeer(t *testing.T) {
 	if err := JSON(&js, r); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(text.String(), "relayed via: node-b") || !strings.Contains(js.String(), `"relayedVia": "node-b"`) {
+	if !strings.Contains(text.String(), "\n  relayed: node-c via node-b\n") || !strings.Contains(text.String(), "relayed via: node-b") || !strings.Contains(js.String(), `"relayedVia": "node-b"`) {
 		t.Errorf("relay not shown:\n%s\n%s", text.String(), js.String())
 	}
 }

@@ -49,6 +49,16 @@ func Text(w io.Writer, r Report) error {
 	for _, warn := range r.Warnings {
 		line("  warning: %s", warn)
 	}
+	// The relayed pairs at a glance (each peer says it again below).
+	var relayed []string
+	for _, p := range r.Peers {
+		if p.RelayedVia != "" {
+			relayed = append(relayed, p.Node+" via "+p.RelayedVia)
+		}
+	}
+	if len(relayed) > 0 {
+		line("  relayed: %s", strings.Join(relayed, ", "))
+	}
 
 	for _, p := range r.Peers {
 		line("")

@@ -2,6 +2,7 @@ package wgdev
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -32,36 +33,63 @@ const DefaultMaxInflight = 256
 // buffers before it assumes the ones it counts were dropped inside
 // wireguard-go (no peer for the address, no session yet, a packet that fails
 // to decrypt) and forgets them all. The pipeline hands a batch on in well
-// under a millisecond; a stall this long means loss or a descheduled
-// process, and either way waiting longer would only add delay.
+// under a millisecond, so a stall this long, in which the process did run
+// (see wait), means loss, and waiting longer would only add delay.
 const inflightStall = 10 * time.Millisecond
+
+// inflightStalls counts, for the whole process, the times a wait gave up
+// (see inflight.wait): the harness records it beside the memory it measures,
+// since each one lets up to the bound's worth of buffers more in.
+var inflightStalls atomic.Uint64
+
+// InflightStalls is how often, in this process, a reader stopped waiting for
+// the in-flight bound because nothing was released for a stall period.
+func InflightStalls() uint64 { return inflightStalls.Load() }
+
+// inflightMaxLate bounds the stall periods in a row a wait sits out
+// because its timer fired late: 10 × 10 ms and more of being descheduled.
+const inflightMaxLate = 10
 
 // inflight bounds the buffers held between the two ends of one direction of
 // wireguard-go's pipeline. It tracks buffers by address, not a count: a
 // buffer wireguard-go drops goes back to its pool and, when it is read into
 // again, is counted once, so drops cannot make the bound drift; a buffer the
-// pool lets go is forgotten after inflightStall at the latest.
+// pool lets go is forgotten at the next stall (see wait).
 type inflight struct {
 	limit int
-	stall time.Duration // inflightStall; tests set it
+	stall time.Duration    // inflightStall; tests set it
+	now   func() time.Time // time.Now; tests set it
+	// maxLate is how many late periods in a row a wait sits out before it
+	// judges one anyway (inflightMaxLate; tests set it).
+	maxLate int
 
 	mu       sync.Mutex
 	held     map[uintptr]struct{}
 	wake     chan struct{} // closed when a waiter may go on
 	released uint64        // buffers released so far: progress, for wait
 	stalls   uint64        // times a waiter forgot everything (for tests and debugging)
+	late     uint64        // times a waiter's timer fired too late to judge (for tests)
 }
 
 func newInflight(limit int) *inflight {
-	return &inflight{limit: limit, stall: inflightStall, held: make(map[uintptr]struct{}, limit), wake: make(chan struct{})}
+	return &inflight{limit: limit, stall: inflightStall, now: time.Now, maxLate: inflightMaxLate, held: make(map[uintptr]struct{}, limit), wake: make(chan struct{})}
 }
 
 // wait blocks until fewer than limit buffers are held. If for a whole
 // inflightStall nothing was released, the buffers it counts were dropped
-// inside wireguard-go or the process was descheduled; it then forgets them
-// all and goes on. A wait that sees releases keeps waiting: on a loaded
-// machine the other end may take longer than inflightStall for a batch, and
-// forgetting buffers still in flight would undo the bound.
+// inside wireguard-go; it then forgets them all and goes on. A wait that sees
+// releases keeps waiting: on a loaded machine the other end may take longer
+// than inflightStall for a batch, and forgetting buffers still in flight
+// would undo the bound.
+//
+// A stall counts only if the timer fired on time. On a loaded 2-core box
+// the whole process is often descheduled for tens of milliseconds; the timer
+// then fires late, and the pipeline, descheduled with it, had no chance to
+// release anything. Forgetting then let a bound's worth of buffers more in
+// (8-11 stalls per node in one 4-shape bench run at load 7-14, before this
+// rule), so a late timer only starts another period, up to maxLate periods
+// in a row: buffers that are really lost must not stop the data path for
+// as long as the machine stays loaded.
 func (f *inflight) wait() {
 	f.mu.Lock()
 	if len(f.held) < f.limit {
@@ -69,6 +97,8 @@ func (f *inflight) wait() {
 		return
 	}
 	mark := f.released
+	armed := f.now()
+	lateRun := 0 // late periods in a row
 	t := time.NewTimer(f.stall)
 	defer t.Stop()
 	for len(f.held) >= f.limit {
@@ -79,13 +109,22 @@ func (f *inflight) wait() {
 			f.mu.Lock()
 		case <-t.C:
 			f.mu.Lock()
-			if f.released != mark {
-				mark = f.released
+			now := f.now()
+			late := now.Sub(armed) > f.stall+f.stall/2 && lateRun < f.maxLate
+			if f.released != mark || late {
+				if late {
+					f.late++
+					lateRun++
+				} else {
+					lateRun = 0
+				}
+				mark, armed = f.released, now
 				t.Reset(f.stall)
 				continue
 			}
 			clear(f.held)
 			f.stalls++
+			inflightStalls.Add(1)
 			f.signal()
 		}
 	}

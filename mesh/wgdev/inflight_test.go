@@ -76,6 +76,7 @@ func TestInflightForgetsAfterStall(t *testing.T) {
 	f := newInflight(2)
 	bufs := buffers(2)
 	f.hold(bufs, 2)
+	before := InflightStalls()
 	start := time.Now()
 	// Nothing is ever released (wireguard-go dropped them): the waiter
 	// goes on after inflightStall, forgetting what it counted.
@@ -89,6 +90,82 @@ func TestInflightForgetsAfterStall(t *testing.T) {
 	defer f.mu.Unlock()
 	if len(f.held) != 0 || f.stalls != 1 {
 		t.Errorf("after a stall: held %d, stalls %d; want 0, 1", len(f.held), f.stalls)
+	}
+	// Other tests of the package may stall too (tests run one by one
+	// unless they call t.Parallel, which these do not).
+	if got := InflightStalls() - before; got != 1 {
+		t.Errorf("InflightStalls grew by %d, want 1", got)
+	}
+}
+
+// lateClock is a clock for inflight.now that, from its second reading on,
+// reads an hour later at every reading: every timer looks late, as in a
+// process descheduled for longer than the stall period.
+func lateClock() func() time.Time {
+	var skew time.Duration
+	return func() time.Time {
+		now := time.Now().Add(skew)
+		skew += time.Hour
+		return now
+	}
+}
+
+func TestInflightLateTimer(t *testing.T) {
+	tests := []struct {
+		name    string
+		maxLate int
+		// want: whether wait gives up (forgets) on its own, and the late
+		// periods it sits out.
+		givesUp  bool
+		wantLate uint64
+	}{
+		// A late timer says nothing about the pipeline: keep waiting
+		// until a release.
+		{"late timers are sat out", 1 << 30, false, 0},
+		// But not forever: lost buffers must not stop the data path on
+		// a box that stays loaded.
+		{"up to maxLate in a row", 3, true, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newInflight(2)
+			f.stall = 5 * time.Millisecond
+			f.now = lateClock()
+			f.maxLate = tt.maxLate
+			bufs := buffers(2)
+			f.hold(bufs, 2)
+			done := make(chan struct{})
+			go func() { f.wait(); close(done) }()
+			if !tt.givesUp {
+				// 100 stall periods, every one late.
+				select {
+				case <-done:
+					t.Fatal("wait gave up on late timers")
+				case <-time.After(500 * time.Millisecond):
+				}
+				f.release(bufs[:1])
+			}
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second): // a loaded 2-core box; normally milliseconds
+				t.Fatal("wait did not return")
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			wantStalls := uint64(0)
+			if tt.givesUp {
+				wantStalls = 1
+			}
+			if f.stalls != wantStalls {
+				t.Errorf("stalls %d, want %d", f.stalls, wantStalls)
+			}
+			if tt.givesUp && f.late != tt.wantLate {
+				t.Errorf("late periods %d, want %d", f.late, tt.wantLate)
+			}
+			if !tt.givesUp && f.late == 0 {
+				t.Error("no late period counted in 500 ms of 5 ms periods")
+			}
+		})
 	}
 }
 

@@ -42,6 +42,12 @@ func LoadOrCreateKey(path string) (key wgtypes.Key, created bool, err error) {
 	// Lstat: a dangling symlink also reads as "not exist", but writing
 	// through or over it would surprise whoever made it.
 	if _, lerr := os.Lstat(path); lerr == nil {
+		// Or another process created the key between our read and the
+		// Lstat: read once more before calling it a dangling link.
+		key, err = LoadKey(path)
+		if err == nil || !errors.Is(err, fs.ErrNotExist) {
+			return key, false, err
+		}
 		return wgtypes.Key{}, false, fmt.Errorf("key file %s: exists but cannot be followed: %w", path, err)
 	}
 
