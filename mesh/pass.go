@@ -108,7 +108,7 @@ func (r *Reconciler) reconcile(ctx context.Context, full bool) error {
 	if err := r.cfg.Dataplane.Apply(ctx, DataplaneState{
 		LocalPodCIDRs:  slices.Clone(self.PodCIDRs),
 		RemotePodCIDRs: routes,
-		MTU:            r.cfg.MTU,
+		MTU:            r.mtu,
 	}); err != nil {
 		errs = append(errs, fmt.Errorf("apply dataplane: %w", err))
 	}

@@ -50,6 +50,15 @@ type Config struct {
 	DefaultKeepalive time.Duration
 	// MTU of the WireGuard interface, passed to the dataplane.
 	MTU int
+	// DetectMTU, when set, gives the WireGuard interface's MTU from the
+	// underlay as it is now; Run calls it every MTUCheck (default
+	// DefaultMTUCheck) and applies a changed value with a full pass. An
+	// underlay MTU lowered under a fixed tunnel MTU drops every full-size
+	// encrypted packet at the sender (EMSGSIZE, no ICMP to the pod), so
+	// established TCP flows stall; with the tunnel lowered the kernel
+	// tells the pods (fragmentation needed) and they shrink their segments.
+	DetectMTU func() (int, error)
+	MTUCheck  time.Duration
 
 	Source    NodeSource
 	Device    Device
@@ -194,7 +203,10 @@ type Reconciler struct {
 	relays relayer
 	// passStart is when the running pass started (the relay clock).
 	passStart time.Time
-	status    Status
+	// mtu is the WireGuard interface's MTU now: Config.MTU until
+	// DetectMTU reports another.
+	mtu    int
+	status Status
 
 	statusMu   sync.Mutex
 	statusCopy Status
@@ -216,7 +228,31 @@ func New(cfg Config) *Reconciler {
 		knownKeys:   knownKeys(cfg.KnownKeys),
 		relays:      relayer{after: cfg.RelayAfter, retry: cfg.RelayRetry, stale: cfg.RelayStale},
 		lastApplied: map[wgtypes.Key]netip.AddrPort{},
+		mtu:         cfg.MTU,
 	}
+}
+
+// DefaultMTUCheck is how often Run asks Config.DetectMTU: a lowered
+// underlay MTU stalls full-size flows until the tunnel follows, and
+// reading the links is cheap.
+const DefaultMTUCheck = 5 * time.Second
+
+// mtuChanged asks Config.DetectMTU and reports whether the MTU differs
+// from the one the passes apply, recording the new one.
+func (r *Reconciler) mtuChanged() bool {
+	mtu, err := r.cfg.DetectMTU()
+	if err != nil {
+		r.log.Warn("could not detect the underlay mtu; keeping the current one", "err", err)
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if mtu <= 0 || mtu == r.mtu {
+		return false
+	}
+	r.log.Info("underlay mtu changed; applying", "mtu", mtu, "was", r.mtu)
+	r.mtu = mtu
+	return true
 }
 
 func knownKeys(seed map[string]wgtypes.Key) map[string]wgtypes.Key {
@@ -275,6 +311,12 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	// pair's handshake or a stale direct path asks for a pass at once.
 	watch := time.NewTicker(cmp.Or(r.cfg.RelayWatch, DefaultRelayWatch))
 	defer watch.Stop()
+	var mtuCheck <-chan time.Time
+	if r.cfg.DetectMTU != nil {
+		t := time.NewTicker(cmp.Or(r.cfg.MTUCheck, DefaultMTUCheck))
+		defer t.Stop()
+		mtuCheck = t.C
+	}
 	backoff := time.Second
 	full := true // the first pass, resyncs and retries read everything
 	for {
@@ -307,6 +349,11 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			full = true
 		case <-watch.C:
 			if !r.relayWatchDue() {
+				goto wait
+			}
+			full = true
+		case <-mtuCheck:
+			if !r.mtuChanged() {
 				goto wait
 			}
 			full = true

@@ -172,10 +172,20 @@ func testKubeletDualNodes(t *testing.T, ctx context.Context, l *lab.Lab, c kuber
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(peers) != len(l.State().Nodes)-1 {
-			t.Errorf("%s has %d peers, want %d", name, len(peers), len(l.State().Nodes)-1)
+		// Besides the other nodes, every agent has the lab's control plane
+		// as an external Peer (its tunnel address only; see
+		// lab.ControlPlanePeer).
+		cpPeer := lab.ControlPlaneTunnelIP + "/32"
+		nodePeers := slices.DeleteFunc(slices.Clone(peers), func(p wgPeer) bool {
+			return slices.Equal(p.AllowedIPs, []string{cpPeer})
+		})
+		if cp := len(peers) - len(nodePeers); cp != 1 {
+			t.Errorf("%s has %d peers for the control plane (allowed IPs %s only), want 1", name, cp, cpPeer)
 		}
-		for _, p := range peers {
+		if len(nodePeers) != len(l.State().Nodes)-1 {
+			t.Errorf("%s has %d node peers, want %d", name, len(nodePeers), len(l.State().Nodes)-1)
+		}
+		for _, p := range nodePeers {
 			other := ""
 			for _, a := range p.AllowedIPs {
 				if n, ok := byCIDR[a]; ok {

@@ -184,8 +184,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	pub := key.PublicKey()
 
 	mtu := cfg.MTU
+	var detectMTU func() (int, error) // nil: a configured MTU stays
 	if mtu == 0 {
-		if mtu, err = a.host.autoMTU(cfg.Interface, cfg.CNIBridge); err != nil {
+		detectMTU = func() (int, error) { return a.host.autoMTU(cfg.Interface, cfg.CNIBridge) }
+		if mtu, err = detectMTU(); err != nil {
 			return fmt.Errorf("detect mtu: %w", err)
 		}
 		log.Info("mtu detected", "mtu", mtu)
@@ -243,6 +245,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		EndpointOverride: cfg.Endpoint,
 		DefaultKeepalive: cfg.Keepalive,
 		MTU:              mtu,
+		DetectMTU:        detectMTU,
 		Source:           source,
 		Device:           recDevice,
 		Dataplane:        planes,
