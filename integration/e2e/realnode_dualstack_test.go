@@ -57,8 +57,8 @@ func TestRealNodesDualStack(t *testing.T) {
 	}
 	svc := createDualStackServices(t, ctx, c)
 	t.Run("ClusterIPBothFamilies", func(t *testing.T) { testDualClusterIP(t, ctx, l, backends, svc) })
-	t.Run("NodePortIPv6FromAnotherNode", func(t *testing.T) { testNodePortIPv6(t, ctx, l, backends, svc) })
-	t.Run("NodePortIPv6ToThirdNode", func(t *testing.T) { testNodePortIPv6ToThirdNode(t, ctx, l, c) })
+	t.Run("NodePortIPv6FromAnotherNode", func(t *testing.T) { nodePortsAnswer(t, ctx, l, backends, svc.NodePort, true) })
+	t.Run("NodePortIPv6ToThirdNode", func(t *testing.T) { nodePortToThirdNode(t, ctx, l, c, true) })
 	t.Run("HeadlessBothFamilies", func(t *testing.T) { testDualHeadless(t, ctx, l, c, backends) })
 
 	time.Sleep(500 * time.Millisecond) // let the last replies reach the capture
@@ -315,94 +315,6 @@ func testDualClusterIP(t *testing.T, ctx context.Context, l *lab.Lab, backends [
 			t.Logf("%s/%s via %s: backends %v answered, client seen as its own pod address %s", client.Node, client.Pod, cip, slices.Sorted(maps.Keys(seen)), own)
 		}
 	}
-}
-
-// testNodePortIPv6: every node's NodePort answers on the node's IPv6
-// address from another node's host network namespace.
-func testNodePortIPv6(t *testing.T, ctx context.Context, l *lab.Lab, backends []echoBackend, svc dualServices) {
-	names := map[string]bool{}
-	for _, b := range backends {
-		names[b.Name] = true
-	}
-	nodes := l.State().NodeNames()
-	for i, target := range nodes {
-		from := nodes[(i+1)%len(nodes)]
-		url := fmt.Sprintf("http://[%s]:%d/hostname", l.State().Nodes[target].UnderlayIPv6, svc.NodePort)
-		out, err := curlUntil(ctx, time.Minute, func() ([]byte, error) {
-			return l.Exec(ctx, from, "curl", "-g", "-sS", "-m", "3", url)
-		}, func(s string) bool { return names[s] })
-		if err != nil {
-			t.Errorf("NodePort %s from %s: %v", url, from, err)
-			continue
-		}
-		t.Logf("NodePort %s from %s: answered by %s", url, from, out)
-	}
-}
-
-// testNodePortIPv6ToThirdNode: node A reaches node B's NodePort on B's
-// IPv6 address; the only backend runs on node C. kube-proxy on B
-// masquerades the request into the mesh, and the source C sees must be B's
-// IPv6 tunnel address (the network address of B's IPv6 podCIDR), which C's
-// WireGuard accepts from B.
-func testNodePortIPv6ToThirdNode(t *testing.T, ctx context.Context, l *lab.Lab, c kubernetes.Interface) {
-	nodes := l.State().NodeNames()
-	if len(nodes) < 3 {
-		t.Fatalf("need 3 nodes, have %v", nodes)
-	}
-	from, target, backendNode := nodes[0], nodes[1], nodes[2]
-	var backend lab.PodRef
-	for _, p := range l.Pods() {
-		if p.Node == backendNode {
-			backend = p
-			break
-		}
-	}
-	if backend.Pod == "" {
-		t.Fatalf("no lab pod on %s", backendNode)
-	}
-	req := corev1.IPFamilyPolicyRequireDualStack
-	svc, err := c.CoreV1().Services(lab.PodNamespace).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "nodeport-third-v6"},
-		Spec: corev1.ServiceSpec{
-			Type:           corev1.ServiceTypeNodePort,
-			IPFamilyPolicy: &req,
-			Selector:       map[string]string{lab.LabPodLabel: backendNode},
-			Ports:          []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tn, err := c.CoreV1().Nodes().Get(ctx, target, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tunnel netip.Addr
-	for _, s := range tn.Spec.PodCIDRs {
-		if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is6() {
-			tunnel = p.Masked().Addr()
-		}
-	}
-	if !tunnel.IsValid() {
-		t.Fatalf("node %s has no IPv6 podCIDR: %v", target, tn.Spec.PodCIDRs)
-	}
-	base := fmt.Sprintf("http://[%s]:%d", l.State().Nodes[target].UnderlayIPv6, svc.Spec.Ports[0].NodePort)
-	want := backend.Node + "-" + backend.Pod
-	out, err := curlUntil(ctx, time.Minute, func() ([]byte, error) {
-		return l.Exec(ctx, from, "curl", "-g", "-sS", "-m", "3", base+"/hostname")
-	}, func(s string) bool { return s == want })
-	if err != nil {
-		t.Fatalf("NodePort %s from %s to the backend on %s: %v", base, from, backendNode, err)
-	}
-	ip, err := l.Exec(ctx, from, "curl", "-g", "-sS", "-m", "3", base+"/clientip")
-	if err != nil {
-		t.Fatalf("clientip via %s: %v %s", base, err, ip)
-	}
-	host := clientHost(string(ip))
-	if a, err := netip.ParseAddr(host); err != nil || a != tunnel {
-		t.Errorf("the backend on %s saw client %q; want %s's IPv6 tunnel address %s", backendNode, host, target, tunnel)
-	}
-	t.Logf("NodePort %s from %s: answered by %s on %s, client seen as %s", base, from, out, backendNode, host)
 }
 
 // testDualHeadless: the headless RequireDualStack Service's EndpointSlices

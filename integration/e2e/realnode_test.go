@@ -327,6 +327,13 @@ func testHairpin(t *testing.T, ctx context.Context, l *lab.Lab, c kubernetes.Int
 // testNodePort: every node's NodePort answers from another node's host
 // network namespace.
 func testNodePort(t *testing.T, ctx context.Context, l *lab.Lab, backends []echoBackend, svc echoServices) {
+	nodePortsAnswer(t, ctx, l, backends, svc.NodePort, false)
+}
+
+// nodePortsAnswer: every node's NodePort port answers, on the node's
+// underlay address of the family (IPv6 when ipv6), from the next node's
+// host network namespace, with one of the backends' names.
+func nodePortsAnswer(t *testing.T, ctx context.Context, l *lab.Lab, backends []echoBackend, port int32, ipv6 bool) {
 	names := map[string]bool{}
 	for _, b := range backends {
 		names[b.Name] = true
@@ -334,9 +341,9 @@ func testNodePort(t *testing.T, ctx context.Context, l *lab.Lab, backends []echo
 	nodes := l.State().NodeNames()
 	for i, target := range nodes {
 		from := nodes[(i+1)%len(nodes)]
-		url := fmt.Sprintf("http://%s:%d/hostname", l.State().Nodes[target].UnderlayIP, svc.NodePort)
+		url := fmt.Sprintf("http://%s:%d/hostname", nodeURLHost(l, target, ipv6), port)
 		out, err := curlUntil(ctx, time.Minute, func() ([]byte, error) {
-			return l.Exec(ctx, from, "curl", "-sS", "-m", "3", url)
+			return l.Exec(ctx, from, "curl", "-g", "-sS", "-m", "3", url)
 		}, func(s string) bool { return names[s] })
 		if err != nil {
 			t.Errorf("NodePort %s from %s: %v", url, from, err)
@@ -346,6 +353,14 @@ func testNodePort(t *testing.T, ctx context.Context, l *lab.Lab, backends []echo
 	}
 }
 
+// nodeURLHost is node's underlay address of the family, as a URL host.
+func nodeURLHost(l *lab.Lab, node string, ipv6 bool) string {
+	if ipv6 {
+		return urlHost(l.State().Nodes[node].UnderlayIPv6)
+	}
+	return l.State().Nodes[node].UnderlayIP
+}
+
 // testNodePortToThirdNode: a client on node A reaches node B's NodePort
 // whose only backend runs on node C. kube-proxy on B masquerades the
 // request into the mesh; its source must be B's tunnel address (the network
@@ -353,6 +368,13 @@ func testNodePort(t *testing.T, ctx context.Context, l *lab.Lab, backends []echo
 // WireGuard accepts from B: with the underlay address as source C dropped
 // it (found by the upstream Services tests).
 func testNodePortToThirdNode(t *testing.T, ctx context.Context, l *lab.Lab, c kubernetes.Interface) {
+	nodePortToThirdNode(t, ctx, l, c, false)
+}
+
+// nodePortToThirdNode is testNodePortToThirdNode in one family: with ipv6
+// the Service is RequireDualStack, A asks B's IPv6 address and C must see
+// B's IPv6 tunnel address (the network address of B's IPv6 podCIDR).
+func nodePortToThirdNode(t *testing.T, ctx context.Context, l *lab.Lab, c kubernetes.Interface, ipv6 bool) {
 	nodes := l.State().NodeNames()
 	if len(nodes) < 3 {
 		t.Fatalf("need 3 nodes, have %v", nodes)
@@ -368,13 +390,20 @@ func testNodePortToThirdNode(t *testing.T, ctx context.Context, l *lab.Lab, c ku
 	if backend.Pod == "" {
 		t.Fatalf("no lab pod on %s", backendNode)
 	}
+	family := "IPv4"
+	spec := corev1.ServiceSpec{
+		Type:     corev1.ServiceTypeNodePort,
+		Selector: map[string]string{lab.LabPodLabel: backendNode},
+		Ports:    []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}},
+	}
+	name := "nodeport-third"
+	if ipv6 {
+		family, name = "IPv6", "nodeport-third-v6"
+		req := corev1.IPFamilyPolicyRequireDualStack
+		spec.IPFamilyPolicy = &req
+	}
 	svc, err := c.CoreV1().Services(lab.PodNamespace).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "nodeport-third"},
-		Spec: corev1.ServiceSpec{
-			Type:     corev1.ServiceTypeNodePort,
-			Selector: map[string]string{lab.LabPodLabel: backendNode},
-			Ports:    []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}},
-		},
+		ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec,
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -383,25 +412,30 @@ func testNodePortToThirdNode(t *testing.T, ctx context.Context, l *lab.Lab, c ku
 	if err != nil {
 		t.Fatal(err)
 	}
-	targetCIDR, err := netip.ParsePrefix(tn.Spec.PodCIDR)
-	if err != nil {
-		t.Fatalf("node %s podCIDR %q: %v", target, tn.Spec.PodCIDR, err)
+	var tunnel netip.Addr
+	for _, s := range tn.Spec.PodCIDRs {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is6() == ipv6 {
+			tunnel = p.Masked().Addr()
+		}
 	}
-	base := fmt.Sprintf("http://%s:%d", l.State().Nodes[target].UnderlayIP, svc.Spec.Ports[0].NodePort)
+	if !tunnel.IsValid() {
+		t.Fatalf("node %s has no %s podCIDR: %v", target, family, tn.Spec.PodCIDRs)
+	}
+	base := fmt.Sprintf("http://%s:%d", nodeURLHost(l, target, ipv6), svc.Spec.Ports[0].NodePort)
 	want := backend.Node + "-" + backend.Pod
 	out, err := curlUntil(ctx, time.Minute, func() ([]byte, error) {
-		return l.Exec(ctx, from, "curl", "-sS", "-m", "3", base+"/hostname")
+		return l.Exec(ctx, from, "curl", "-g", "-sS", "-m", "3", base+"/hostname")
 	}, func(s string) bool { return s == want })
 	if err != nil {
 		t.Fatalf("NodePort %s from %s to the backend on %s: %v", base, from, backendNode, err)
 	}
-	ip, err := l.Exec(ctx, from, "curl", "-sS", "-m", "3", base+"/clientip")
+	ip, err := l.Exec(ctx, from, "curl", "-g", "-sS", "-m", "3", base+"/clientip")
 	if err != nil {
 		t.Fatalf("clientip via %s: %v %s", base, err, ip)
 	}
-	host, _, _ := strings.Cut(strings.TrimSpace(string(ip)), ":")
-	if a, err := netip.ParseAddr(host); err != nil || a != targetCIDR.Masked().Addr() {
-		t.Errorf("the backend on %s saw client %q; want %s's tunnel address %s", backendNode, host, target, targetCIDR.Masked().Addr())
+	host := clientHost(string(ip))
+	if a, err := netip.ParseAddr(host); err != nil || a != tunnel {
+		t.Errorf("the backend on %s saw client %q; want %s's %s tunnel address %s", backendNode, host, target, family, tunnel)
 	}
 	t.Logf("NodePort %s from %s: answered by %s on %s, client seen as %s", base, from, out, backendNode, host)
 }
