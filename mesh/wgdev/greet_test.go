@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"encoding/hex"
 	"fmt"
-	"log/slog"
-	"net"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,8 +11,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/conn/bindtest"
-	"golang.zx2c4.com/wireguard/tun/tuntest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -75,49 +70,15 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// greetPair is two in-memory devices that are each other's peer (with
-// endpoints), their sends held back by gates.
-type greetPair struct {
-	devs  [2]*Device
-	keys  [2]wgtypes.Key
-	socks [2]string
-	gates [2]*gatedBind
-	logs  [2]*syncBuffer
-}
-
-func newGreetPair(t *testing.T) *greetPair {
+// newGreetPair is a quietPair whose devices are each other's peer (with
+// endpoints), added through the UAPI socket as wg(8) would.
+func newGreetPair(t *testing.T) *quietPair {
 	t.Helper()
-	binds := bindtest.NewChannelBinds()
-	dir := t.TempDir()
-	p := &greetPair{}
-	for i := range p.devs {
-		p.keys[i] = mustKey(t)
-		p.socks[i] = filepath.Join(dir, fmt.Sprintf("wg%d.sock", i))
-		p.gates[i] = &gatedBind{Bind: binds[i]}
-		p.logs[i] = &syncBuffer{}
-		sock := p.socks[i]
-		d, err := New(Config{
-			Name: fmt.Sprintf("wgtest%d", i), MTU: 1420, PrivateKey: p.keys[i],
-			Logger: slog.New(slog.NewTextHandler(p.logs[i], &slog.HandlerOptions{Level: slog.LevelDebug})),
-			tun:    tuntest.NewChannelTUN().TUN(),
-			bind:   p.gates[i],
-			listen: func(string) (net.Listener, error) { return net.Listen("unix", sock) },
-			linkUp: func(string) error { return nil },
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := d.Open(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { d.Close() })
-		p.devs[i] = d
-	}
+	p := newQuietPair(t)
 	for i := range p.devs {
 		pub := p.keys[1-i].PublicKey()
-		port := uapiGet(t, p.socks[1-i])["listen_port"]
-		uapiSet(t, p.socks[i], fmt.Sprintf("public_key=%s\nendpoint=127.0.0.1:%s\nallowed_ip=10.244.%d.0/24\n",
-			hex.EncodeToString(pub[:]), port, 2-i))
+		uapiSet(t, p.socks[i], fmt.Sprintf("public_key=%s\nendpoint=%s\nallowed_ip=10.244.%d.0/24\n",
+			hex.EncodeToString(pub[:]), p.endpoint(t, 1-i), 2-i))
 	}
 	return p
 }
