@@ -81,7 +81,7 @@ func startDetached(argv []string, logPath string, env []string) (Proc, error) {
 	cmd.Stderr = logf
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	closeInheritedOnExec()
+	CloseInheritedOnExec()
 	if err := cmd.Start(); err != nil {
 		return Proc{}, fmt.Errorf("start %s: %w", argv[0], err)
 	}
@@ -99,12 +99,13 @@ func startDetached(argv []string, logPath string, env []string) (Proc, error) {
 	return Proc{PID: pid, StartTime: st, Log: logPath}, nil
 }
 
-// closeInheritedOnExec marks every descriptor this process inherited (all
+// CloseInheritedOnExec marks every descriptor this process inherited (all
 // above stderr) close-on-exec. os/exec passes such descriptors on to
 // children, and a lab daemon outlives the command that started it: a lock
 // fd from `flock LOCK go test ...` kept a left-up lab holding the test lock
-// for an hour. Descriptors Go opened itself are close-on-exec already.
-func closeInheritedOnExec() {
+// for an hour. Descriptors Go opened itself are close-on-exec already. The
+// lab suites call it too, for processes their tests start themselves.
+func CloseInheritedOnExec() {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return

@@ -13,9 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,7 +25,10 @@ import (
 // one of tools, builds the lab's binaries into a temporary directory, sets
 // *binDir to it and runs the tests. suite names the package in messages.
 func Main(m *testing.M, suite string, tools []string, binDir *string) int {
-	closeInheritedOnExec()
+	// Suites run under `flock LOCK go test`: a process a test starts that
+	// outlives it (a leaked server) would otherwise hold the shared lock
+	// until killed (seen: 45 min).
+	lab.CloseInheritedOnExec()
 	if os.Geteuid() != 0 {
 		fmt.Fprintf(os.Stderr, "FAIL: integration/%s needs root (network and mount namespaces); run it with sudo\n", suite)
 		return 1
@@ -54,23 +55,6 @@ func Main(m *testing.M, suite string, tools []string, binDir *string) int {
 	}
 	*binDir = dir
 	return m.Run()
-}
-
-// closeInheritedOnExec marks every descriptor above stderr that the suite
-// inherited close-on-exec. Suites run under `flock LOCK go test`, whose
-// lock descriptor the test binary inherits; a process a test starts that
-// outlives it (a leaked server) would otherwise hold the shared lock
-// until killed, and every other run would wait behind it (seen: 45 min).
-func closeInheritedOnExec() {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-			syscall.CloseOnExec(fd)
-		}
-	}
 }
 
 // Setup is a lab for one test.

@@ -1,4 +1,4 @@
-package labtest
+package lab
 
 import (
 	"os"
@@ -39,8 +39,8 @@ func TestCloseInheritedOnExec(t *testing.T) {
 	if !childHas() {
 		t.Fatalf("descriptor %d without close-on-exec did not reach the child: the test cannot see the leak", fd)
 	}
-	closeInheritedOnExec()
+	CloseInheritedOnExec()
 	if childHas() {
-		t.Errorf("descriptor %d still reaches a child after closeInheritedOnExec", fd)
+		t.Errorf("descriptor %d still reaches a child after CloseInheritedOnExec", fd)
 	}
 }
