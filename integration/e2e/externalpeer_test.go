@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,7 +45,6 @@ const (
 // underlay meanwhile carries WireGuard only: no pod or tunnel address.
 func TestExternalPeer(t *testing.T) {
 	l := newLab(t, 2, 1)
-	ctl := filepath.Join(binDir, "wgmeshctl") // built by TestMain
 	ctx := context.Background()
 	st := l.State()
 	dyn, err := l.Dynamic()
@@ -104,33 +104,12 @@ func TestExternalPeer(t *testing.T) {
 	}
 
 	// Every node: the laptop as a peer, node1's pod CIDR still its own.
-	for _, name := range st.NodeNames() {
-		if _, ok := lab.WaitFor(ctx, 15*time.Second, 200*time.Millisecond, func() bool {
-			peers, err := wgPeers(ctx, l, name)
-			if err != nil {
-				return false
-			}
-			for _, p := range peers {
-				if p.PublicKey == priv.PublicKey().String() && strings.Join(p.AllowedIPs, ",") == extTunnelIP+"/32" {
-					return true
-				}
-			}
-			return false
-		}); !ok {
-			t.Fatalf("%s never got the laptop as a peer", name)
-		}
-	}
+	waitExtPeer(t, ctx, l, priv.PublicKey(), extTunnelIP+"/32", 15*time.Second)
 	requireMatrix(t, ctx, l)
 
 	// The config, as an operator prints it (admin kubeconfig, from the
 	// underlay where the apiserver is).
-	argv := []string{"nsenter", "--net=/run/netns/" + st.Underlay, "--", ctl, "--kubeconfig=" + l.AdminKubeconfig(), "peer-config", "laptop"}
-	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("wgmeshctl peer-config: %v\n%s", err, out)
-	}
-	conf := string(out)
-	t.Logf("wgmeshctl peer-config laptop:\n%s", conf)
+	conf := peerConfig(t, l, "laptop")
 	if !strings.Contains(conf, "Address = "+extTunnelIP+"/32") || !strings.Contains(conf, lab.ServiceCIDR) {
 		t.Errorf("config lacks the laptop's address or the Service range %s", lab.ServiceCIDR)
 	}
@@ -161,21 +140,7 @@ func TestExternalPeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	podNet := netip.MustParsePrefix(podCIDRs)
-	tunnel := netip.MustParseAddr(extTunnelIP)
-	client := netip.MustParseAddr(extUnderlayIP)
-	wg, bad := 0, 0
-	for _, f := range frames {
-		if f.EtherType != 0x0800 {
-			continue
-		}
-		switch {
-		case podNet.Contains(f.Src) || podNet.Contains(f.Dst) || f.Src == tunnel || f.Dst == tunnel:
-			bad++
-		case f.Proto == 17 && (f.Src == client || f.Dst == client):
-			wg++
-		}
-	}
+	wg, bad := extClientFrames(frames, netip.MustParsePrefix(podCIDRs))
 	t.Logf("underlay: %d frames, %d WireGuard to/from the client, %d with a pod or tunnel address", len(frames), wg, bad)
 	if bad > 0 {
 		t.Errorf("%d frames on the underlay carry a pod or tunnel address", bad)
@@ -184,6 +149,67 @@ func TestExternalPeer(t *testing.T) {
 		t.Errorf("only %d WireGuard frames of the client captured for %d pods: the capture missed the traffic", wg, len(pods))
 	}
 	requireMatrix(t, ctx, l)
+}
+
+// waitExtPeer fails t unless, within bound, every node's device has the
+// external peer pub, with exactly the allowed IPs allowed when it is not
+// empty. The agents watch Peers: a change reaches every device within a
+// pass.
+func waitExtPeer(t *testing.T, ctx context.Context, l *lab.Lab, pub wgtypes.Key, allowed string, bound time.Duration) {
+	t.Helper()
+	for _, name := range l.State().NodeNames() {
+		if _, ok := lab.WaitFor(ctx, bound, 200*time.Millisecond, func() bool {
+			peers, err := wgPeers(ctx, l, name)
+			if err != nil {
+				return false
+			}
+			for _, p := range peers {
+				if p.PublicKey == pub.String() && (allowed == "" || strings.Join(p.AllowedIPs, ",") == allowed) {
+					return true
+				}
+			}
+			return false
+		}); !ok {
+			t.Fatalf("%s never got the external peer %s (allowed IPs %q)", name, pub, allowed)
+		}
+	}
+}
+
+// peerConfig is `wgmeshctl peer-config name` as an operator prints it (the
+// admin kubeconfig, from the underlay where the apiserver is).
+func peerConfig(t *testing.T, l *lab.Lab, name string) string {
+	t.Helper()
+	ctl := filepath.Join(binDir, "wgmeshctl")
+	argv := []string{"nsenter", "--net=/run/netns/" + l.State().Underlay, "--", ctl, "--kubeconfig=" + l.AdminKubeconfig(), "peer-config", name}
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("wgmeshctl peer-config %s: %v\n%s", name, err, out)
+	}
+	t.Logf("wgmeshctl peer-config %s:\n%s", name, out)
+	return string(out)
+}
+
+// extClientFrames counts the IPv4 underlay frames of an external-peer test:
+// wg is UDP to or from the client's underlay address (its WireGuard), bad
+// those with an address in one of forbidden or the client's tunnel address.
+func extClientFrames(frames []frame, forbidden ...netip.Prefix) (wg, bad int) {
+	tunnel := netip.MustParseAddr(extTunnelIP)
+	client := netip.MustParseAddr(extUnderlayIP)
+	in := func(a netip.Addr) bool {
+		return a == tunnel || slices.ContainsFunc(forbidden, func(p netip.Prefix) bool { return p.Contains(a) })
+	}
+	for _, f := range frames {
+		if f.EtherType != 0x0800 {
+			continue
+		}
+		switch {
+		case in(f.Src) || in(f.Dst):
+			bad++
+		case f.Proto == 17 && (f.Src == client || f.Dst == client):
+			wg++
+		}
+	}
+	return wg, bad
 }
 
 // startExtClient brings up the external peer's client for t: a namespace

@@ -63,34 +63,9 @@ func TestExternalPeerService(t *testing.T) {
 	if _, err := dyn.Resource(kube.PeerGVR).Create(ctx, u, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create Peer laptop: %v", err)
 	}
-	st := l.State()
-	for _, name := range st.NodeNames() {
-		// The agents watch Peers: a change reaches every device within
-		// a pass; 30 s covers a loaded box.
-		if _, ok := lab.WaitFor(ctx, 30*time.Second, 200*time.Millisecond, func() bool {
-			peers, err := wgPeers(ctx, l, name)
-			if err != nil {
-				return false
-			}
-			for _, p := range peers {
-				if p.PublicKey == priv.PublicKey().String() {
-					return true
-				}
-			}
-			return false
-		}); !ok {
-			t.Fatalf("%s never got the laptop as a peer", name)
-		}
-	}
-
-	ctl := filepath.Join(binDir, "wgmeshctl")
-	argv := []string{"nsenter", "--net=/run/netns/" + st.Underlay, "--", ctl, "--kubeconfig=" + l.AdminKubeconfig(), "peer-config", "laptop"}
-	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("wgmeshctl peer-config: %v\n%s", err, out)
-	}
-	conf := string(out)
-	t.Logf("wgmeshctl peer-config laptop:\n%s", conf)
+	// 30 s covers a pass on a loaded box.
+	waitExtPeer(t, ctx, l, priv.PublicKey(), "", 30*time.Second)
+	conf := peerConfig(t, l, "laptop")
 	m := regexp.MustCompile(`# node (\S+), the gateway for the Service range`).FindStringSubmatch(conf)
 	if m == nil || !strings.Contains(conf, lab.ServiceCIDR) {
 		t.Fatalf("config names no gateway for the Service range %s", lab.ServiceCIDR)
@@ -139,22 +114,7 @@ func TestExternalPeerService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	podNet := netip.MustParsePrefix(podCIDRs)
-	svcNet := netip.MustParsePrefix(lab.ServiceCIDR)
-	tunnel := netip.MustParseAddr(extTunnelIP)
-	client := netip.MustParseAddr(extUnderlayIP)
-	wg, bad := 0, 0
-	for _, f := range frames {
-		if f.EtherType != 0x0800 {
-			continue
-		}
-		switch {
-		case podNet.Contains(f.Src) || podNet.Contains(f.Dst) || svcNet.Contains(f.Src) || svcNet.Contains(f.Dst) || f.Src == tunnel || f.Dst == tunnel:
-			bad++
-		case f.Proto == 17 && (f.Src == client || f.Dst == client):
-			wg++
-		}
-	}
+	wg, bad := extClientFrames(frames, netip.MustParsePrefix(podCIDRs), netip.MustParsePrefix(lab.ServiceCIDR))
 	t.Logf("underlay: %d frames, %d WireGuard to/from the client, %d with a pod, Service or tunnel address", len(frames), wg, bad)
 	if bad > 0 {
 		t.Errorf("%d frames on the underlay carry a pod, Service or tunnel address", bad)
