@@ -1,7 +1,6 @@
 package mesh_test
 
 import (
-	"context"
 	"errors"
 	"sync"
 	"testing"
@@ -22,13 +21,7 @@ func TestRunFollowsUnderlayMTU(t *testing.T) {
 		c.MTUCheck = 10 * time.Millisecond
 		c.DetectMTU = func() (int, error) { mu.Lock(); defer mu.Unlock(); return detected, detectErr }
 	}, selfNode(), node(1))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.r.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	f.run(t)
 	lastMTU := func() int {
 		s, ok := f.dp.Last()
 		if !ok {

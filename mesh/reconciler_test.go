@@ -531,6 +531,19 @@ func TestRunInvalidConfig(t *testing.T) {
 	}
 }
 
+// run starts f's Run for the rest of t; t's clean-up cancels it and waits
+// for it to return.
+func (f *fixture) run(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)

@@ -1,7 +1,6 @@
 package mesh_test
 
 import (
-	"context"
 	"strings"
 	"sync"
 	"testing"
@@ -130,13 +129,7 @@ func TestRunRelaysStalePath(t *testing.T) {
 		c.Resync = time.Hour // only the watch can start the passes that matter
 		c.RelayWatch = 10 * time.Millisecond
 	}, selfNode(), node(1), node(2), node(3))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.r.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	f.run(t)
 	waitFor(t, func() bool { return len(f.peers(t)) == 3 })
 	for _, i := range []byte{1, 2, 3} {
 		if err := f.dev.Handshake(key(i), clock()); err != nil {
