@@ -196,7 +196,7 @@ func planRelays(in RelayInput, peers []Peer, paths map[string]*pathState) relayP
 		ps.stale = staleBound(in.Stale, p.Keepalive)
 		hs := in.Handshakes[p.PublicKey]
 		if !ps.relayed.IsZero() {
-			if hs.After(ps.relayed) || hs.After(ps.probed) && !ps.probed.IsZero() {
+			if ps.directAgain(hs) {
 				// A handshake on the direct path since we relayed or
 				// last tried: it works (again).
 				ps.relayed, ps.probed, ps.wanted = time.Time{}, time.Time{}, in.Now
@@ -208,9 +208,9 @@ func planRelays(in RelayInput, peers []Peer, paths map[string]*pathState) relayP
 				// Young: WireGuard is still trying.
 				due(ps.wanted.Add(in.After))
 				continue
-			case !hs.IsZero() && (ps.stale == 0 || in.Now.Sub(hs) < ps.stale):
+			case !hs.IsZero() && !ps.wentStale(in.Now, hs):
 				// It worked and is not stale (the watch notices when
-				// it goes stale; see relayer.due).
+				// it goes stale; see due).
 				continue
 			case !hs.IsZero() && ps.stuck.Equal(hs):
 				continue
@@ -299,16 +299,29 @@ func due(now time.Time, handshakes map[wgtypes.Key]time.Time, paths map[string]*
 	for _, ps := range paths {
 		hs := handshakes[ps.key]
 		if !ps.relayed.IsZero() {
-			if hs.After(ps.relayed) || !ps.probed.IsZero() && hs.After(ps.probed) {
+			if ps.directAgain(hs) {
 				return true
 			}
 			continue
 		}
-		if !hs.IsZero() && ps.stale > 0 && now.Sub(hs) >= ps.stale && !ps.stuck.Equal(hs) {
+		if ps.wentStale(now, hs) && !ps.stuck.Equal(hs) {
 			return true
 		}
 	}
 	return false
+}
+
+// directAgain reports whether a relayed pair's direct path had a handshake
+// (hs, its latest) since the pair was relayed or its path last tried.
+func (ps *pathState) directAgain(hs time.Time) bool {
+	return hs.After(ps.relayed) || !ps.probed.IsZero() && hs.After(ps.probed)
+}
+
+// wentStale reports whether a direct path whose latest handshake is hs
+// has gone without one for its staleBound at now (never without a bound
+// or a handshake).
+func (ps *pathState) wentStale(now, hs time.Time) bool {
+	return !hs.IsZero() && ps.stale > 0 && now.Sub(hs) >= ps.stale
 }
 
 // relayer is the reconciler's relay state between passes.
