@@ -187,6 +187,10 @@ func (d *Device) Open() (err error) {
 	if bind == nil {
 		bind = conn.NewDefaultBind()
 	}
+	bind, ferr := newFamilyBind(bind)
+	if ferr != nil {
+		d.log.Warn("running on wireguard-go's plain bind", "err", ferr)
+	}
 
 	hold := newHoldBind(bind)
 	bind = hold
