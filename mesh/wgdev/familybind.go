@@ -83,8 +83,8 @@ func newFamilyBind(b conn.Bind) (conn.Bind, error) {
 }
 
 func (b *familyBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
-	// Held across the open: a Send in between would use the new
-	// IPv4 socket through the shared pool.
+	// Held across the open, so that IPv4 sends wait for the second
+	// bind instead of failing in between.
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	fns, actual, err := b.StdNetBind.Open(port)
