@@ -94,18 +94,21 @@ conformance: deps tools
 test-e2e: deps tools
 	$(GO) test -count=1 -timeout 45m -v ./integration/e2e/
 
-# The chaos soak (root; long): checked TCP streams and pings between all pod pairs of an agent
-# lab while faults are injected at random: agent SIGKILL, apiserver restart, node add/remove, key
-# rotation, link flap, 5% loss + 50 ms jitter (netem, or its stated substitute), underlay MTU
-# change, pod churn. The seed is printed; SOAK_SEED=N repeats a schedule. make test runs the same
-# test for 5 minutes (its default) beside the other packages. Figures: docs/reliability.md.
+# The chaos soak (root; long): checked TCP streams and pings between all pod pairs of the
+# real-node lab (containerd + kubelet + kube-proxy per node, wgmesh as its DaemonSet) while faults
+# are injected at random: agent SIGKILL, apiserver restart, node add/remove, key rotation, link
+# flap, 5% loss + 50 ms jitter (netem, or its stated substitute), underlay MTU change, pod churn.
+# The seed is printed; SOAK_SEED=N repeats a schedule; SOAK_KUBELET=false soaks the agent lab
+# (agent as a plain process) instead. make test runs the same test for 5 minutes (its default)
+# beside the other packages. Figures: docs/reliability.md.
 # SOAK_TIMEOUT must exceed SOAK_DURATION by ~20 minutes.
 SOAK_DURATION ?= 30m
 SOAK_SEED ?= 0
+SOAK_KUBELET ?= true
 SOAK_TIMEOUT ?= 55m
 soak: deps tools
 	$(GO) test -count=1 -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' -v ./integration/soak/ \
-	    -args -soak.duration=$(SOAK_DURATION) -soak.seed=$(SOAK_SEED)
+	    -args -soak.duration=$(SOAK_DURATION) -soak.seed=$(SOAK_SEED) -soak.kubelet=$(SOAK_KUBELET)
 
 # Container image (needs a Docker engine with BuildKit; none runs on the CI machine).
 image:

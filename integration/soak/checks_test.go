@@ -25,6 +25,7 @@ type agentSample struct {
 	RSS        float64 // process_resident_memory_bytes
 	Goroutines float64 // go_goroutines
 	HeapInuse  float64 // go_memstats_heap_inuse_bytes (live heap and not yet collected garbage)
+	Started    float64 // process_start_time_seconds: another value means another process
 }
 
 // sampler reads the witness agent's /metrics every samplePeriod.
@@ -62,7 +63,7 @@ func startSampler(t *testing.T, l *lab.Lab, node string) *sampler {
 	return s
 }
 
-var metricLine = regexp.MustCompile(`(?m)^(process_resident_memory_bytes|go_goroutines|go_memstats_heap_inuse_bytes) ([0-9.e+]+)$`)
+var metricLine = regexp.MustCompile(`(?m)^(process_resident_memory_bytes|go_goroutines|go_memstats_heap_inuse_bytes|process_start_time_seconds) ([0-9.e+]+)$`)
 
 func (s *sampler) read() (agentSample, error) {
 	out, err := exec.Command(s.argv[0], s.argv[1:]...).Output()
@@ -81,13 +82,15 @@ func (s *sampler) read() (agentSample, error) {
 			a.Goroutines = v
 		case "go_memstats_heap_inuse_bytes":
 			a.HeapInuse = v
+		case "process_start_time_seconds":
+			a.Started = v
 		default:
 			a.RSS = v
 		}
 		found++
 	}
-	if found != 3 {
-		return agentSample{}, fmt.Errorf("metrics of the witness lack go_goroutines, go_memstats_heap_inuse_bytes or process_resident_memory_bytes")
+	if found != 4 {
+		return agentSample{}, fmt.Errorf("metrics of the witness lack go_goroutines, go_memstats_heap_inuse_bytes, process_resident_memory_bytes or process_start_time_seconds")
 	}
 	s.mu.Lock()
 	s.samples = append(s.samples, a)
@@ -191,8 +194,20 @@ func (s *soak) ipamMismatch(node string) []string {
 	}
 	var out []string
 	for ip, owner := range stored {
-		if c, ok := pods[ip]; !ok || c != owner {
+		c, ok := pods[ip]
+		switch {
+		case !ok:
 			out = append(out, fmt.Sprintf("%s: %s stored for %s, no such pod (leaked)", node, ip, owner))
+		case s.l.State().Kubelet:
+			// The runtime chose the sandbox ID; the lab only knows the
+			// pod's IP. The owner must be a sandbox containerd still runs
+			// (its shim's bundle directory), else the record is stale.
+			bundle := "/run/containerd/io.containerd.runtime.v2.task/k8s.io/" + owner
+			if _, err := s.l.Exec(s.ctx, node, "test", "-d", bundle); err != nil {
+				out = append(out, fmt.Sprintf("%s: %s stored for %s, a sandbox containerd does not run (leaked)", node, ip, owner))
+			}
+		case c != owner:
+			out = append(out, fmt.Sprintf("%s: %s stored for %s, the pod there is %s (leaked)", node, ip, owner, c))
 		}
 	}
 	for ip := range pods {
@@ -210,6 +225,11 @@ func (s *soak) ipamMismatch(node string) []string {
 	}
 	api := map[string]bool{}
 	for _, p := range list.Items {
+		if p.Spec.HostNetwork {
+			// The node's own address (the wgmesh DaemonSet's pod in the
+			// real-node lab): not the plugin's to allocate.
+			continue
+		}
 		api[p.Status.PodIP] = true
 		if _, ok := pods[p.Status.PodIP]; !ok {
 			out = append(out, fmt.Sprintf("%s: Pod %s/%s (%s) has no pod", node, p.Namespace, p.Name, p.Status.PodIP))

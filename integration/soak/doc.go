@@ -1,6 +1,8 @@
 // Package soak is wgmesh's chaos soak (issue 14.3): on a lab of its own
-// (integration/lab, agent mode: real kube-apiserver and etcd, the built
-// wgmesh-agent and wgmesh-cni, nodes as network + mount namespaces) it runs
+// (integration/lab; by default the real-node mode: containerd, kubelet and
+// kube-proxy per node, wgmesh installed from deploy/overlays/lab as a
+// DaemonSet; -soak.kubelet=false takes the agent mode, the built
+// wgmesh-agent as a process and CNI called by the lab) it runs
 // checked TCP streams and pings between all pod pairs while it injects
 // faults at random (seeded): agent SIGKILL, apiserver restart, node add and
 // removal, key rotation, underlay link flap, underlay loss and jitter (tc

@@ -94,6 +94,27 @@ func (s *soak) agentKill(f *faultRecord) error {
 	if err := s.l.KillAgent(f.Target); err != nil {
 		return err
 	}
+	if s.l.State().Kubelet {
+		// The kubelet restarts the container after its crash-loop
+		// back-off (10 s, doubling while crashes come within 10 min of
+		// each other); convergence counts from the restart, the note
+		// says how long the node was without its agent.
+		killed := time.Now()
+		done := make(chan error, 1)
+		go func() { done <- s.l.StartAgent(f.Target) }()
+		for {
+			select {
+			case err := <-done:
+				if err != nil {
+					return err
+				}
+				f.Note = fmt.Sprintf("SIGKILL, restarted by the kubelet %s later", time.Since(killed).Round(time.Millisecond))
+				return nil
+			case <-time.After(250 * time.Millisecond):
+				s.service()
+			}
+		}
+	}
 	down := s.pause(500*time.Millisecond, 2*time.Second)
 	if err := s.l.StartAgent(f.Target); err != nil {
 		return err
