@@ -371,6 +371,15 @@ func (b *bundle) violations() []string {
 		e.ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
 		bad("agent env WGMESH_NODE_NAME is not from the downward API (fieldRef spec.nodeName)")
 	}
+	// The apiserver address an operator can set apart from the
+	// kubernetes Service (and so from kube-proxy); optional, so that a
+	// cluster without it still starts.
+	if !slices.ContainsFunc(c.EnvFrom, func(e corev1.EnvFromSource) bool {
+		r := e.ConfigMapRef
+		return r != nil && r.Name == "kubernetes-services-endpoint" && r.Optional != nil && *r.Optional
+	}) {
+		bad("agent envFrom lacks the optional ConfigMap kubernetes-services-endpoint (the apiserver address without kube-proxy)")
+	}
 	sc := c.SecurityContext
 	switch {
 	case sc == nil:
@@ -757,6 +766,8 @@ func TestViolationsCatchBreakage(t *testing.T) {
 		}, "exactly [NET_ADMIN]"},
 		{"keeps default caps", func(b *bundle) { agent(b).SecurityContext.Capabilities.Drop = nil }, "drop"},
 		{"writable root", func(b *bundle) { f := false; agent(b).SecurityContext.ReadOnlyRootFilesystem = &f }, "readOnlyRootFilesystem"},
+		{"apiserver endpoint required", func(b *bundle) { f := false; agent(b).EnvFrom[0].ConfigMapRef.Optional = &f }, "kubernetes-services-endpoint"},
+		{"no apiserver endpoint", func(b *bundle) { agent(b).EnvFrom = nil }, "kubernetes-services-endpoint"},
 		{"node name literal", func(b *bundle) { agent(b).Env = []corev1.EnvVar{{Name: "WGMESH_NODE_NAME", Value: "node1"}} }, "downward API"},
 		{"no tun", func(b *bundle) {
 			agent(b).VolumeMounts = slices.DeleteFunc(agent(b).VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/dev/net/tun" })

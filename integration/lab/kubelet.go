@@ -24,6 +24,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -880,12 +881,43 @@ func (l *Lab) ApplyLabOverlay(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := l.putServicesEndpoint(ctx); err != nil {
+		return err
+	}
 	l.cfg.Log.Info("kubectl apply -k", "overlay", overlay)
 	out, err := output(ctx, l.KubectlCommand("apply", "-k", overlay)...)
 	if err != nil {
 		return err
 	}
 	l.cfg.Log.Info("applied", "output", strings.TrimSpace(string(out)))
+	return nil
+}
+
+// putServicesEndpoint creates the ConfigMap the DaemonSet reads its
+// apiserver address from (deploy/base/daemonset.yaml, envFrom), as an
+// operator does before installing: the agents then reach the apiserver
+// directly, not through the kubernetes Service and kube-proxy, which after
+// an apiserver restart kept the ClusterIP rejected for 45 s (the soak's
+// node removal then went unseen past its bound).
+func (l *Lab) putServicesEndpoint(ctx context.Context) error {
+	c, err := l.Admin()
+	if err != nil {
+		return err
+	}
+	const ns = "wgmesh-system"
+	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", ns, err)
+	}
+	cm := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "kubernetes-services-endpoint", Namespace: ns},
+		Data: map[string]string{
+			"KUBERNETES_SERVICE_HOST": UnderlayGateway,
+			"KUBERNETES_SERVICE_PORT": fmt.Sprint(apiserverPort),
+		},
+	}
+	if _, err := c.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create configmap %s/%s: %w", ns, cm.Name, err)
+	}
 	return nil
 }
 
