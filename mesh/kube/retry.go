@@ -37,7 +37,8 @@ import (
 // watch per agent, served from the apiserver's watch cache. Every answer
 // the apiserver gives itself, including 429 and 5xx, still goes to the
 // reflector and its long backoff: a recovering apiserver that sheds load
-// is left alone.
+// is left alone. The one exception is a denial right after an outage
+// (startupDenials).
 const (
 	retryFirst = 250 * time.Millisecond
 	retryMax   = 2 * time.Second
@@ -260,12 +261,29 @@ func (r retryingLW) Watch(opts metav1.ListOptions) (watch.Interface, error) {
 	return r.WatchWithContext(context.Background(), opts)
 }
 
+// startupDenials is how many 401/403 answers retry retries after it saw
+// the apiserver unreachable: an apiserver that has just started serves
+// requests before its authorizer's caches are filled and denies them
+// meanwhile (seen in the real-node soak: "nodes is forbidden" for the
+// agent's own ServiceAccount seconds after a restart). Handed to the
+// reflector, each such denial doubles its backoff, which only resets after
+// 2 minutes of quiet; with restarts a minute apart the Node watch waited
+// tens of seconds. 15 answers at most retryMax apart bound it to ~30 s,
+// after which a denial is what it says and goes to the reflector.
+const startupDenials = 15
+
 func retry[T any](ctx context.Context, r retryingLW, what string, call func() (T, error)) (T, error) {
 	delay := retryFirst
 	var since time.Time
+	denials := 0
 	for {
 		v, err := call()
-		if err == nil || !isConnectionFailure(err) || ctx.Err() != nil {
+		if err != nil && !since.IsZero() && isDenial(err) && denials < startupDenials && ctx.Err() == nil {
+			if denials == 0 {
+				r.log.Info("apiserver back but denying (its authorizer is starting); retrying", "request", what, "err", err)
+			}
+			denials++
+		} else if err == nil || !isConnectionFailure(err) || ctx.Err() != nil {
 			if err == nil && !since.IsZero() {
 				r.log.Info("apiserver reachable again", "request", what, "after", time.Since(since).Round(time.Millisecond))
 			}
@@ -281,6 +299,12 @@ func retry[T any](ctx context.Context, r retryingLW, what string, call func() (T
 		}
 		delay = min(2*delay, retryMax)
 	}
+}
+
+// isDenial reports the apiserver refusing the request's credentials or
+// their permissions.
+func isDenial(err error) bool {
+	return apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err)
 }
 
 // isConnectionFailure reports errors of reaching the apiserver at all, as

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -27,6 +28,8 @@ var refused = &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("conn
 
 func TestRetryingLW(t *testing.T) {
 	tooMany := apierrors.NewTooManyRequests("slow down", 1)
+	forbidden := apierrors.NewForbidden(schemaNodes, "", fmt.Errorf("RBAC: not yet synced"))
+	unauthorized := apierrors.NewUnauthorized("token authenticator starting")
 	tests := []struct {
 		name      string
 		errs      []error // returned by the calls, in order; then success
@@ -38,6 +41,10 @@ func TestRetryingLW(t *testing.T) {
 		{name: "refused until the apiserver is back", errs: []error{refused, refused, refused, refused, refused, refused, refused}, wantCalls: 8},
 		{name: "reset and EOF are retried too", errs: []error{fmt.Errorf("get: %w", syscall.ECONNRESET), fmt.Errorf("watch: %w", io.ErrUnexpectedEOF)}, wantCalls: 3},
 		{name: "an answer from the apiserver goes to the reflector", errs: []error{refused, tooMany}, wantCalls: 2, wantErr: tooMany},
+		{name: "denied while the restarted apiserver's authorizer starts", errs: []error{refused, forbidden, unauthorized, forbidden}, wantCalls: 5},
+		{name: "a denial without an outage goes to the reflector", errs: []error{forbidden}, wantCalls: 1, wantErr: forbidden},
+		{name: "denials beyond the bound go to the reflector", errs: append([]error{refused}, slices.Repeat([]error{forbidden}, startupDenials+1)...),
+			wantCalls: startupDenials + 2, wantErr: forbidden},
 		{name: "cancelled while waiting", errs: []error{refused, refused, refused}, cancelAt: 2, wantCalls: 2, wantErr: refused},
 	}
 	for _, tt := range tests {
