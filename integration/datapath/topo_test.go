@@ -232,11 +232,22 @@ func (n *hnode) peersE() (map[string]wgPeer, error) {
 
 func (n *hnode) publicKey(t *testing.T) string {
 	t.Helper()
-	k, err := wgdev.LoadKey(n.keyFile)
+	pub, err := n.publicKeyE()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return k.PublicKey().String()
+	return pub
+}
+
+// publicKeyE reads the node's public key from its agent's key file, which
+// the agent writes (atomically) only once it runs: before that it is an
+// error to wait on, not a failure.
+func (n *hnode) publicKeyE() (string, error) {
+	k, err := wgdev.LoadKey(n.keyFile)
+	if err != nil {
+		return "", err
+	}
+	return k.PublicKey().String(), nil
 }
 
 // waitMesh waits until every node has every other as a peer with the
@@ -250,15 +261,23 @@ func (tp *topo) waitMesh(timeout time.Duration) {
 				continue
 			}
 			netnstest.Eventually(t, timeout, n.name+" has peer "+o.name, func() error {
-				if n.agent.Exited() {
-					t.Fatalf("%s agent exited:\n%s", n.name, n.agent.Output())
+				for _, x := range []*hnode{n, o} {
+					if x.agent.Exited() {
+						t.Fatalf("%s agent exited:\n%s", x.name, x.agent.Output())
+					}
+				}
+				// o's agent may not have written its key yet (CI: node a
+				// looked for b's key 0.86 s after the agents started).
+				pub, err := o.publicKeyE()
+				if err != nil {
+					return fmt.Errorf("%s's key: %w", o.name, err)
 				}
 				peers, err := n.peersE()
 				if err != nil {
 					return err
 				}
-				if p, ok := peers[o.publicKey(t)]; !ok || p.allowedIPs != o.podCIDR.String() {
-					return fmt.Errorf("no peer %s with %s", o.publicKey(t), o.podCIDR)
+				if p, ok := peers[pub]; !ok || p.allowedIPs != o.podCIDR.String() {
+					return fmt.Errorf("no peer %s with %s", pub, o.podCIDR)
 				}
 				if route, err := n.ns.Run("ip", "route", "get", o.wgAddr.String()); err != nil || !strings.Contains(route, "dev "+wgIface) {
 					return fmt.Errorf("route to %s: %q (%v)", o.wgAddr, route, err)
