@@ -205,7 +205,10 @@ type Reconciler struct {
 	passStart time.Time
 	// mtu is the WireGuard interface's MTU now: Config.MTU until
 	// DetectMTU reports another.
-	mtu    int
+	mtu int
+	// mtuWarn holds the last MTU detection error, so a failure that lasts
+	// is logged once, not at every check (Run's goroutine only).
+	mtuWarn onceWarner
 	status Status
 
 	statusMu   sync.Mutex
@@ -242,8 +245,13 @@ const DefaultMTUCheck = 5 * time.Second
 func (r *Reconciler) mtuChanged() bool {
 	mtu, err := r.cfg.DetectMTU()
 	if err != nil {
-		r.log.Warn("could not detect the underlay mtu; keeping the current one", "err", err)
+		if r.mtuWarn.Fresh("detect", err.Error()) {
+			r.log.Warn("could not detect the underlay mtu; keeping the current one", "err", err)
+		}
 		return false
+	}
+	if r.mtuWarn.Note("detect", "") {
+		r.log.Info("underlay mtu detected again", "mtu", mtu)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
