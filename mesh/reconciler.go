@@ -209,7 +209,7 @@ type Reconciler struct {
 	// mtuWarn holds the last MTU detection error, so a failure that lasts
 	// is logged once, not at every check (Run's goroutine only).
 	mtuWarn onceWarner
-	status Status
+	status  Status
 
 	statusMu   sync.Mutex
 	statusCopy Status
