@@ -2,10 +2,13 @@ package wgdev
 
 import (
 	"bytes"
+	"cmp"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -58,6 +61,24 @@ const (
 	// peer. It covers an agent that starts a minute or two after the
 	// Node of its peer appeared.
 	watchFor = 2 * time.Minute
+
+	// repairRate and repairBurst bound the repairs of all watches
+	// together. A repair is a handshake initiation: three X25519
+	// operations, ~150 µs here. Unbounded, 5000 peers that do not
+	// answer (a large mesh whose other agents are not up yet) cost
+	// 2500 initiations a second at repairMax, and at 5000 Nodes the
+	// watch took half the agent's CPU (integration/bench scale role,
+	// docs/benchmarks.md); 200 a second is ~3% of a core. Watches with
+	// the fewest repairs go first, so a fresh pair keeps its 250 ms
+	// repairs however many long-silent peers wait beside it.
+	repairRate  = 200
+	repairBurst = 200
+	// readDuty bounds the device reads: after a read that took d, the
+	// next waits until readDuty×d has passed (≤ 5% of a CPU). At a
+	// handful of peers a read takes microseconds and this changes
+	// nothing; at 5000 it takes 15-20 ms and the watch, whose watches
+	// fall due one after another, read the device back to back.
+	readDuty = 20
 )
 
 // greeter greets and watches peers of one wireguard-go device.
@@ -69,9 +90,14 @@ type greeter struct {
 	mu      sync.Mutex
 	self    wgtypes.Key
 	watched map[wgtypes.Key]*watch
-	wake    chan struct{}
-	stop    chan struct{}
-	done    chan struct{}
+	repairs *rate.Limiter // repairRate; tests set it
+	// lastRead and readCost are the wall clock start and duration of
+	// the last device read (readDuty).
+	lastRead time.Time
+	readCost time.Duration
+	wake     chan struct{}
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 type watch struct {
@@ -85,6 +111,7 @@ func newGreeter(dev *device.Device, log *slog.Logger, self wgtypes.Key) *greeter
 	g := &greeter{
 		dev: dev, log: log, now: time.Now, self: self,
 		watched: map[wgtypes.Key]*watch{},
+		repairs: rate.NewLimiter(repairRate, repairBurst),
 		wake:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
@@ -198,11 +225,21 @@ func (g *greeter) check() time.Duration {
 	if !due {
 		return sleep
 	}
+	if wait := readDuty*g.readCost - time.Since(g.lastRead); wait > 0 {
+		return wait
+	}
+	g.lastRead = time.Now()
 	self, peers, err := g.read()
+	g.readCost = time.Since(g.lastRead)
 	if err != nil {
 		g.log.Debug("reading the device for the handshake watch failed", "err", err)
 		return repairEvery
 	}
+	type dueWatch struct {
+		key wgtypes.Key
+		*watch
+	}
+	var repair []dueWatch
 	sleep = time.Hour
 	for k, w := range g.watched {
 		if w.next.After(now) {
@@ -221,27 +258,55 @@ func (g *greeter) check() time.Duration {
 			delete(g.watched, k)
 			continue
 		case st.endpoint:
-			if peer := g.dev.LookupPeer(device.NoisePublicKey(k)); peer != nil {
-				// Drops the half-done handshake (useless after a
-				// crossing or a dropped greeting) and the 5 s
-				// rate limit with it.
-				peer.ExpireCurrentKeypairs()
-				if err := peer.SendHandshakeInitiation(false); err != nil {
-					g.log.Debug("handshake repair failed", "peer", k.String(), "err", err)
-				}
-				w.repairs++
-				g.log.Debug("no handshake with peer yet; initiating again", "peer", k.String(),
-					"since", now.Sub(w.since).Round(time.Millisecond), "repairs", w.repairs,
-					"initiator", initiates(self, k))
-			}
+			repair = append(repair, dueWatch{k, w})
+			continue
 		}
-		w.next = now.Add(w.backoff)
-		if now.Sub(w.since) >= repairFast {
-			w.backoff = min(2*w.backoff, repairMax)
-		}
+		g.schedule(w, now)
 		sleep = min(sleep, w.next.Sub(now))
 	}
+	// Fewest repairs first (a fresh pair before long-silent peers), then
+	// the longest overdue.
+	slices.SortFunc(repair, func(a, b dueWatch) int {
+		return cmp.Or(cmp.Compare(a.repairs, b.repairs), a.next.Compare(b.next))
+	})
+	deferred := 0
+	for _, d := range repair {
+		if !g.repairs.AllowN(now, 1) {
+			// Over the budget: due again at the next check, not
+			// counted as a repair and not backed off.
+			d.next = now.Add(repairEvery)
+			deferred++
+			sleep = min(sleep, repairEvery)
+			continue
+		}
+		if peer := g.dev.LookupPeer(device.NoisePublicKey(d.key)); peer != nil {
+			// Drops the half-done handshake (useless after a
+			// crossing or a dropped greeting) and the 5 s rate
+			// limit with it.
+			peer.ExpireCurrentKeypairs()
+			if err := peer.SendHandshakeInitiation(false); err != nil {
+				g.log.Debug("handshake repair failed", "peer", d.key.String(), "err", err)
+			}
+			d.repairs++
+			g.log.Debug("no handshake with peer yet; initiating again", "peer", d.key.String(),
+				"since", now.Sub(d.since).Round(time.Millisecond), "repairs", d.repairs,
+				"initiator", initiates(self, d.key))
+		}
+		g.schedule(d.watch, now)
+		sleep = min(sleep, d.next.Sub(now))
+	}
+	if deferred > 0 {
+		g.log.Debug("handshake repairs over the rate limit; deferred", "deferred", deferred, "limit", repairRate)
+	}
 	return sleep
+}
+
+// schedule sets a watch's next check after one at now.
+func (g *greeter) schedule(w *watch, now time.Time) {
+	w.next = now.Add(w.backoff)
+	if now.Sub(w.since) >= repairFast {
+		w.backoff = min(2*w.backoff, repairMax)
+	}
 }
 
 type peerState struct{ endpoint, handshake bool }

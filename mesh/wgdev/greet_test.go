@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -228,5 +229,76 @@ func TestPeerStates(t *testing.T) {
 	want := map[wgtypes.Key]peerState{a: {endpoint: true}, b: {handshake: true}}
 	if diff := cmp.Diff(want, peerStates(d), cmp.AllowUnexported(peerState{})); diff != "" {
 		t.Errorf("peers (-want +got):\n%s", diff)
+	}
+}
+
+// TestGreetRepairBudget: many peers that never answer get their repairs
+// within the budget (burst + rate × time, not one initiation per peer per
+// backoff), and the budget goes to the peers with the fewest repairs first,
+// so every peer is repaired before any is repaired twice in a row of them.
+func TestGreetRepairBudget(t *testing.T) {
+	const (
+		peers = 100
+		burst = 10
+		per   = 50 // repairs per second
+	)
+	p := newQuietPair(t) // gates closed: no initiation is ever answered
+	g := p.devs[0].greeter
+	g.mu.Lock()
+	g.repairs = rate.NewLimiter(per, burst)
+	g.mu.Unlock()
+
+	var body strings.Builder
+	keys := make([]wgtypes.Key, peers)
+	for i := range keys {
+		keys[i] = mustKey(t).PublicKey()
+		fmt.Fprintf(&body, "public_key=%s\nendpoint=127.0.0.1:%d\nallowed_ip=10.244.%d.0/24\n",
+			hex.EncodeToString(keys[i][:]), 40000+i, 100+i)
+	}
+	uapiSet(t, p.socks[0], body.String())
+	start := time.Now()
+	g.greetAll(keys...)
+
+	repairs := func() (total, least int) {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		least = -1
+		for _, k := range keys {
+			w, ok := g.watched[k]
+			if !ok {
+				t.Fatalf("peer %s no longer watched", k)
+			}
+			total += w.repairs
+			if least < 0 || w.repairs < least {
+				least = w.repairs
+			}
+		}
+		return total, least
+	}
+
+	time.Sleep(1500 * time.Millisecond)
+	total, _ := repairs()
+	// Read after the count, so the allowance is never too small.
+	allowed := burst + int(per*time.Since(start).Seconds()) + 1
+	t.Logf("%d repairs of %d silent peers in the first %s (budget %d)", total, peers, time.Since(start).Round(time.Millisecond), allowed)
+	if total > allowed {
+		t.Errorf("%d repairs, want at most %d (burst %d + %d/s)", total, allowed, burst, per)
+	}
+	if total < burst {
+		t.Errorf("%d repairs, want at least the burst (%d): the watch does not repair", total, burst)
+	}
+
+	// Fewest first: every peer gets its first repair in about
+	// peers/per = 2 s; 10 s leaves a loaded machine room.
+	for {
+		total, least := repairs()
+		if least >= 1 {
+			t.Logf("every peer repaired after %s (%d repairs)", time.Since(start).Round(time.Millisecond), total)
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("after %s some peer has no repair yet (%d repairs in all)", time.Since(start).Round(time.Millisecond), total)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
