@@ -90,6 +90,9 @@ type greeter struct {
 	mu      sync.Mutex
 	self    wgtypes.Key
 	watched map[wgtypes.Key]*watch
+	// silent are peers to greet if they have no session (greetSilent),
+	// decided at the next check.
+	silent  map[wgtypes.Key]struct{}
 	repairs *rate.Limiter // repairRate; tests set it
 	// lastRead and readCost are the wall clock start and duration of
 	// the last device read (readDuty).
@@ -111,6 +114,7 @@ func newGreeter(dev *device.Device, log *slog.Logger, self wgtypes.Key) *greeter
 	g := &greeter{
 		dev: dev, log: log, now: time.Now, self: self,
 		watched: map[wgtypes.Key]*watch{},
+		silent:  map[wgtypes.Key]struct{}{},
 		repairs: rate.NewLimiter(repairRate, repairBurst),
 		wake:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
@@ -137,8 +141,14 @@ func (g *greeter) greet(keys ...wgtypes.Key) { g.greetAs(false, keys) }
 func (g *greeter) greetAll(keys ...wgtypes.Key) { g.greetAs(true, keys) }
 
 func (g *greeter) greetAs(all bool, keys []wgtypes.Key) {
-	now := g.now()
 	g.mu.Lock()
+	g.greetLocked(all, keys, g.now())
+	g.mu.Unlock()
+	g.poke()
+}
+
+// greetLocked is greetAs with g.mu held.
+func (g *greeter) greetLocked(all bool, keys []wgtypes.Key, now time.Time) {
 	for _, k := range keys {
 		peer := g.dev.LookupPeer(device.NoisePublicKey(k))
 		if peer == nil {
@@ -160,7 +170,10 @@ func (g *greeter) greetAs(all bool, keys []wgtypes.Key) {
 			g.watched[k] = &watch{since: now, next: now.Add(answerWait), backoff: repairMax}
 		}
 	}
-	g.mu.Unlock()
+}
+
+// poke has the watch run a check now.
+func (g *greeter) poke() {
 	select {
 	case g.wake <- struct{}{}:
 	default:
@@ -170,22 +183,16 @@ func (g *greeter) greetAs(all bool, keys []wgtypes.Key) {
 // greetSilent greets those of keys that have no session yet (an endpoint
 // written later to a peer that was added without one): a peer with a
 // session needs no greeting, and its watch would end at the first check.
+// Which ones have a session is known only from a device read, which at
+// 5000 peers takes 15-20 ms: the watch's goroutine decides at its next
+// check, so the reconcile pass that wrote the endpoint does not wait for it.
 func (g *greeter) greetSilent(keys ...wgtypes.Key) {
-	_, peers, err := g.read()
-	if err != nil {
-		g.log.Debug("reading the device before greeting failed; greeting anyway", "err", err)
-		g.greet(keys...)
-		return
-	}
-	var silent []wgtypes.Key
+	g.mu.Lock()
 	for _, k := range keys {
-		if st, ok := peers[k]; ok && !st.handshake {
-			silent = append(silent, k)
-		}
+		g.silent[k] = struct{}{}
 	}
-	if len(silent) > 0 {
-		g.greet(silent...)
-	}
+	g.mu.Unlock()
+	g.poke()
 }
 
 func (g *greeter) close() {
@@ -213,7 +220,7 @@ func (g *greeter) check() time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now()
-	due := false
+	due := len(g.silent) > 0
 	sleep := time.Hour
 	for _, w := range g.watched {
 		if !w.next.After(now) {
@@ -234,6 +241,17 @@ func (g *greeter) check() time.Duration {
 	if err != nil {
 		g.log.Debug("reading the device for the handshake watch failed", "err", err)
 		return repairEvery
+	}
+	if len(g.silent) > 0 {
+		var greet []wgtypes.Key
+		for k := range g.silent {
+			if st, ok := peers[k]; ok && !st.handshake {
+				greet = append(greet, k)
+			}
+		}
+		clear(g.silent)
+		// The new watches are due later: the loop below skips them.
+		g.greetLocked(false, greet, now)
 	}
 	type dueWatch struct {
 		key wgtypes.Key

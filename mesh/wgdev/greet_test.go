@@ -92,6 +92,27 @@ func watching(d *Device, key wgtypes.Key) bool {
 	return ok
 }
 
+// greetedSilent waits until d's watch has decided on the peers given to
+// GreetSilent (it does so at its next check, in its own goroutine).
+func greetedSilent(t *testing.T, d *Device) {
+	t.Helper()
+	start := time.Now()
+	for {
+		d.greeter.mu.Lock()
+		n := len(d.greeter.silent)
+		d.greeter.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		// Bound: the next check comes at once (GreetSilent wakes it);
+		// 5 s is room for a loaded machine.
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("GreetSilent: %d peers still undecided after 5s", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // TestGreetSilent: a peer without a session is greeted (by the smaller
 // key an initiation leaves at once; the larger key only watches, to
 // initiate after answerWait); one with a session is left alone.
@@ -103,6 +124,7 @@ func TestGreetSilent(t *testing.T) {
 		a, b = 1, 0
 	}
 	p.devs[b].GreetSilent(p.keys[a].PublicKey())
+	greetedSilent(t, p.devs[b])
 	if n := p.gates[b].held(); n != 0 {
 		t.Fatalf("the larger key sent %d datagrams after greeting a silent peer, want none (the smaller key initiates)", n)
 	}
@@ -111,6 +133,7 @@ func TestGreetSilent(t *testing.T) {
 	}
 	peer := p.keys[b].PublicKey()
 	p.devs[a].GreetSilent(peer)
+	greetedSilent(t, p.devs[a])
 	if n := p.gates[a].held(); n != 1 {
 		t.Fatalf("%d datagrams sent after greeting a silent peer, want the initiation", n)
 	}
@@ -132,6 +155,7 @@ func TestGreetSilent(t *testing.T) {
 	clear(p.devs[a].greeter.watched)
 	p.devs[a].greeter.mu.Unlock()
 	p.devs[a].GreetSilent(peer)
+	greetedSilent(t, p.devs[a])
 	if watching(p.devs[a], peer) {
 		t.Error("peer with a session greeted again")
 	}
