@@ -24,15 +24,18 @@ import (
 // hence the old 192 MiB default; with the bound off that trade-off is still
 // the one to make (unboundedMemoryLimit).
 //
-// Each peer costs about 25 KiB in wireguard-go and the reconciler plus its
-// Node in the informer cache (the bench's scale figures), so the limit grows
-// with the mesh: a fixed one would make the GC run without pause in a large
-// cluster.
+// Each peer costs 30-40 KiB in wireguard-go and the reconciler, 40-50 KiB
+// with its Node in the informer caches (the bench's scale role, 2026-12-05),
+// so the limit grows with the mesh: a fixed one would make the GC run
+// without pause in a large cluster. MemoryPerPeer is twice that, the
+// headroom GOGC=100 gives: at 48 KiB per peer the GC ran a third of the
+// time in the scale role at 5000 Nodes and the periodic full pass took
+// 85 ms instead of 45 (docs/benchmarks.md).
 const (
 	// DefaultMemoryLimit is the limit with no peers and the default
 	// in-flight bound: 96 MiB.
 	DefaultMemoryLimit = fixedMemory + 2*wgdev.DefaultMaxInflight*messageBufferSize
-	MemoryPerPeer      = 48 << 10
+	MemoryPerPeer      = 96 << 10
 
 	// fixedMemory is what the limit allows beside the packets in flight:
 	// wireguard-go's read batches (3 readers × 128 × 64 KiB = 24 MiB, one
