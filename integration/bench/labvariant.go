@@ -45,13 +45,13 @@ func (r labRunner) Command(ctx context.Context, argv ...string) *exec.Cmd {
 
 // NewLab starts a lab (real kube-apiserver and etcd, the real agent and CNI
 // binaries) with nodes nodes of one pod each, over an underlay of the given
-// MTU, and takes it down in cleanup.
-func NewLab(t testing.TB, binDir string, nodes, mtu int) *lab.Lab {
+// MTU, and takes it down in cleanup. agentArgs are extra flags for its agents.
+func NewLab(t testing.TB, binDir string, nodes, mtu int, agentArgs ...string) *lab.Lab {
 	t.Helper()
 	var b [3]byte
 	rand.Read(b[:])
 	name := "bench" + hex.EncodeToString(b[:])
-	l := lab.New(lab.Config{Name: name, BinDir: binDir, Log: slog.New(slog.DiscardHandler)})
+	l := lab.New(lab.Config{Name: name, BinDir: binDir, AgentArgs: agentArgs, Log: slog.New(slog.DiscardHandler)})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
@@ -104,7 +104,17 @@ func labPair(t testing.TB, tools Tools, opt SetupOptions) *Pair {
 			}
 		}()
 	}
-	l := NewLab(t, tools.LabDir, 2, opt.UnderlayMTU)
+	l := NewLab(t, tools.LabDir, 2, opt.UnderlayMTU, opt.AgentArgs...)
+	// The underlay the other variants have (topo.go): the lab makes its
+	// bridge promiscuous so that a capture sees every frame, and a
+	// promiscuous bridge also hands a copy of every frame it forwards
+	// to its own IP stack, which drops it after a route lookup: per
+	// packet work the other variants' underlay does not do (tcpdump
+	// still sets the flag itself while it captures).
+	ulNS, ulBridge := l.Underlay()
+	if out, err := exec.Command("ip", "-n", ulNS, "link", "set", ulBridge, "promisc", "off").CombinedOutput(); err != nil {
+		t.Fatalf("lab underlay promisc off: %v: %s", err, out)
+	}
 	p := &Pair{Variant: WGMesh, Prefix: l.Config().Name, UnderlayMTU: opt.UnderlayMTU, Lab: l}
 	st := l.State()
 	names := st.NodeNames()

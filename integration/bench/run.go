@@ -85,6 +85,9 @@ type Extra struct {
 	NoOffload bool `json:"no_offload"`
 	// Env for the agent (or node role) processes, e.g. GOMEMLIMIT=off.
 	Env []string `json:"env"`
+	// AgentArgs are extra flags for the lab's agents (lab only), e.g.
+	// --network-policy=false.
+	AgentArgs []string `json:"agent_args,omitempty"`
 }
 
 var (
@@ -261,7 +264,7 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 		if x.Label != "" {
 			label = x.Label
 		}
-		p := Setup(t, tools, v, SetupOptions{UnderlayMTU: mtu, NoOffload: x.NoOffload, Env: x.Env, Rules: x.Rules})
+		p := Setup(t, tools, v, SetupOptions{UnderlayMTU: mtu, NoOffload: x.NoOffload, Env: x.Env, AgentArgs: x.AgentArgs, Rules: x.Rules})
 		StartServers(t, tools.Self, p)
 		r := &VariantResult{Label: label, Variant: v, Impl: implOf(tools, v, x), NoOffload: x.NoOffload, UnderlayMTU: mtu, PodMTU: p.PodMTU, Bulk: map[string]*BulkSeries{}}
 		if p.Nodes[0].Iface != "" {
@@ -464,6 +467,9 @@ func implOf(tools Tools, v Variant, x Extra) string {
 	env := ""
 	if len(x.Env) > 0 {
 		env = ", environment " + strings.Join(x.Env, " ")
+	}
+	if len(x.AgentArgs) > 0 {
+		env += ", agent flags " + strings.Join(x.AgentArgs, " ")
 	}
 	if x.Rules {
 		env += ", behind wgmesh's dataplane (mesh/dataplane Prepare+Apply: guard, NAT/forward rules, routes, bridge)"

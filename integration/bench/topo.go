@@ -136,6 +136,8 @@ type SetupOptions struct {
 	// Env is extra environment for the wgmesh processes (agent or node
 	// role), e.g. GOMEMLIMIT=off.
 	Env []string
+	// AgentArgs are extra flags for the lab's agents.
+	AgentArgs []string
 	// Rules puts wgmesh's dataplane on an upstream or debian pair.
 	Rules bool
 }
