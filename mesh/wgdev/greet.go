@@ -279,7 +279,7 @@ func (g *greeter) check() time.Duration {
 			repair = append(repair, dueWatch{k, w})
 			continue
 		}
-		g.schedule(w, now)
+		w.schedule(now)
 		sleep = min(sleep, w.next.Sub(now))
 	}
 	// Fewest repairs first (a fresh pair before long-silent peers), then
@@ -310,7 +310,7 @@ func (g *greeter) check() time.Duration {
 				"since", now.Sub(d.since).Round(time.Millisecond), "repairs", d.repairs,
 				"initiator", initiates(self, d.key))
 		}
-		g.schedule(d.watch, now)
+		d.schedule(now)
 		sleep = min(sleep, d.next.Sub(now))
 	}
 	if deferred > 0 {
@@ -319,8 +319,8 @@ func (g *greeter) check() time.Duration {
 	return sleep
 }
 
-// schedule sets a watch's next check after one at now.
-func (g *greeter) schedule(w *watch, now time.Time) {
+// schedule sets the watch's next check after one at now.
+func (w *watch) schedule(now time.Time) {
 	w.next = now.Add(w.backoff)
 	if now.Sub(w.since) >= repairFast {
 		w.backoff = min(2*w.backoff, repairMax)
