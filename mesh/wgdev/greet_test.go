@@ -308,11 +308,9 @@ func TestGreetRepairBudget(t *testing.T) {
 	if total > allowed {
 		t.Errorf("%d repairs, want at most %d (burst %d + %d/s)", total, allowed, burst, per)
 	}
-	if total < burst {
-		t.Errorf("%d repairs, want at least the burst (%d): the watch does not repair", total, burst)
-	}
 
-	// Fewest first: every peer gets its first repair in about
+	// That the watch repairs at all, and fewest first: every peer gets
+	// its first repair in about
 	// peers/per = 2 s; 10 s leaves a loaded machine room.
 	for {
 		total, least := repairs()
