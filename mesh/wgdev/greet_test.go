@@ -310,8 +310,8 @@ func TestGreetRepairBudget(t *testing.T) {
 	}
 
 	// That the watch repairs at all, and fewest first: every peer gets
-	// its first repair in about
-	// peers/per = 2 s; 10 s leaves a loaded machine room.
+	// its first repair in about peers/per = 2 s; 10 s leaves a loaded
+	// machine room.
 	for {
 		total, least := repairs()
 		if least >= 1 {
