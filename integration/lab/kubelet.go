@@ -333,53 +333,66 @@ func makeCgroupRoot(root string) error {
 
 // removeCgroupRoot SIGKILLs every process left under the node's cgroupRoot
 // (pod containers live in their own namespaces, so killInNamespaces misses
-// them) and removes the cgroups, deepest first.
+// them) and removes the cgroups, deepest first. Kill and rmdir repeat until
+// nothing is left: a v1 rmdir answers EBUSY for a while after the last task
+// was killed (seen once in CI, in one hierarchy only), and a runtime dying
+// beside us can still create a child cgroup after a walk.
 func removeCgroupRoot(root string) error {
 	if root == "" {
 		return nil
 	}
 	hs := cgroupHierarchies()
-	for attempt := 0; attempt < 50; attempt++ {
-		left := 0
+	// 20 s: well past the few hundred ms a killed task takes to leave its
+	// cgroup on a loaded box; a cgroup still busy by then is a real leak.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var busy []error
 		for _, h := range hs {
-			_ = filepath.WalkDir(filepath.Join(h, root), func(path string, d os.DirEntry, err error) error {
-				if err != nil || !d.IsDir() {
-					return nil
+			top := filepath.Join(h, root)
+			dirs := cgroupDirs(top)
+			for _, d := range dirs {
+				for _, pid := range cgroupTasks(d) {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
 				}
-				data, _ := os.ReadFile(filepath.Join(path, "cgroup.procs"))
-				for _, f := range strings.Fields(string(data)) {
-					if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
-						_ = syscall.Kill(pid, syscall.SIGKILL)
-						left++
-					}
+			}
+			for i := len(dirs) - 1; i >= 0; i-- {
+				if err := syscall.Rmdir(dirs[i]); err != nil && !errors.Is(err, syscall.ENOENT) {
+					busy = append(busy, fmt.Errorf("remove cgroup %s (tasks %v): %w", dirs[i], cgroupTasks(dirs[i]), err))
 				}
-				return nil
-			})
+			}
+			// The per-lab parent, once its last node is gone.
+			_ = syscall.Rmdir(filepath.Dir(top))
 		}
-		if left == 0 {
-			break
+		if len(busy) == 0 || time.Now().After(deadline) {
+			return errors.Join(busy...)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	var errs []error
-	for _, h := range hs {
-		top := filepath.Join(h, root)
-		var dirs []string
-		_ = filepath.WalkDir(top, func(path string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, path)
-			}
-			return nil
-		})
-		for i := len(dirs) - 1; i >= 0; i-- {
-			if err := syscall.Rmdir(dirs[i]); err != nil && !errors.Is(err, syscall.ENOENT) {
-				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", dirs[i], err))
-			}
+}
+
+// cgroupDirs lists top and every cgroup below it, parents before children.
+func cgroupDirs(top string) []string {
+	var dirs []string
+	_ = filepath.WalkDir(top, func(path string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, path)
 		}
-		// The per-lab parent, once its last node is gone.
-		_ = syscall.Rmdir(filepath.Dir(top))
+		return nil
+	})
+	return dirs
+}
+
+// cgroupTasks reads the thread ids in a v1 cgroup ("tasks" also lists the
+// threads of a group whose leader already exited, which cgroup.procs hides).
+func cgroupTasks(dir string) []int {
+	data, _ := os.ReadFile(filepath.Join(dir, "tasks"))
+	var pids []int
+	for _, f := range strings.Fields(string(data)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+			pids = append(pids, pid)
+		}
 	}
-	return errors.Join(errs...)
+	return pids
 }
 
 // containerdConfig is the node's containerd 2.x config (version 3): crun as
