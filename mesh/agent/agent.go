@@ -158,6 +158,8 @@ func realHost() host {
 func (a *Agent) Run(ctx context.Context) error {
 	cfg, log := a.cfg, a.log
 	limit := newMemoryLimiter(cfg.MemoryLimit == MemoryLimitAuto, cfg.MaxInflight, a.host.lookupEnv)
+	// Closed after the first reconcile: start-up is over (memoryTrimmer).
+	settled := make(chan struct{})
 
 	dp, err := dataplane.New(dataplane.Config{
 		WGInterface:  cfg.Interface,
@@ -259,6 +261,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			state.Observe(s)
 			if s.Reconciles == 1 {
 				log.Info(MsgFirstReconcile, "peers", len(s.Peers), "took", s.Duration)
+				close(settled)
 			}
 			if cfg.OnReconcile != nil {
 				cfg.OnReconcile(s)
@@ -301,6 +304,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	recErr := make(chan error, 1)
 	wgs.Go(func() { recErr <- rec.Run(ctx) })
+	if cfg.MemoryLimit == MemoryLimitAuto {
+		// The runtime's memory is the agent's to steer (as the limit).
+		wgs.Go(func() { newMemoryTrimmer(log).run(ctx, settled) })
+	}
 	if err := a.startNetworkPolicy(ctx, client, &wgs); err != nil {
 		return fmt.Errorf("network policy: %w", err)
 	}

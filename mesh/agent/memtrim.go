@@ -1,0 +1,142 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"runtime/debug"
+	"runtime/metrics"
+	"syscall"
+	"time"
+)
+
+// Handing the heap's free pages back to the kernel while the agent is idle.
+//
+// wireguard-go allocates its read batches up front (3 readers × 128 × 64 KiB
+// = 24 MiB) and they stay untouched, so not resident, until packets arrive;
+// but the Go runtime counts them as live heap. With GOGC=100 the GC
+// therefore lets 24+ MiB of garbage pile up before it runs (or until its
+// 2-minute forced cycle), and its scavenger keeps 10% of that inflated heap
+// as free pages it does not return. On an idle node, the agent's private
+// memory grew from 8 to 12 MiB over 10 minutes that way (integration/lab,
+// 2026-12-05), all of it garbage and free pages, while its live objects
+// stayed the same. The trimmer returns them once after start-up (the
+// informers' initial lists are the biggest garbage the agent makes) and then
+// whenever a period passed in which the agent was idle and enough is
+// reclaimable.
+const (
+	// trimEvery is how often the trimmer looks: the agent's own resync
+	// period, so that an idle agent does at most one extra GC per pass.
+	trimEvery = 30 * time.Second
+	// trimIdleCPU is the share of one CPU below which the agent counts as
+	// idle: a data path carrying traffic uses far more, and trimming then
+	// would only have the pools' pages faulted back in.
+	trimIdleCPU = 0.02
+	// trimMinBytes is the least worth a GC cycle; trimMinLiveShift adds
+	// live>>trimMinLiveShift (1 MiB of the idle agent's 33 MiB "live"
+	// heap, the untouched read batches included), so that a large mesh (a
+	// heap of hundreds of MiB, a GC cycle of 100+ ms of CPU) trims only
+	// when it gives back a few percent of it.
+	trimMinBytes     = 1 << 20
+	trimMinLiveShift = 5
+)
+
+// memoryTrimmer releases free heap pages (debug.FreeOSMemory) after
+// start-up and in idle periods. Its fields are the process's clocks and the
+// runtime's figures, replaced in tests.
+type memoryTrimmer struct {
+	every   time.Duration
+	log     *slog.Logger
+	now     func() time.Time
+	cpuTime func() time.Duration
+	// heap returns what a GC and a scavenge could give back (free pages
+	// not yet released, and objects allocated since the last GC that may
+	// be garbage) and the live heap as of the last GC.
+	heap    func() (reclaimable, live uint64)
+	release func()
+}
+
+func newMemoryTrimmer(log *slog.Logger) *memoryTrimmer {
+	return &memoryTrimmer{
+		every:   trimEvery,
+		log:     log,
+		now:     time.Now,
+		cpuTime: processCPU,
+		heap:    heapReclaimable,
+		release: debug.FreeOSMemory,
+	}
+}
+
+// run trims once when settled is closed and then every t.every while the
+// agent is idle, until ctx ends.
+func (t *memoryTrimmer) run(ctx context.Context, settled <-chan struct{}) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-settled:
+	}
+	t.trim("start-up")
+	tick := time.NewTicker(t.every)
+	defer tick.Stop()
+	lastWall, lastCPU := t.now(), t.cpuTime()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		wall, cpu := t.now(), t.cpuTime()
+		busy := t.busy(wall.Sub(lastWall), cpu-lastCPU)
+		lastWall, lastCPU = wall, cpu
+		if busy {
+			continue
+		}
+		if reclaimable, live := t.heap(); reclaimable >= trimMinBytes+live>>trimMinLiveShift {
+			t.trim("idle")
+			// The trim's own GC is not the agent's work.
+			lastCPU = t.cpuTime()
+		}
+	}
+}
+
+// busy says whether the agent used more than trimIdleCPU of a CPU over a
+// period.
+func (t *memoryTrimmer) busy(wall, cpu time.Duration) bool {
+	return wall <= 0 || float64(cpu) > trimIdleCPU*float64(wall)
+}
+
+func (t *memoryTrimmer) trim(why string) {
+	start := t.now()
+	t.release()
+	t.log.Debug("returned free memory to the kernel", "why", why, "took", t.now().Sub(start))
+}
+
+// processCPU is the CPU time the process used so far (user and system).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// heapReclaimable reads the runtime's figures for memoryTrimmer.heap.
+func heapReclaimable() (reclaimable, live uint64) {
+	s := []metrics.Sample{
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/gc/heap/live:bytes"},
+	}
+	metrics.Read(s)
+	for _, x := range s {
+		if x.Value.Kind() != metrics.KindUint64 {
+			return 0, 0 // a runtime without them: never trim when idle
+		}
+	}
+	free, objects := s[0].Value.Uint64(), s[1].Value.Uint64()
+	live = s[2].Value.Uint64()
+	reclaimable = free
+	if objects > live {
+		reclaimable += objects - live
+	}
+	return reclaimable, live
+}

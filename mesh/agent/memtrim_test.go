@@ -1,0 +1,87 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestMemoryTrimmer(t *testing.T) {
+	const mib = 1 << 20
+	tests := []struct {
+		name string
+		// cpuShare is the agent's CPU use as a share of one CPU.
+		cpuShare          float64
+		reclaimable, live uint64
+		wantIdleTrims     bool
+	}{
+		{"idle with garbage", 0.001, 4 * mib, 30 * mib, true},
+		{"busy data path", 0.5, 64 * mib, 90 * mib, false},
+		{"idle, little to give back", 0.001, mib / 2, 30 * mib, false},
+		// 5000 peers: 300 MiB live, 8 MiB free is under 1 MiB + live/32.
+		{"idle large heap, a small share free", 0.001, 8 * mib, 300 * mib, false},
+		{"idle large heap, much free", 0.001, 40 * mib, 300 * mib, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			var released, looked atomic.Int32
+			tr := &memoryTrimmer{
+				every: 5 * time.Millisecond,
+				log:   slog.New(slog.DiscardHandler),
+				now:   time.Now,
+				cpuTime: func() time.Duration {
+					looked.Add(1)
+					return time.Duration(tt.cpuShare * float64(time.Since(start)))
+				},
+				heap:    func() (uint64, uint64) { return tt.reclaimable, tt.live },
+				release: func() { released.Add(1) },
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			settled := make(chan struct{})
+			done := make(chan struct{})
+			go func() { tr.run(ctx, settled); close(done) }()
+			defer func() { cancel(); <-done }()
+
+			// Nothing before start-up is over.
+			time.Sleep(30 * time.Millisecond)
+			if n := released.Load(); n != 0 {
+				t.Fatalf("%d trims before start-up settled", n)
+			}
+			close(settled)
+			// 20 periods looked at (cpuTime is read once per period,
+			// and once more after each trim); polled, so that a
+			// loaded machine only makes the test slower.
+			deadline := time.Now().Add(30 * time.Second)
+			for looked.Load() < 21 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			n := released.Load()
+			if n < 1 {
+				t.Fatalf("no start-up trim")
+			}
+			idle := n - 1
+			if tt.wantIdleTrims && idle < 5 {
+				t.Errorf("%d idle trims in %d looks, want at least 5", idle, looked.Load())
+			}
+			if !tt.wantIdleTrims && idle != 0 {
+				t.Errorf("%d idle trims, want none", idle)
+			}
+		})
+	}
+}
+
+func TestHeapReclaimable(t *testing.T) {
+	// The runtime has the three figures (a Go update that renamed one
+	// would silently turn idle trimming off).
+	sink = make([]byte, 1<<20)
+	sink = nil
+	reclaimable, live := heapReclaimable()
+	if live == 0 {
+		t.Errorf("live heap 0 (reclaimable %d): a runtime metric is missing", reclaimable)
+	}
+}
+
+var sink []byte
