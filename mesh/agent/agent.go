@@ -130,7 +130,7 @@ type policyTables interface {
 func realHost() host {
 	return host{
 		lookupEnv:  os.LookupEnv,
-		autoMTU:    dataplane.AutoMTU,
+		autoMTU:    dataplane.NewMTUDetector().Detect, // asked every few seconds
 		kubeClient: kubeClient,
 		dynamicClient: func(kubeconfig string) (dynamic.Interface, error) {
 			return kube.NewDynamicClient(kube.ClientConfig{Kubeconfig: kubeconfig, UserAgent: kube.DefaultComponent})

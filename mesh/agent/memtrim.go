@@ -31,13 +31,13 @@ const (
 	// idle: a data path carrying traffic uses far more, and trimming then
 	// would only have the pools' pages faulted back in.
 	trimIdleCPU = 0.02
-	// trimMinBytes is the least worth a GC cycle; trimMinLiveShift adds
-	// live>>trimMinLiveShift (1 MiB of the idle agent's 33 MiB "live"
-	// heap, the untouched read batches included), so that a large mesh (a
-	// heap of hundreds of MiB, a GC cycle of 100+ ms of CPU) trims only
-	// when it gives back a few percent of it.
+	// trimMinBytes is the least worth a GC cycle; trimMinScanShift adds
+	// scan>>trimMinScanShift, the heap a GC cycle has to scan (what it
+	// costs; the untouched read batches hold no pointers and cost
+	// nothing), so that a large mesh (hundreds of MiB to scan, 100+ ms of
+	// CPU) trims only when it gives back an eighth of that.
 	trimMinBytes     = 1 << 20
-	trimMinLiveShift = 5
+	trimMinScanShift = 3
 )
 
 // memoryTrimmer releases free heap pages (debug.FreeOSMemory) after
@@ -50,8 +50,8 @@ type memoryTrimmer struct {
 	cpuTime func() time.Duration
 	// heap returns what a GC and a scavenge could give back (free pages
 	// not yet released, and objects allocated since the last GC that may
-	// be garbage) and the live heap as of the last GC.
-	heap    func() (reclaimable, live uint64)
+	// be garbage) and the scannable heap (a GC cycle's work).
+	heap    func() (reclaimable, scan uint64)
 	release func()
 }
 
@@ -90,7 +90,7 @@ func (t *memoryTrimmer) run(ctx context.Context, settled <-chan struct{}) {
 		if busy {
 			continue
 		}
-		if reclaimable, live := t.heap(); reclaimable >= trimMinBytes+live>>trimMinLiveShift {
+		if reclaimable, scan := t.heap(); reclaimable >= trimMinBytes+scan>>trimMinScanShift {
 			t.trim("idle")
 			// The trim's own GC is not the agent's work.
 			lastCPU = t.cpuTime()
@@ -120,11 +120,12 @@ func processCPU() time.Duration {
 }
 
 // heapReclaimable reads the runtime's figures for memoryTrimmer.heap.
-func heapReclaimable() (reclaimable, live uint64) {
+func heapReclaimable() (reclaimable, scan uint64) {
 	s := []metrics.Sample{
 		{Name: "/memory/classes/heap/free:bytes"},
 		{Name: "/memory/classes/heap/objects:bytes"},
 		{Name: "/gc/heap/live:bytes"},
+		{Name: "/gc/scan/heap:bytes"},
 	}
 	metrics.Read(s)
 	for _, x := range s {
@@ -132,11 +133,10 @@ func heapReclaimable() (reclaimable, live uint64) {
 			return 0, 0 // a runtime without them: never trim when idle
 		}
 	}
-	free, objects := s[0].Value.Uint64(), s[1].Value.Uint64()
-	live = s[2].Value.Uint64()
+	free, objects, live := s[0].Value.Uint64(), s[1].Value.Uint64(), s[2].Value.Uint64()
 	reclaimable = free
 	if objects > live {
 		reclaimable += objects - live
 	}
-	return reclaimable, live
+	return reclaimable, s[3].Value.Uint64()
 }

@@ -14,15 +14,15 @@ func TestMemoryTrimmer(t *testing.T) {
 		name string
 		// cpuShare is the agent's CPU use as a share of one CPU.
 		cpuShare          float64
-		reclaimable, live uint64
+		reclaimable, scan uint64
 		wantIdleTrims     bool
 	}{
-		{"idle with garbage", 0.001, 4 * mib, 30 * mib, true},
-		{"busy data path", 0.5, 64 * mib, 90 * mib, false},
-		{"idle, little to give back", 0.001, mib / 2, 30 * mib, false},
-		// 5000 peers: 300 MiB live, 8 MiB free is under 1 MiB + live/32.
-		{"idle large heap, a small share free", 0.001, 8 * mib, 300 * mib, false},
-		{"idle large heap, much free", 0.001, 40 * mib, 300 * mib, true},
+		{"idle with garbage", 0.001, 2 * mib, 5 * mib, true},
+		{"busy data path", 0.5, 64 * mib, 5 * mib, false},
+		{"idle, little to give back", 0.001, mib / 2, 5 * mib, false},
+		// 5000 peers: 250 MiB to scan; 20 MiB free is under 1 MiB + scan/8.
+		{"idle large heap, a small share free", 0.001, 20 * mib, 250 * mib, false},
+		{"idle large heap, much free", 0.001, 40 * mib, 250 * mib, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -36,7 +36,7 @@ func TestMemoryTrimmer(t *testing.T) {
 					looked.Add(1)
 					return time.Duration(tt.cpuShare * float64(time.Since(start)))
 				},
-				heap:    func() (uint64, uint64) { return tt.reclaimable, tt.live },
+				heap:    func() (uint64, uint64) { return tt.reclaimable, tt.scan },
 				release: func() { released.Add(1) },
 			}
 			ctx, cancel := context.WithCancel(context.Background())
@@ -74,13 +74,13 @@ func TestMemoryTrimmer(t *testing.T) {
 }
 
 func TestHeapReclaimable(t *testing.T) {
-	// The runtime has the three figures (a Go update that renamed one
+	// The runtime has the four figures (a Go update that renamed one
 	// would silently turn idle trimming off).
 	sink = make([]byte, 1<<20)
 	sink = nil
-	reclaimable, live := heapReclaimable()
-	if live == 0 {
-		t.Errorf("live heap 0 (reclaimable %d): a runtime metric is missing", reclaimable)
+	reclaimable, scan := heapReclaimable()
+	if scan == 0 {
+		t.Errorf("scannable heap 0 (reclaimable %d): a runtime metric is missing", reclaimable)
 	}
 }
 

@@ -430,3 +430,17 @@ func AutoMTU(exclude ...string) (int, error) {
 	}
 	return ChooseMTU(links, def, exclude...), nil
 }
+
+// linkByIndex is MTUDetector's one-link read.
+func linkByIndex(index int) (LinkInfo, bool, error) {
+	l, err := netlink.LinkByIndex(index)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return LinkInfo{}, false, nil
+		}
+		return LinkInfo{}, false, fmt.Errorf("read link %d: %w", index, err)
+	}
+	a := l.Attrs()
+	return LinkInfo{Name: a.Name, Index: a.Index, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0, Loopback: a.Flags&net.FlagLoopback != 0}, true, nil
+}

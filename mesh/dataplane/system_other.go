@@ -33,3 +33,8 @@ func (unsupported) DeleteLink(string) error              { return errUnsupported
 
 // AutoMTU is not supported off Linux.
 func AutoMTU(...string) (int, error) { return 0, errUnsupported }
+
+// LinkInfos is not supported off Linux.
+func LinkInfos() ([]LinkInfo, int, error) { return nil, 0, errUnsupported }
+
+func linkByIndex(int) (LinkInfo, bool, error) { return LinkInfo{}, false, errUnsupported }
