@@ -219,4 +219,23 @@ func TestTargets(t *testing.T) {
 	if md := rep.Markdown(); !strings.Contains(md, "**missed**") || !strings.Contains(md, "| 1×fwd |") {
 		t.Errorf("markdown:\n%s", md)
 	}
+
+	// The same-lab rows appear only with the upstream-lab baseline, and
+	// judge against it, not against upstream.
+	sameLab := "wgmesh throughput ≥ 1.0× upstream on the same lab (upstream-lab), every shape"
+	if _, ok := verdicts()[sameLab]; ok {
+		t.Errorf("%q judged without an upstream-lab pair", sameLab)
+	}
+	std := &rep.Passes[0]
+	std.Variants = append(std.Variants, mk(UpstreamLabExtra.Label, Upstream, 3.2))
+	if v, ok := verdicts()[sameLab]; !ok || v {
+		t.Errorf("%q: judged %v (present %v), want missed (3.0 vs 3.2)", sameLab, v, ok)
+	}
+	std.get(UpstreamLabExtra.Label).Bulk = bulk(2.9, 0)
+	if !verdicts()[sameLab] {
+		t.Errorf("%q missed with 3.0 vs 2.9", sameLab)
+	}
+	if md := rep.Markdown(); !strings.Contains(md, "wgmesh/upstream-lab |") || !strings.Contains(md, " 1.03× |\n") {
+		t.Errorf("markdown without the same-lab ratio:\n%s", md)
+	}
 }

@@ -104,6 +104,15 @@ func (r *Report) Targets() []Target {
 	ts = append(ts, ratioTarget("wgmesh throughput ≥ 1.2× upstream, every shape (issue 15 stretch)", wm, up, 1.2))
 	ts = append(ts, ratioTarget("wgmesh throughput ≥ 2.5× Debian, every shape", wm, deb, 2.5))
 	ts = append(ts, perShapeTargets(wm, up)...)
+	// The same two targets against upstream in the lab variant's own
+	// environment (UpstreamLabExtra): the rows above compare the lab
+	// with the bench's topology as well as the daemons.
+	if ul := std.get(UpstreamLabExtra.Label); ul != nil {
+		ts = append(ts, ratioTarget("wgmesh throughput ≥ 1.0× upstream on the same lab (upstream-lab), every shape", wm, ul, 1.0))
+		cpu := perShapeTargets(wm, ul)[1]
+		cpu.Name = "wgmesh CPU per Gbit (both daemons) ≤ upstream-lab's, every shape"
+		ts = append(ts, cpu)
+	}
 	if wm != nil {
 		total, cpuWorst := 0.0, 0.0
 		for _, bs := range wm.Bulk {
@@ -265,9 +274,13 @@ func (r *Report) Markdown() string {
 			w("- %s: %s\n", v.Label, v.Impl)
 		}
 		w("\n")
-		wm, up, deb := p.get("wgmesh"), p.get("upstream"), p.get("debian")
-		w("### 1. Throughput, Gbit/s (retransmits)\n\n| shape | %s | wgmesh/upstream | wgmesh/debian |\n|---|%s---|---|\n",
-			strings.Join(labels, " | "), strings.Repeat("---|", len(labels)))
+		wm, up, deb, ul := p.get("wgmesh"), p.get("upstream"), p.get("debian"), p.get(UpstreamLabExtra.Label)
+		ulHead, ulSep := "", ""
+		if ul != nil {
+			ulHead, ulSep = " wgmesh/upstream-lab |", "---|"
+		}
+		w("### 1. Throughput, Gbit/s (retransmits)\n\n| shape | %s | wgmesh/upstream | wgmesh/debian |%s\n|---|%s---|---|%s\n",
+			strings.Join(labels, " | "), ulHead, strings.Repeat("---|", len(labels)), ulSep)
 		for _, bc := range BulkConfigs {
 			k := bc.Key()
 			w("| %s |", k)
@@ -278,7 +291,11 @@ func (r *Report) Markdown() string {
 					w(" – |")
 				}
 			}
-			w(" %s | %s |\n", ratio(wm.gbps(k), up.gbps(k)), ratio(wm.gbps(k), deb.gbps(k)))
+			w(" %s | %s |", ratio(wm.gbps(k), up.gbps(k)), ratio(wm.gbps(k), deb.gbps(k)))
+			if ul != nil {
+				w(" %s |", ratio(wm.gbps(k), ul.gbps(k)))
+			}
+			w("\n")
 		}
 		w("\n### 2. CPU and memory\n\n| | %s |\n|---|%s\n", strings.Join(labels, " | "), strings.Repeat("---|", len(labels)))
 		row := func(name string, f func(v *VariantResult) string) {

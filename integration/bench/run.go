@@ -63,7 +63,7 @@ func SmokeSettings() Settings {
 func FullSettings() Settings {
 	return Settings{
 		Mode: "full", Runs: 5, Duration: 10 * time.Second,
-		Variants: AllVariants, Extras: []Extra{NoOffloadExtra, NoMemLimitExtra}, JumboVariants: AllVariants,
+		Variants: AllVariants, Extras: []Extra{NoOffloadExtra, NoMemLimitExtra, UpstreamLabExtra}, JumboVariants: AllVariants,
 		RRCount: 10000, RRWarmup: 500, PingCount: 200, PingInterval: 10 * time.Millisecond,
 		ScaleNodes: []int{1000, 5000}, ScaleRuns: 5, ScaleRounds: 9,
 		ConvergeNodes: []int{3, 8}, ConvergeRuns: 5,
@@ -88,6 +88,10 @@ type Extra struct {
 	// AgentArgs are extra flags for the lab's agents (lab only), e.g.
 	// --network-policy=false.
 	AgentArgs []string `json:"agent_args,omitempty"`
+	// Lab runs Variant (upstream) on a lab of its own in place of the
+	// agents: the same network, rules and processes around it as the
+	// wgmesh variant's, so that the two differ in the daemon only.
+	Lab bool `json:"lab,omitempty"`
 }
 
 var (
@@ -99,6 +103,9 @@ var (
 	// UpstreamRulesExtra is upstream wireguard-go behind wgmesh's
 	// dataplane rules.
 	UpstreamRulesExtra = Extra{Label: "upstream+rules", Variant: Upstream, Rules: true}
+	// UpstreamLabExtra is upstream wireguard-go on the lab, the baseline
+	// in the wgmesh variant's own environment (full mode with the lab).
+	UpstreamLabExtra = Extra{Label: "upstream-lab", Variant: Upstream, Lab: true}
 )
 
 // BulkConfig is one iperf3 shape.
@@ -264,7 +271,7 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 		if x.Label != "" {
 			label = x.Label
 		}
-		p := Setup(t, tools, v, SetupOptions{UnderlayMTU: mtu, NoOffload: x.NoOffload, Env: x.Env, AgentArgs: x.AgentArgs, Rules: x.Rules})
+		p := Setup(t, tools, v, SetupOptions{UnderlayMTU: mtu, NoOffload: x.NoOffload, Env: x.Env, AgentArgs: x.AgentArgs, Rules: x.Rules, Lab: x.Lab})
 		StartServers(t, tools.Self, p)
 		r := &VariantResult{Label: label, Variant: v, Impl: implOf(tools, v, x), NoOffload: x.NoOffload, UnderlayMTU: mtu, PodMTU: p.PodMTU, Bulk: map[string]*BulkSeries{}}
 		if p.Nodes[0].Iface != "" {
@@ -473,6 +480,9 @@ func implOf(tools Tools, v Variant, x Extra) string {
 	}
 	if x.Rules {
 		env += ", behind wgmesh's dataplane (mesh/dataplane Prepare+Apply: guard, NAT/forward rules, routes, bridge)"
+	}
+	if x.Lab {
+		env += ", on a lab of its own in place of the agents (their wgmesh0, configuration, routes and rules; integration/lab)"
 	}
 	return implBase(tools, v, x.NoOffload) + env
 }

@@ -140,6 +140,9 @@ type SetupOptions struct {
 	AgentArgs []string
 	// Rules puts wgmesh's dataplane on an upstream or debian pair.
 	Rules bool
+	// Lab runs an upstream pair on a lab of its own, in place of the
+	// agents (see upstreamLabPair). Needs the lab (Tools.LabDir).
+	Lab bool
 }
 
 // Setup builds the topology of variant v and waits until pod-a reaches
@@ -150,9 +153,14 @@ func Setup(t testing.TB, tools Tools, v Variant, opt SetupOptions) *Pair {
 		opt.UnderlayMTU = 1500
 	}
 	var p *Pair
-	if v == WGMesh && tools.LabDir != "" && !opt.NoOffload {
+	switch {
+	case opt.Lab && (v != Upstream || tools.LabDir == ""):
+		t.Fatalf("[%s] a lab pair needs the upstream variant and the lab (-bench.lab)", v)
+	case opt.Lab:
+		p = upstreamLabPair(t, tools, opt)
+	case v == WGMesh && tools.LabDir != "" && !opt.NoOffload:
 		p = labPair(t, tools, opt)
-	} else {
+	default:
 		p = setupLocal(t, tools, v, opt)
 	}
 	for i, n := range p.Nodes {
