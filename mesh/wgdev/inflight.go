@@ -64,15 +64,17 @@ type inflight struct {
 	maxLate int
 
 	mu       sync.Mutex
-	held     map[uintptr]struct{}
+	held     addrSet
 	wake     chan struct{} // closed when a waiter may go on
 	released uint64        // buffers released so far: progress, for wait
 	stalls   uint64        // times a waiter forgot everything (for tests and debugging)
 	late     uint64        // times a waiter's timer fired too late to judge (for tests)
 }
 
+// newInflight sizes the held set for twice the limit: readers that passed
+// wait add their whole batch, so it holds more than limit for a moment.
 func newInflight(limit int) *inflight {
-	return &inflight{limit: limit, stall: inflightStall, now: time.Now, maxLate: inflightMaxLate, held: make(map[uintptr]struct{}, limit), wake: make(chan struct{})}
+	return &inflight{limit: limit, stall: inflightStall, now: time.Now, maxLate: inflightMaxLate, held: newAddrSet(2 * limit), wake: make(chan struct{})}
 }
 
 // wait blocks until fewer than limit buffers are held. If for a whole
@@ -92,7 +94,7 @@ func newInflight(limit int) *inflight {
 // as long as the machine stays loaded.
 func (f *inflight) wait() {
 	f.mu.Lock()
-	if len(f.held) < f.limit {
+	if f.held.len() < f.limit {
 		f.mu.Unlock()
 		return
 	}
@@ -101,7 +103,7 @@ func (f *inflight) wait() {
 	lateRun := 0 // late periods in a row
 	t := time.NewTimer(f.stall)
 	defer t.Stop()
-	for len(f.held) >= f.limit {
+	for f.held.len() >= f.limit {
 		wake := f.wake
 		f.mu.Unlock()
 		select {
@@ -122,7 +124,7 @@ func (f *inflight) wait() {
 				t.Reset(f.stall)
 				continue
 			}
-			clear(f.held)
+			f.held.clear()
 			f.stalls++
 			inflightStalls.Add(1)
 			f.signal()
@@ -142,7 +144,7 @@ func (f *inflight) hold(bufs [][]byte, n int) {
 	f.mu.Lock()
 	for _, b := range bufs[:n] {
 		if cap(b) > 0 {
-			f.held[bufAddr(b)] = struct{}{}
+			f.held.add(bufAddr(b))
 		}
 	}
 	f.mu.Unlock()
@@ -152,14 +154,14 @@ func (f *inflight) hold(bufs [][]byte, n int) {
 // (handshakes, keepalives, cookie replies) are ignored.
 func (f *inflight) release(bufs [][]byte) {
 	f.mu.Lock()
-	before := len(f.held)
+	before := f.held.len()
 	for _, b := range bufs {
 		if cap(b) > 0 {
-			delete(f.held, bufAddr(b))
+			f.held.remove(bufAddr(b))
 		}
 	}
-	f.released += uint64(before - len(f.held))
-	if before >= f.limit && len(f.held) < f.limit {
+	f.released += uint64(before - f.held.len())
+	if before >= f.limit && f.held.len() < f.limit {
 		f.signal()
 	}
 	f.mu.Unlock()
@@ -237,7 +239,7 @@ func (b *boundedBind) receive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 			for i, p := range packets[:n] {
 				// Message type 4 (transport data), little endian.
 				if sizes[i] >= dataMinSize && p[0] == 4 && p[1] == 0 && p[2] == 0 && p[3] == 0 {
-					b.in.held[bufAddr(p)] = struct{}{}
+					b.in.held.add(bufAddr(p))
 				}
 			}
 			b.in.mu.Unlock()

@@ -67,8 +67,8 @@ func TestInflightWaitsForRelease(t *testing.T) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.held) != 3 || f.stalls != 0 {
-		t.Errorf("held %d, stalls %d after one release; want 3, 0", len(f.held), f.stalls)
+	if f.held.len() != 3 || f.stalls != 0 {
+		t.Errorf("held %d, stalls %d after one release; want 3, 0", f.held.len(), f.stalls)
 	}
 }
 
@@ -88,8 +88,8 @@ func TestInflightForgetsAfterStall(t *testing.T) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.held) != 0 || f.stalls != 1 {
-		t.Errorf("after a stall: held %d, stalls %d; want 0, 1", len(f.held), f.stalls)
+	if f.held.len() != 0 || f.stalls != 1 {
+		t.Errorf("after a stall: held %d, stalls %d; want 0, 1", f.held.len(), f.stalls)
 	}
 	// Other tests of the package may stall too (tests run one by one
 	// unless they call t.Parallel, which these do not).
@@ -197,8 +197,8 @@ func TestInflightKeepsWaitingWhileReleasing(t *testing.T) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.stalls != 0 || len(f.held) != 1 {
-		t.Errorf("stalls %d, held %d; want 0 (releases are progress: 1.2 s of them is no stall), 1", f.stalls, len(f.held))
+	if f.stalls != 0 || f.held.len() != 1 {
+		t.Errorf("stalls %d, held %d; want 0 (releases are progress: 1.2 s of them is no stall), 1", f.stalls, f.held.len())
 	}
 }
 
@@ -244,12 +244,12 @@ func TestBoundedBindCountsDataOnly(t *testing.T) {
 		t.Fatalf("receive: %d, %v", n, err)
 	}
 	in := b.(*boundedBind).in
-	if got := len(in.held); got != 2 {
+	if got := in.held.len(); got != 2 {
 		t.Errorf("held %d after receiving 2 data packets, a keepalive and a handshake; want 2", got)
 	}
 	// Written to the TUN: released.
 	b.(*boundedBind).in.release([][]byte{bufs[0], bufs[3]})
-	if got := len(in.held); got != 0 {
+	if got := in.held.len(); got != 0 {
 		t.Errorf("held %d after the TUN write, want 0", got)
 	}
 }
