@@ -16,6 +16,7 @@ import (
 	"github.com/wgmesh/wgmesh/mesh/agent"
 	"github.com/wgmesh/wgmesh/mesh/dataplane"
 	"github.com/wgmesh/wgmesh/mesh/nodenet"
+	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
 
 // Config keys: each is a flag (--key), an environment variable
@@ -40,6 +41,7 @@ const (
 	keyLogLevel            = "log-level"
 	keyMetricsAddress      = "metrics-address"
 	keyNetworkPolicy       = "network-policy"
+	keyMaxInflight         = "max-inflight"
 )
 
 // envPrefix prefixes every environment variable.
@@ -73,7 +75,14 @@ type Config struct {
 	// NetworkPolicy enforces Kubernetes NetworkPolicies for this node's
 	// pods (mesh/policy); off removes the policy tables.
 	NetworkPolicy bool
+	// MaxInflight bounds the packets per direction wireguard-go holds
+	// (wgdev.DefaultMaxInflight); 0 means no bound.
+	MaxInflight int
 }
+
+// minMaxInflight is the smallest bound accepted: wireguard-go stages up to
+// a batch (128 packets) per peer without a session, and those count too.
+const minMaxInflight = 128
 
 // registerFlags declares every key with its default and help.
 func registerFlags(fs *pflag.FlagSet) {
@@ -95,6 +104,7 @@ func registerFlags(fs *pflag.FlagSet) {
 	fs.String(keyLogFormat, "text", "log format: text or json")
 	fs.String(keyLogLevel, "info", "log level: debug, info, warn or error")
 	fs.String(keyMetricsAddress, agent.DefaultMetricsAddress, `listen address for /metrics, /healthz and /readyz; empty = off`)
+	fs.Int(keyMaxInflight, wgdev.DefaultMaxInflight, "packets per direction wireguard-go may hold between reading and sending them (64 KiB of buffer each: the data path's memory bound); 0 = no bound")
 	fs.Bool(keyNetworkPolicy, true, "enforce Kubernetes NetworkPolicies for this node's pods (false removes wgmesh's policy tables)")
 }
 
@@ -198,6 +208,11 @@ func loadConfig(v *viper.Viper) (Config, error) {
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString(keyLogLevel))); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", keyLogLevel, err))
+	}
+	if c.MaxInflight, err = intValue(v, keyMaxInflight); err != nil {
+		errs = append(errs, err)
+	} else if c.MaxInflight != 0 && (c.MaxInflight < minMaxInflight || c.MaxInflight > 1<<16) {
+		errs = append(errs, fmt.Errorf("%s %d: want 0 (no bound) or %d-%d", keyMaxInflight, c.MaxInflight, minMaxInflight, 1<<16))
 	}
 	if c.NetworkPolicy, err = boolValue(v, keyNetworkPolicy); err != nil {
 		errs = append(errs, err)

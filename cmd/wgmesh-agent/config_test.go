@@ -59,6 +59,7 @@ func TestConfigDefaults(t *testing.T) {
 		// The DaemonSet's probes and scrape annotation use this port.
 		MetricsAddress: ":9585",
 		NetworkPolicy:  true,
+		MaxInflight:    256,
 	}
 	if diff := cmp.Diff(want, got, cmpopts.EquateComparable(netip.Prefix{})); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)
@@ -160,6 +161,19 @@ func TestConfigValues(t *testing.T) {
 		{name: "interface too long", args: []string{"--interface=wgmesh-interface0"}, wantErr: "15 bytes"},
 		{name: "bridge equals interface", args: []string{"--cni-bridge=wgmesh0"}, wantErr: "both"},
 		{name: "empty key file", args: []string{"--key-file="}, wantErr: "key-file must not be empty"},
+		{
+			name:  "max inflight from env",
+			env:   map[string]string{"WGMESH_MAX_INFLIGHT": "1024"},
+			check: func(c Config) string { return diffInt(maxInflight(c.MaxInflight), 1024) },
+		},
+		{
+			name:  "max inflight 0 is no bound",
+			args:  []string{"--max-inflight=0"},
+			check: func(c Config) string { return diffInt(maxInflight(c.MaxInflight), -1) },
+		},
+		{name: "max inflight below a batch", args: []string{"--max-inflight=64"}, wantErr: "max-inflight 64"},
+		{name: "max inflight negative", args: []string{"--max-inflight=-1"}, wantErr: "max-inflight -1"},
+		{name: "max inflight junk", env: map[string]string{"WGMESH_MAX_INFLIGHT": "lots"}, wantErr: "max-inflight"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -118,7 +118,17 @@ func agentConfig(cfg Config, log *slog.Logger) agent.Config {
 		Resync:         cfg.Resync,
 		MetricsAddress: cfg.MetricsAddress,
 		MemoryLimit:    agent.MemoryLimitAuto,
+		MaxInflight:    maxInflight(cfg.MaxInflight),
 		Logger:         log,
 		Kubeconfig:     cfg.Kubeconfig,
 	}
+}
+
+// maxInflight maps the flag (0: no bound) to agent.Config's (negative: no
+// bound, 0: the default).
+func maxInflight(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
