@@ -35,6 +35,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -202,6 +203,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	planes := dataplane.Multi{dp, cniWriter(cfg, log)}
 
 	restored := restore(cfg, log)
+	if cfg.MemoryLimit == MemoryLimitAuto {
+		// The device's big allocations (wireguard-go's GRO tables, 1.8 MiB,
+		// and its read batches) stay untouched until packets flow, but only
+		// if they land on pages the runtime knows are zero: pages it
+		// returned to the kernel are, while start-up's freed garbage has
+		// to be cleared first, which makes them resident on an idle node.
+		debug.FreeOSMemory()
+	}
 	dev, err := a.host.openDevice(wgdev.Config{Name: cfg.Interface, MTU: mtu, PrivateKey: key, ListenPort: cfg.ListenPort,
 		NoOffload: cfg.NoOffload, MaxInflight: cfg.MaxInflight, Logger: log, Peers: restored.Peers})
 	if err != nil {

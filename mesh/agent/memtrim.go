@@ -31,12 +31,17 @@ const (
 	// idle: a data path carrying traffic uses far more, and trimming then
 	// would only have the pools' pages faulted back in.
 	trimIdleCPU = 0.02
-	// trimMinBytes is the least worth a GC cycle; trimMinScanShift adds
+	// trimMinBytes is the least worth a GC cycle (on an idle agent with a
+	// small heap one costs a few ms of CPU: at most one per trimEvery);
+	// with 1 MiB an idle lab agent's private memory swung between 9.5 and
+	// 10.6 MiB, with 256 KiB between 9.3 and 9.9, at no more CPU
+	// (docs/benchmarks.md, issue 15 round 6).
+	// trimMinScanShift adds
 	// scan>>trimMinScanShift, the heap a GC cycle has to scan (what it
 	// costs; the untouched read batches hold no pointers and cost
 	// nothing), so that a large mesh (hundreds of MiB to scan, 100+ ms of
 	// CPU) trims only when it gives back an eighth of that.
-	trimMinBytes     = 1 << 20
+	trimMinBytes     = 256 << 10
 	trimMinScanShift = 3
 )
 

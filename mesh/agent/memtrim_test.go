@@ -20,7 +20,9 @@ func TestMemoryTrimmer(t *testing.T) {
 		{"idle with garbage", 0.001, 2 * mib, 5 * mib, true},
 		{"busy data path", 0.5, 64 * mib, 5 * mib, false},
 		{"idle, little to give back", 0.001, mib / 2, 5 * mib, false},
-		// 5000 peers: 250 MiB to scan; 20 MiB free is under 1 MiB + scan/8.
+		// A small heap: 1 MiB is above 256 KiB + 4 MiB/8.
+		{"idle, a MiB of garbage on a small heap", 0.001, mib, 4 * mib, true},
+		// 5000 peers: 250 MiB to scan; 20 MiB free is under 256 KiB + scan/8.
 		{"idle large heap, a small share free", 0.001, 20 * mib, 250 * mib, false},
 		{"idle large heap, much free", 0.001, 40 * mib, 250 * mib, true},
 	}
