@@ -133,7 +133,8 @@ func TestBench(t *testing.T) {
 			case x == "upstream-lab":
 				s.Extras = append(s.Extras, UpstreamLabExtra)
 			case strings.HasPrefix(x, "env:"):
-				// Several variables: env:K=V+K2=V2.
+				// Several variables: env:K=V+K2=V2. The lab drops WGMESH_*
+				// from its agents' environment: agent settings go in args:.
 				kv := strings.TrimPrefix(x, "env:")
 				s.Extras = append(s.Extras, Extra{Label: "wgmesh-" + kv, Env: strings.Split(kv, "+")})
 			case strings.HasPrefix(x, "args:"):
