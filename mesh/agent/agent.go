@@ -35,7 +35,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -203,13 +202,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	planes := dataplane.Multi{dp, cniWriter(cfg, log)}
 
 	restored := restore(cfg, log)
+	// The runtime's memory is the agent's to steer (as the limit) only
+	// with MemoryLimitAuto; nil otherwise.
+	var trimmer *memoryTrimmer
 	if cfg.MemoryLimit == MemoryLimitAuto {
+		trimmer = newMemoryTrimmer(log)
 		// The device's big allocations (wireguard-go's GRO tables, 1.8 MiB,
 		// and its read batches) stay untouched until packets flow, but only
 		// if they land on pages the runtime knows are zero: pages it
 		// returned to the kernel are, while start-up's freed garbage has
 		// to be cleared first, which makes them resident on an idle node.
-		debug.FreeOSMemory()
+		trimmer.trim("before the device")
 	}
 	dev, err := a.host.openDevice(wgdev.Config{Name: cfg.Interface, MTU: mtu, PrivateKey: key, ListenPort: cfg.ListenPort,
 		NoOffload: cfg.NoOffload, MaxInflight: cfg.MaxInflight, Logger: log, Peers: restored.Peers})
@@ -313,9 +316,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	recErr := make(chan error, 1)
 	wgs.Go(func() { recErr <- rec.Run(ctx) })
-	if cfg.MemoryLimit == MemoryLimitAuto {
-		// The runtime's memory is the agent's to steer (as the limit).
-		wgs.Go(func() { newMemoryTrimmer(log).run(ctx, settled) })
+	if trimmer != nil {
+		wgs.Go(func() { trimmer.run(ctx, settled) })
 	}
 	if err := a.startNetworkPolicy(ctx, client, &wgs); err != nil {
 		return fmt.Errorf("network policy: %w", err)

@@ -6,7 +6,7 @@ import "math/bits"
 //
 // It replaces a map[uintptr]struct{}: every data packet is added once and
 // removed once, under the bound's mutex, and in a perf profile of a lab
-// agent carrying one TCP stream the map's assign and delete took 1.5-2% of
+// agent carrying one TCP stream the map's assign and delete took 1.9-2.2% of
 // each daemon's samples (docs/benchmarks.md, issue 15 round 6). Here an add
 // or a remove is a multiply, a shift and, at the fill kept below half, one
 // or two probes: open addressing with linear probing, and deletion by
