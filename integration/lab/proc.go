@@ -63,7 +63,14 @@ func (p Proc) Alive() bool {
 	if err != nil || st != p.StartTime {
 		return false
 	}
-	return procState(p.PID) != "Z"
+	if procState(p.PID) != "Z" {
+		return true
+	}
+	// A killed multi-threaded process shows its leader as a zombie while
+	// the other threads are still exiting, and its descriptors (a TUN
+	// the next daemon wants: EBUSY) close only with the last of them.
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.PID))
+	return err == nil && len(tasks) > 1
 }
 
 // startDetached starts argv in its own session with stdin from /dev/null and
