@@ -23,7 +23,7 @@ var (
 	runsFlag     = flag.Int("bench.runs", 0, "override the runs of every figure (0: the mode's)")
 	scaleFlag    = flag.String("bench.scale-nodes", "", "override the scale cluster sizes, e.g. 1000,5000")
 	variantsFlag = flag.String("bench.variants", "", "override the standard pass's variants, e.g. upstream,wgmesh")
-	extrasFlag   = flag.String("bench.extras", "", `override the extra pairs: comma-separated "nooffload", "nomemlimit", "upstream+rules", "upstream-lab" (needs the lab), "memlimit=SIZE" (GOMEMLIMIT), "env:K=V[+K2=V2]", "args:--flag=V" (lab agents), or "none"`)
+	extrasFlag   = flag.String("bench.extras", "", `override the extra pairs: comma-separated "nooffload", "nomemlimit", "upstream+rules", "upstream-lab" (needs the lab), "upstream-swap" (needs the lab and the wgmesh variant), "memlimit=SIZE" (GOMEMLIMIT), "env:K=V[+K2=V2]", "args:--flag=V" (lab agents), or "none"`)
 	durFlag      = flag.Duration("bench.duration", 0, "override the iperf3 run length")
 	labFlag      = flag.String("bench.lab", "auto", `run the wgmesh variant and convergence on integration/lab (real agent, real kube-apiserver): "on", "off", or "auto" (on in full mode)`)
 )
@@ -132,6 +132,8 @@ func TestBench(t *testing.T) {
 				s.Extras = append(s.Extras, UpstreamRulesExtra)
 			case x == "upstream-lab":
 				s.Extras = append(s.Extras, UpstreamLabExtra)
+			case x == "upstream-swap":
+				s.Extras = append(s.Extras, UpstreamSwapExtra)
 			case strings.HasPrefix(x, "env:"):
 				// Several variables: env:K=V+K2=V2. The lab drops WGMESH_*
 				// from its agents' environment: agent settings go in args:.
@@ -173,13 +175,13 @@ func TestBench(t *testing.T) {
 	if useLab {
 		tools.LabDir = t.TempDir()
 		buildLab(t, tools.LabDir)
-	} else if slices.ContainsFunc(s.Extras, func(x Extra) bool { return x.Lab }) {
+	} else if slices.ContainsFunc(s.Extras, func(x Extra) bool { return x.Lab || x.Swap }) {
 		if *extrasFlag != "" {
-			t.Fatal("-bench.extras=upstream-lab needs the lab (-bench.lab=on)")
+			t.Fatal("-bench.extras=upstream-lab and upstream-swap need the lab (-bench.lab=on)")
 		}
 		// Without the lab the wgmesh variant is the node role in the
 		// bench's own topology, as upstream is: no lab baseline needed.
-		s.Extras = slices.DeleteFunc(s.Extras, func(x Extra) bool { return x.Lab })
+		s.Extras = slices.DeleteFunc(s.Extras, func(x Extra) bool { return x.Lab || x.Swap })
 	}
 	t.Logf("tools built in %s", time.Since(start).Round(time.Millisecond))
 	cmd := "go test -count=1 -run '^TestBench$' ./integration/bench/ -args -bench.mode=" + s.Mode

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -250,59 +248,12 @@ func upstreamLabPair(t testing.TB, tools Tools, opt SetupOptions) *Pair {
 	t.Helper()
 	p := labPair(t, tools, SetupOptions{UnderlayMTU: opt.UnderlayMTU})
 	p.Variant = Upstream
-	type saved struct {
-		conf   []byte
-		routes []string
-	}
-	var cfg [2]saved
-	for i, n := range p.Nodes {
-		conf, err := n.WG.Command(context.Background(), "wg", "showconf", n.Iface).Output()
-		if err != nil {
-			t.Fatalf("[upstream-lab] %s: wg showconf: %v", n.Name, err)
-		}
-		out, err := n.WG.Command(context.Background(), "ip", "route", "show", "dev", n.Iface).Output()
-		if err != nil {
-			t.Fatalf("[upstream-lab] %s: ip route: %v", n.Name, err)
-		}
-		cfg[i].conf = conf
-		for _, r := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-			if r != "" {
-				cfg[i].routes = append(cfg[i].routes, r)
-			}
-		}
-		if !strings.Contains(string(conf), "[Peer]") || len(cfg[i].routes) == 0 {
-			t.Fatalf("[upstream-lab] %s: the agent left no peer or route to take over:\n%s\n%v", n.Name, conf, cfg[i].routes)
-		}
-	}
+	cfg := saveDaemonConf(t, p)
 	for i, n := range p.Nodes {
 		if err := p.Lab.KillAgent(n.Name); err != nil {
 			t.Fatalf("[upstream-lab] %v", err)
 		}
-		// The agent's TUN is persistent: wireguard-go attaches to it
-		// (or makes a new one if it is gone; the routes follow below).
-		bg := StartIn(t, n.WG, n.Name+" wireguard-go (lab)", []string{"WG_PROCESS_FOREGROUND=1", "LOG_LEVEL=error"},
-			tools.UpstreamWG, "-f", n.Iface)
-		netnstest.Eventually(t, 10*time.Second, n.Name+" wireguard-go UAPI socket", func() error {
-			if bg.Exited() {
-				t.Fatalf("[upstream-lab] wireguard-go exited:\n%s", bg.Output())
-			}
-			return RunQuiet(n.WG, "wg", "show", n.Iface)
-		})
-		n.Pid = bg.cmd.Process.Pid
-		set := n.WG.Command(context.Background(), "wg", "setconf", n.Iface, "/dev/stdin")
-		set.Stdin = bytes.NewReader(cfg[i].conf)
-		if out, err := set.CombinedOutput(); err != nil {
-			t.Fatalf("[upstream-lab] %s: wg setconf: %v: %s", n.Name, err, out)
-		}
-		steps := [][]string{{"ip", "link", "set", n.Iface, "mtu", strconv.Itoa(p.PodMTU), "up"}}
-		for _, r := range cfg[i].routes {
-			steps = append(steps, append(append([]string{"ip", "route", "replace"}, strings.Fields(r)...), "dev", n.Iface))
-		}
-		for _, argv := range steps {
-			if out, err := n.WG.Command(context.Background(), argv...).CombinedOutput(); err != nil {
-				t.Fatalf("[upstream-lab] %s: %v: %v: %s", n.Name, argv, err, out)
-			}
-		}
+		startUpstreamOn(t, tools, p, i, cfg[i])
 	}
 	return p
 }

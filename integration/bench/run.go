@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,10 @@ type Extra struct {
 	// agents: the same network, rules and processes around it as the
 	// wgmesh variant's, so that the two differ in the daemon only.
 	Lab bool `json:"lab,omitempty"`
+	// Swap runs Variant (upstream) on the wgmesh variant's own lab,
+	// taking turns with its agents (daemonSwap): the same namespaces,
+	// pods and servers, only the daemon differs.
+	Swap bool `json:"swap,omitempty"`
 }
 
 var (
@@ -106,6 +111,10 @@ var (
 	// UpstreamLabExtra is upstream wireguard-go on the lab, the baseline
 	// in the wgmesh variant's own environment (full mode with the lab).
 	UpstreamLabExtra = Extra{Label: "upstream-lab", Variant: Upstream, Lab: true}
+	// UpstreamSwapExtra is upstream wireguard-go taking turns with the
+	// agents on the wgmesh variant's lab: the paired baseline (needs the
+	// wgmesh variant and the lab).
+	UpstreamSwapExtra = Extra{Label: "upstream-swap", Variant: Upstream, Swap: true}
 )
 
 // BulkConfig is one iperf3 shape.
@@ -257,31 +266,53 @@ func RunAll(t *testing.T, tools Tools, s Settings, command string) *Report {
 // RunPass sets up every variant over an underlay of the given MTU, keeps
 // them all up, and measures them interleaved (run r of every variant
 // before run r+1 of any), so that load drifting on the machine hits all
-// variants alike.
+// variants alike; every other round goes through the variants backwards
+// (A B | B A | A B ...), which cancels a steady drift between neighbours
+// and lets a same-lab pair (UpstreamSwapExtra) switch daemons once per
+// round.
 func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, variants []Variant, extras []Extra) Pass {
 	t.Helper()
 	pass := Pass{Name: name, UnderlayMTU: mtu}
 	type entry struct {
 		pair *Pair
 		res  *VariantResult
+		// swap, if set, is the lab this entry shares with another; daemon
+		// is the one it measures there.
+		swap   *daemonSwap
+		daemon Variant
 	}
-	var es []entry
+	var es []*entry
+	var swap *daemonSwap
 	add := func(v Variant, x Extra) {
 		label := string(v)
 		if x.Label != "" {
 			label = x.Label
 		}
-		p := Setup(t, tools, v, SetupOptions{UnderlayMTU: mtu, NoOffload: x.NoOffload, Env: x.Env, AgentArgs: x.AgentArgs, Rules: x.Rules, Lab: x.Lab})
-		StartServers(t, tools.Self, p)
-		r := &VariantResult{Label: label, Variant: v, Impl: implOf(tools, v, x), NoOffload: x.NoOffload, UnderlayMTU: mtu, PodMTU: p.PodMTU, Bulk: map[string]*BulkSeries{}}
-		if p.Nodes[0].Iface != "" {
-			mtu, err := LinkMTU(p.Nodes[0].NS, p.Nodes[0].Iface)
+		r := &VariantResult{Label: label, Variant: v, Impl: implOf(tools, v, x), NoOffload: x.NoOffload, UnderlayMTU: mtu, Bulk: map[string]*BulkSeries{}}
+		e := &entry{res: r}
+		if x.Swap {
+			i := slices.IndexFunc(es, func(e *entry) bool { return e.res.Label == string(WGMesh) })
+			if i < 0 || swap != nil {
+				t.Fatalf("[%s/%s] needs the wgmesh variant (once)", name, label)
+			}
+			swap = newDaemonSwap(t, tools, es[i].pair)
+			es[i].swap, es[i].daemon = swap, WGMesh
+			shared := *es[i].pair // the same nodes, so Pid follows the daemon
+			shared.Variant = v
+			e.pair, e.swap, e.daemon = &shared, swap, v
+		} else {
+			e.pair = Setup(t, tools, v, SetupOptions{UnderlayMTU: mtu, NoOffload: x.NoOffload, Env: x.Env, AgentArgs: x.AgentArgs, Rules: x.Rules, Lab: x.Lab})
+			StartServers(t, tools.Self, e.pair)
+		}
+		r.PodMTU = e.pair.PodMTU
+		if e.pair.Nodes[0].Iface != "" {
+			mtu, err := LinkMTU(e.pair.Nodes[0].NS, e.pair.Nodes[0].Iface)
 			if err != nil {
 				t.Fatal(err)
 			}
 			r.TunnelMTU = mtu
 		}
-		es = append(es, entry{p, r})
+		es = append(es, e)
 		t.Logf("[%s/%s] up: pod MTU %d, tunnel MTU %d", name, label, r.PodMTU, r.TunnelMTU)
 	}
 	for _, v := range variants {
@@ -289,6 +320,24 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 	}
 	for _, x := range extras {
 		add(cmp.Or(x.Variant, WGMesh), x)
+	}
+	// on makes e's daemon the running one (a same-lab pair); warm before
+	// a measurement under load, not before the idle memory figures.
+	on := func(e *entry, warm bool) {
+		if e.swap != nil {
+			e.swap.use(t, e.daemon, warm)
+		}
+	}
+	// next is the order of the next round: forwards, then backwards.
+	round := 0
+	next := func() []*entry {
+		round++
+		if round%2 == 1 {
+			return es
+		}
+		back := slices.Clone(es)
+		slices.Reverse(back)
+		return back
 	}
 	// The labs' kube-apiservers would compete for this machine's CPU
 	// with every variant's data path; the agents keep running from their
@@ -302,12 +351,14 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 		}
 	}
 	time.Sleep(time.Second)
-	for _, e := range es {
+	for _, e := range next() {
+		on(e, false)
 		m := pairMem(t, e.pair)
 		e.res.RSSIdleMB, e.res.AnonIdleMB, e.res.PrivateIdleMB = m.RSS, m.Anon, m.PrivateDirty
 	}
 	for r := range s.Runs {
-		for _, e := range es {
+		for _, e := range next() {
+			on(e, true)
 			rr, err := RequestResponse(tools.Self, e.pair, s.RRWarmup, s.RRCount)
 			if err != nil {
 				t.Fatalf("[%s] rr: %v", e.res.Label, err)
@@ -325,7 +376,8 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 	}
 	for r := range s.Runs {
 		for _, bc := range BulkConfigs {
-			for _, e := range es {
+			for _, e := range next() {
+				on(e, true)
 				smp, err := Bulk(e.pair, bc.Streams, bc.Reverse, s.Duration, s.Bytes)
 				if err != nil {
 					t.Fatalf("[%s] iperf3 %s: %v", e.res.Label, bc.Key(), err)
@@ -347,9 +399,13 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 			}
 		}
 	}
-	for _, e := range es {
+	for _, e := range next() {
+		on(e, true)
 		m := pairMem(t, e.pair)
 		e.res.RSSAfterMB, e.res.RSSPeakMB = m.RSS, m.Peak
+		if e.swap != nil {
+			e.res.RSSPeakMB = max(m.Peak, e.swap.Peak[e.daemon])
+		}
 		if e.pair.Variant == Plain {
 			continue
 		}
@@ -365,6 +421,10 @@ func RunPass(t *testing.T, tools Tools, s Settings, name string, mtu int, varian
 		e.res.CaptureMeanBytes, e.res.CaptureMaxBytes, e.res.CapturePackets = mean, mx, n
 	}
 	for _, e := range es {
+		if e.swap != nil {
+			e.res.Impl += fmt.Sprintf("; took turns with the other daemon on one lab: %d switches, %s in all, each before a measurement under load followed by 2 s of unmeasured 4-stream bulk each way (peak RSS: over every lifetime)",
+				e.swap.Swaps, e.swap.SwapTime.Round(time.Second))
+		}
 		pass.Variants = append(pass.Variants, e.res)
 	}
 	return pass
