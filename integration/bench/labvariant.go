@@ -248,12 +248,12 @@ func upstreamLabPair(t testing.TB, tools Tools, opt SetupOptions) *Pair {
 	t.Helper()
 	p := labPair(t, tools, SetupOptions{UnderlayMTU: opt.UnderlayMTU})
 	p.Variant = Upstream
-	cfg := saveDaemonConf(t, p)
+	cfg := saveDaemonConf(t, UpstreamLabExtra.Label, p)
 	for i, n := range p.Nodes {
 		if err := p.Lab.KillAgent(n.Name); err != nil {
 			t.Fatalf("[upstream-lab] %v", err)
 		}
-		startUpstreamOn(t, tools, p, i, cfg[i])
+		startUpstreamOn(t, UpstreamLabExtra.Label, tools, p, i, cfg[i])
 	}
 	return p
 }

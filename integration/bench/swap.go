@@ -20,17 +20,17 @@ type daemonConf struct {
 	routes []string
 }
 
-func saveDaemonConf(t testing.TB, p *Pair) [2]daemonConf {
+func saveDaemonConf(t testing.TB, tag string, p *Pair) [2]daemonConf {
 	t.Helper()
 	var cfg [2]daemonConf
 	for i, n := range p.Nodes {
 		conf, err := n.WG.Command(context.Background(), "wg", "showconf", n.Iface).Output()
 		if err != nil {
-			t.Fatalf("[upstream-lab] %s: wg showconf: %v", n.Name, err)
+			t.Fatalf("[%s] %s: wg showconf: %v", tag, n.Name, err)
 		}
 		out, err := n.WG.Command(context.Background(), "ip", "route", "show", "dev", n.Iface).Output()
 		if err != nil {
-			t.Fatalf("[upstream-lab] %s: ip route: %v", n.Name, err)
+			t.Fatalf("[%s] %s: ip route: %v", tag, n.Name, err)
 		}
 		cfg[i].conf = conf
 		for _, r := range strings.Split(strings.TrimSpace(string(out)), "\n") {
@@ -39,7 +39,7 @@ func saveDaemonConf(t testing.TB, p *Pair) [2]daemonConf {
 			}
 		}
 		if !strings.Contains(string(conf), "[Peer]") || len(cfg[i].routes) == 0 {
-			t.Fatalf("[upstream-lab] %s: the agent left no peer or route to take over:\n%s\n%v", n.Name, conf, cfg[i].routes)
+			t.Fatalf("[%s] %s: the agent left no peer or route to take over:\n%s\n%v", tag, n.Name, conf, cfg[i].routes)
 		}
 	}
 	return cfg
@@ -47,7 +47,7 @@ func saveDaemonConf(t testing.TB, p *Pair) [2]daemonConf {
 
 // startUpstreamOn starts upstream wireguard-go on node i's wgmesh0 (the
 // agent must be gone) and gives it the agent's configuration and routes.
-func startUpstreamOn(t testing.TB, tools Tools, p *Pair, i int, cfg daemonConf) *Background {
+func startUpstreamOn(t testing.TB, tag string, tools Tools, p *Pair, i int, cfg daemonConf) *Background {
 	t.Helper()
 	n := p.Nodes[i]
 	// The TUN takes one daemon at a time: wait until the last one has let
@@ -65,7 +65,7 @@ func startUpstreamOn(t testing.TB, tools Tools, p *Pair, i int, cfg daemonConf) 
 		tools.UpstreamWG, "-f", n.Iface)
 	netnstest.Eventually(t, 10*time.Second, n.Name+" wireguard-go UAPI socket", func() error {
 		if bg.Exited() {
-			t.Fatalf("[upstream-lab] wireguard-go exited:\n%s", bg.Output())
+			t.Fatalf("[%s] wireguard-go exited:\n%s", tag, bg.Output())
 		}
 		return RunQuiet(n.WG, "wg", "show", n.Iface)
 	})
@@ -73,7 +73,7 @@ func startUpstreamOn(t testing.TB, tools Tools, p *Pair, i int, cfg daemonConf) 
 	set := n.WG.Command(context.Background(), "wg", "setconf", n.Iface, "/dev/stdin")
 	set.Stdin = bytes.NewReader(cfg.conf)
 	if out, err := set.CombinedOutput(); err != nil {
-		t.Fatalf("[upstream-lab] %s: wg setconf: %v: %s", n.Name, err, out)
+		t.Fatalf("[%s] %s: wg setconf: %v: %s", tag, n.Name, err, out)
 	}
 	steps := [][]string{{"ip", "link", "set", n.Iface, "mtu", strconv.Itoa(p.PodMTU), "up"}}
 	for _, r := range cfg.routes {
@@ -81,7 +81,7 @@ func startUpstreamOn(t testing.TB, tools Tools, p *Pair, i int, cfg daemonConf) 
 	}
 	for _, argv := range steps {
 		if out, err := n.WG.Command(context.Background(), argv...).CombinedOutput(); err != nil {
-			t.Fatalf("[upstream-lab] %s: %v: %v: %s", n.Name, argv, err, out)
+			t.Fatalf("[%s] %s: %v: %v: %s", tag, n.Name, argv, err, out)
 		}
 	}
 	return bg
@@ -113,7 +113,7 @@ func newDaemonSwap(t testing.TB, tools Tools, p *Pair) *daemonSwap {
 	if p.Lab == nil || p.Variant != WGMesh {
 		t.Fatalf("[%s] %s needs the wgmesh variant on the lab", UpstreamSwapExtra.Label, p.Variant)
 	}
-	return &daemonSwap{tools: tools, p: p, cfg: saveDaemonConf(t, p), active: WGMesh, Peak: map[Variant]float64{}}
+	return &daemonSwap{tools: tools, p: p, cfg: saveDaemonConf(t, UpstreamSwapExtra.Label, p), active: WGMesh, Peak: map[Variant]float64{}}
 }
 
 // use makes v (WGMesh or Upstream) the daemon on both nodes and waits until
@@ -139,7 +139,7 @@ func (s *daemonSwap) use(t testing.TB, v Variant, warm bool) {
 			}
 		}
 		for i := range s.p.Nodes {
-			s.up[i] = startUpstreamOn(t, s.tools, s.p, i, s.cfg[i])
+			s.up[i] = startUpstreamOn(t, UpstreamSwapExtra.Label, s.tools, s.p, i, s.cfg[i])
 		}
 	case WGMesh:
 		for i := range s.p.Nodes {
