@@ -75,6 +75,47 @@ func TestMemoryTrimmer(t *testing.T) {
 	}
 }
 
+// TestMemoryTrimmerAfterLoad: when a busy period ends the trimmer runs
+// two cycles (a sync.Pool's victim cache outlives one), even though the
+// heap figures show nothing to give back, and only once per busy period.
+func TestMemoryTrimmerAfterLoad(t *testing.T) {
+	var clock, cpu time.Duration // advanced by the test, one period per look
+	var released int
+	tr := &memoryTrimmer{
+		log: slog.New(slog.DiscardHandler),
+		now: func() time.Time { return time.Unix(0, 0).Add(clock) },
+		cpuTime: func() time.Duration { return cpu },
+		heap:    func() (uint64, uint64) { return 0, 5 << 20 },
+		release: func() { released++ },
+	}
+	// look is one period of run's loop, driven by hand rather than by the
+	// ticker so that the phases are exact.
+	look := tr.looker()
+	period := func(busy bool) int {
+		clock += trimEvery
+		if busy {
+			cpu += trimEvery / 2
+		}
+		before := released
+		look()
+		return released - before
+	}
+	steps := []struct {
+		busy bool
+		want int
+	}{
+		{false, 0}, {false, 0}, // idle, nothing reclaimable
+		{true, 0}, {true, 0}, // load
+		{false, 2}, {false, 0}, {false, 0}, // the load ended: two cycles, once
+		{true, 0}, {false, 2}, // a second busy period
+	}
+	for i, s := range steps {
+		if got := period(s.busy); got != s.want {
+			t.Errorf("period %d (busy %v): %d trims, want %d", i, s.busy, got, s.want)
+		}
+	}
+}
+
 func TestHeapReclaimable(t *testing.T) {
 	// The runtime has the four figures (a Go update that renamed one
 	// would silently turn idle trimming off).
