@@ -82,8 +82,8 @@ func TestMemoryTrimmerAfterLoad(t *testing.T) {
 	var clock, cpu time.Duration // advanced by the test, one period per look
 	var released int
 	tr := &memoryTrimmer{
-		log: slog.New(slog.DiscardHandler),
-		now: func() time.Time { return time.Unix(0, 0).Add(clock) },
+		log:     slog.New(slog.DiscardHandler),
+		now:     func() time.Time { return time.Unix(0, 0).Add(clock) },
 		cpuTime: func() time.Duration { return cpu },
 		heap:    func() (uint64, uint64) { return 0, 5 << 20 },
 		release: func() { released++ },
