@@ -251,7 +251,7 @@ func upstreamLabPair(t testing.TB, tools Tools, opt SetupOptions) *Pair {
 	cfg := saveDaemonConf(t, UpstreamLabExtra.Label, p)
 	for i, n := range p.Nodes {
 		if err := p.Lab.KillAgent(n.Name); err != nil {
-			t.Fatalf("[upstream-lab] %v", err)
+			t.Fatalf("[%s] %v", UpstreamLabExtra.Label, err)
 		}
 		startUpstreamOn(t, UpstreamLabExtra.Label, tools, p, i, cfg[i])
 	}

@@ -22,7 +22,7 @@ import (
 // stayed the same. The trimmer returns them once after start-up (the
 // informers' initial lists are the biggest garbage the agent makes) and then
 // whenever a period passed in which the agent was idle and enough is
-// reclaimable.
+// reclaimable, or the first idle period after a busy one (see looker).
 const (
 	// trimEvery is how often the trimmer looks: the agent's own resync
 	// period, so that an idle agent does at most one extra GC per pass.
@@ -71,8 +71,8 @@ func newMemoryTrimmer(log *slog.Logger) *memoryTrimmer {
 	}
 }
 
-// run trims once when settled is closed and then every t.every while the
-// agent is idle, until ctx ends.
+// run trims once when settled is closed and then looks every t.every,
+// until ctx ends.
 func (t *memoryTrimmer) run(ctx context.Context, settled <-chan struct{}) {
 	select {
 	case <-ctx.Done():
