@@ -260,13 +260,14 @@ func TestPairedRatio(t *testing.T) {
 		name   string
 		wm, sw []float64
 		want   float64
+		pairs  string // how the 1×fwd figure reads in the target
 	}{
 		// Medians 2.0 vs 1.9 (1.05×), but wgmesh lost to its neighbour in
 		// two runs of three.
-		{"drift", []float64{1.0, 2.0, 2.6}, []float64{1.1, 2.1, 1.9}, 2.0 / 2.1},
-		{"even", []float64{2, 2}, []float64{1, 2}, 1.5},
-		{"one side shorter", []float64{2, 4, 8}, []float64{1, 2}, 2},
-		{"no runs", nil, nil, math.NaN()},
+		{"drift", []float64{1.0, 2.0, 2.6}, []float64{1.1, 2.1, 1.9}, 2.0 / 2.1, "1×fwd 0.95× (1 of 3 pairs ≥ 1.0)"},
+		{"even", []float64{2, 2}, []float64{1, 2}, 1.5, "1×fwd 1.50× (2 of 2 pairs ≥ 1.0)"},
+		{"one side shorter", []float64{2, 4, 8}, []float64{1, 2}, 2, "1×fwd 2.00× (2 of 2 pairs ≥ 1.0)"},
+		{"no runs", nil, nil, math.NaN(), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			wm := &VariantResult{Label: "wgmesh", Variant: WGMesh, Bulk: series(tc.wm...)}
@@ -286,6 +287,9 @@ func TestPairedRatio(t *testing.T) {
 					found = true
 					if tg.Met != (tc.want >= 1) {
 						t.Errorf("%s: met %v at %.3f×: %s", name, tg.Met, tc.want, tg.Measured)
+					}
+					if !strings.Contains(tg.Measured, tc.pairs) {
+						t.Errorf("%s: measured %q, want it to say %q", name, tg.Measured, tc.pairs)
 					}
 				}
 			}

@@ -125,8 +125,9 @@ func (r *Report) Targets() []Target {
 			var parts []string
 			for _, bc := range BulkConfigs {
 				k := bc.Key()
-				x := pairedRatio(wm, sw, k)
-				parts = append(parts, fmt.Sprintf("%s %.2f×", k, x))
+				rs := pairedRatios(wm, sw, k)
+				x := Median(rs)
+				parts = append(parts, fmt.Sprintf("%s %.2f× (%d of %d pairs ≥ 1.0)", k, x, pairsAtLeast(rs, 1), len(rs)))
 				if x < worst || math.IsNaN(x) {
 					worst, worstKey = x, k
 				}
@@ -214,8 +215,13 @@ func (r *Report) Targets() []Target {
 // pairedRatio is the median over runs of num's run r / den's run r of
 // shape key (NaN without runs of both).
 func pairedRatio(num, den *VariantResult, key string) float64 {
+	return Median(pairedRatios(num, den, key))
+}
+
+// pairedRatios lists num's run r / den's run r of shape key, run by run.
+func pairedRatios(num, den *VariantResult, key string) []float64 {
 	if num == nil || den == nil || num.Bulk[key] == nil || den.Bulk[key] == nil {
-		return math.NaN()
+		return nil
 	}
 	a, b := num.Bulk[key].Gbps.Values, den.Bulk[key].Gbps.Values
 	var rs []float64
@@ -224,7 +230,20 @@ func pairedRatio(num, den *VariantResult, key string) float64 {
 			rs = append(rs, a[i]/b[i])
 		}
 	}
-	return Median(rs)
+	return rs
+}
+
+// pairsAtLeast counts the ratios ≥ x: beside a median near 1.0 it tells a
+// shape where the daemons trade places from run to run from one where one
+// daemon wins every pair.
+func pairsAtLeast(rs []float64, x float64) int {
+	n := 0
+	for _, r := range rs {
+		if r >= x {
+			n++
+		}
+	}
+	return n
 }
 
 // perShapeTargets judges issue 15's per-shape targets against upstream

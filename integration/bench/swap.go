@@ -59,6 +59,17 @@ func startUpstreamOn(t testing.TB, tag string, tools Tools, p *Pair, i int, cfg 
 		}
 		return fmt.Errorf("still attached: %s", out)
 	})
+	// The killed agent left its UAPI socket file behind. wireguard-go
+	// would find it, try it and remove it itself, and it gives up if the
+	// file is gone by the time it removes it: a make bench run lost its
+	// standard pass that way in its fourth round of bulk runs (2026-12-06;
+	// what removed the file in between is not known). The daemon that
+	// owned the file is gone: remove it here, so that wireguard-go makes
+	// a fresh one at once.
+	sock := "/var/run/wireguard/" + n.Iface + ".sock"
+	if out, err := n.WG.Command(context.Background(), "rm", "-f", sock).CombinedOutput(); err != nil {
+		t.Fatalf("[%s] %s: remove the stale %s: %v: %s", tag, n.Name, sock, err, out)
+	}
 	// The agent's TUN is persistent: wireguard-go attaches to it (or
 	// makes a new one if it is gone; the routes follow below).
 	bg := StartIn(t, n.WG, n.Name+" wireguard-go (lab)", []string{"WG_PROCESS_FOREGROUND=1", "LOG_LEVEL=error"},
