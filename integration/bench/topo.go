@@ -299,7 +299,7 @@ func attachPod(t testing.TB, n *Node, mtu int) {
 // which removes its UAPI socket) in cleanup.
 func startWireguardGo(t testing.TB, n *Node, bin string) {
 	t.Helper()
-	sock := filepath.Join("/var/run/wireguard", n.Iface+".sock")
+	sock := uapiSocket(n.Iface)
 	t.Cleanup(func() {
 		// After the process is gone (cleanups run in reverse order):
 		// a killed daemon leaves its socket behind.
@@ -573,4 +573,10 @@ func runDataplaneRoleIn(t testing.TB, self string, ns *netnstest.NS, cfg Datapla
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("dataplane role in %s: %v\n%s", ns.Name, err, out)
 	}
+}
+
+// uapiSocket is the UAPI socket wireguard-go (and the agent) make for
+// iface, where wg and wgctrl look for it.
+func uapiSocket(iface string) string {
+	return filepath.Join("/var/run/wireguard", iface+".sock")
 }
