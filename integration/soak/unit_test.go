@@ -117,3 +117,27 @@ func TestTrend(t *testing.T) {
 		t.Errorf("trend(nil) = %v, want nil", got)
 	}
 }
+
+func TestFirstRoundPeak(t *testing.T) {
+	t0 := time.Date(2026, 12, 6, 15, 0, 0, 0, time.UTC)
+	at := func(s int, rss float64) agentSample {
+		return agentSample{At: t0.Add(time.Duration(s) * time.Second), RSS: rss}
+	}
+	tests := []struct {
+		name           string
+		baseline, warm agentSample
+		samples        []agentSample
+		want           float64
+	}{
+		{"peak inside the round", at(0, 30), at(60, 40), []agentSample{at(0, 30), at(20, 55), at(40, 35), at(60, 40), at(80, 70)}, 55},
+		// A later peak is not the first round's: a leak must show against it.
+		{"later peaks ignored", at(0, 30), at(60, 40), []agentSample{at(0, 30), at(60, 40), at(70, 90)}, 40},
+		{"the readings themselves", at(0, 50), at(60, 45), nil, 50},
+		{"warm is the peak", at(0, 30), at(60, 61), []agentSample{at(30, 33)}, 61},
+	}
+	for _, tt := range tests {
+		if got := firstRoundPeak(tt.baseline, tt.warm, tt.samples); got != tt.want {
+			t.Errorf("%s: firstRoundPeak = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
