@@ -35,11 +35,23 @@ type Background struct {
 // group, and kills that group in cleanup if it is still running.
 func StartIn(t testing.TB, r Runner, name string, env []string, argv ...string) *Background {
 	t.Helper()
+	return startIn(t, r, name, env, &syscall.SysProcAttr{Setpgid: true}, argv)
+}
+
+// StartDaemonIn is StartIn in a session of its own: a WireGuard daemon,
+// placed as the lab's agents are (see netnstest.NS.StartSession).
+func StartDaemonIn(t testing.TB, r Runner, name string, env []string, argv ...string) *Background {
+	t.Helper()
+	return startIn(t, r, name, env, &syscall.SysProcAttr{Setsid: true}, argv)
+}
+
+func startIn(t testing.TB, r Runner, name string, env []string, attr *syscall.SysProcAttr, argv []string) *Background {
+	t.Helper()
 	cmd := r.Command(context.Background(), argv...)
 	cmd.Env = append(os.Environ(), env...)
 	b := &Background{Name: name, cmd: cmd, out: &netnstest.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = b.out, b.out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}

@@ -78,7 +78,7 @@ func StartNodeRole(t testing.TB, self string, n *Node, cfg NodeRoleConfig) {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
-	n.Daemon = n.NS.Start(t, n.Name+" wgmesh node", env, self)
+	n.Daemon = n.NS.StartSession(t, n.Name+" wgmesh node", env, self)
 	n.Pid = n.Daemon.Pid()
 	t.Cleanup(func() {
 		if err := n.Daemon.Stop(syscall.SIGTERM, 10*time.Second); err != nil {

@@ -72,7 +72,7 @@ func startUpstreamOn(t testing.TB, tag string, tools Tools, p *Pair, i int, cfg 
 	}
 	// The agent's TUN is persistent: wireguard-go attaches to it (or
 	// makes a new one if it is gone; the routes follow below).
-	bg := StartIn(t, n.WG, n.Name+" wireguard-go (lab)", []string{"WG_PROCESS_FOREGROUND=1", "LOG_LEVEL=error"},
+	bg := StartDaemonIn(t, n.WG, n.Name+" wireguard-go (lab)", []string{"WG_PROCESS_FOREGROUND=1", "LOG_LEVEL=error"},
 		tools.UpstreamWG, "-f", n.Iface)
 	netnstest.Eventually(t, 10*time.Second, n.Name+" wireguard-go UAPI socket", func() error {
 		if bg.Exited() {

@@ -307,7 +307,7 @@ func startWireguardGo(t testing.TB, n *Node, bin string) {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
-	n.Daemon = n.NS.Start(t, n.Name+" wireguard-go", []string{"WG_PROCESS_FOREGROUND=1", "LOG_LEVEL=error"}, bin, "-f", n.Iface)
+	n.Daemon = n.NS.StartSession(t, n.Name+" wireguard-go", []string{"WG_PROCESS_FOREGROUND=1", "LOG_LEVEL=error"}, bin, "-f", n.Iface)
 	t.Cleanup(func() { n.Daemon.Stop(syscall.SIGTERM, 5*time.Second) })
 	netnstest.Eventually(t, 10*time.Second, n.Name+" wireguard-go UAPI socket", func() error {
 		if n.Daemon.Exited() {

@@ -142,13 +142,31 @@ type Proc struct {
 // if it is still running, and logs its output if the test failed.
 func (ns *NS) Start(t testing.TB, name string, env []string, argv ...string) *Proc {
 	t.Helper()
+	// Its own process group, so cleanup can signal exactly this process
+	// (ip netns exec execs into argv, keeping the pid) and its children.
+	return ns.start(t, name, env, &syscall.SysProcAttr{Setpgid: true}, argv)
+}
+
+// StartSession is Start in a session of its own (its process group too).
+// With the kernel's autogroup scheduling (CONFIG_SCHED_AUTOGROUP, on in
+// Debian's kernels) a session is also a CPU scheduling group of its own,
+// as a daemon's service or container cgroup is on a real node; the lab
+// starts its agents that way. Daemons compared with each other must be
+// started alike: the same wireguard-go made twice the context switches
+// per byte in a session of its own as in the test's (docs/benchmarks.md,
+// issue 15 round 9).
+func (ns *NS) StartSession(t testing.TB, name string, env []string, argv ...string) *Proc {
+	t.Helper()
+	return ns.start(t, name, env, &syscall.SysProcAttr{Setsid: true}, argv)
+}
+
+func (ns *NS) start(t testing.TB, name string, env []string, attr *syscall.SysProcAttr, argv []string) *Proc {
+	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
 	cmd.Env = append(os.Environ(), env...)
 	buf := &SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = buf, buf
-	// Its own process group, so cleanup can signal exactly this process
-	// (ip netns exec execs into argv, keeping the pid) and its children.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s in %s: %v", name, ns.Name, err)
 	}
