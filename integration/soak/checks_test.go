@@ -368,9 +368,9 @@ func (s *soak) report(seed uint64, soaked time.Duration, baseline, warm, final a
 	}
 	b.WriteString("\n")
 	firstPeak := firstRoundPeak(baseline, warm, samples)
-	drssWarm := (final.RSS - firstPeak) / (1 << 20)
+	overPeak := (final.RSS - firstPeak) / (1 << 20)
 	fmt.Fprintf(&b, "first round (to %s, every fault kind once): RSS peak %.1f MiB (%.1f at its end); at the end %.1f MiB (%+.1f MiB over the peak); heap in use %.1f → %.1f MiB (%+.1f MiB), goroutines %.0f → %.0f\n",
-		warm.At.Format("15:04:05"), firstPeak/(1<<20), warm.RSS/(1<<20), final.RSS/(1<<20), drssWarm, warm.HeapInuse/(1<<20), final.HeapInuse/(1<<20),
+		warm.At.Format("15:04:05"), firstPeak/(1<<20), warm.RSS/(1<<20), final.RSS/(1<<20), overPeak, warm.HeapInuse/(1<<20), final.HeapInuse/(1<<20),
 		(final.HeapInuse-warm.HeapInuse)/(1<<20), warm.Goroutines, final.Goroutines)
 	t.Logf("soak figures:\n%s", b.String())
 
@@ -392,8 +392,8 @@ func (s *soak) report(seed uint64, soaked time.Duration, baseline, warm, final a
 	// one seed, docs/reliability.md). A leak per fault or per stream
 	// still raises the end over any earlier peak: over 30 minutes, dozens
 	// of rounds.
-	if drssWarm > rssSlackMiB {
-		t.Errorf("witness RSS at the end is %.1f MiB over the first round's peak (> %d MiB)", drssWarm, rssSlackMiB)
+	if overPeak > rssSlackMiB {
+		t.Errorf("witness RSS at the end is %.1f MiB over the first round's peak (> %d MiB)", overPeak, rssSlackMiB)
 	}
 	// Every reading, for judging a failure (or a near miss) by its shape.
 	var all strings.Builder
