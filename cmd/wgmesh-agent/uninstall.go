@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -129,7 +128,7 @@ func uninstall(ctx context.Context, cfg Config, out io.Writer) error {
 // agentRunning reports whether the interface's UAPI socket accepts a
 // connection, i.e. a wireguard-go (our agent) serves it.
 func agentRunning(iface string) bool {
-	c, err := net.DialTimeout("unix", filepath.Join("/var/run/wireguard", iface+".sock"), time.Second)
+	c, err := net.DialTimeout("unix", wgdev.SocketPath(iface), time.Second)
 	if err != nil {
 		return false
 	}

@@ -4,15 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"path/filepath"
 	"syscall"
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-)
 
-// uapiDir is where wireguard-go serves its UAPI sockets on Linux.
-const uapiDir = "/var/run/wireguard"
+	"github.com/wgmesh/wgmesh/mesh/wgdev"
+)
 
 // Sentinel errors for the two failures an operator meets most.
 var (
@@ -37,7 +35,7 @@ func readDevice(name string) (*wgtypes.Device, error) {
 
 // deviceError turns wgctrl's errors into ones that say what to do.
 func deviceError(name string, err error) error {
-	sock := filepath.Join(uapiDir, name+".sock")
+	sock := wgdev.SocketPath(name)
 	switch {
 	case errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM):
 		return fmt.Errorf("%w reading WireGuard interface %s: run as root (the UAPI socket %s is root-only): %w",

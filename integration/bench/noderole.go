@@ -72,7 +72,7 @@ func StartNodeRole(t testing.TB, self string, n *Node, cfg NodeRoleConfig) {
 		t.Fatal(err)
 	}
 	env = append(env, cfg.Env...)
-	sock := uapiSocket(cfg.Interface)
+	sock := wgdev.SocketPath(cfg.Interface)
 	t.Cleanup(func() {
 		if err := os.Remove(sock); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("cleanup: %v", err)

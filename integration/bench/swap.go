@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/wgmesh/wgmesh/integration/internal/netnstest"
+	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
 
 // daemonConf is what a node's agent configured on its wgmesh0: the device
@@ -66,7 +67,7 @@ func startUpstreamOn(t testing.TB, tag string, tools Tools, p *Pair, i int, cfg 
 	// what removed the file in between is not known). The daemon that
 	// owned the file is gone: remove it here, so that wireguard-go makes
 	// a fresh one at once.
-	sock := uapiSocket(n.Iface)
+	sock := wgdev.SocketPath(n.Iface)
 	if out, err := n.WG.Command(context.Background(), "rm", "-f", sock).CombinedOutput(); err != nil {
 		t.Fatalf("[%s] %s: remove the stale %s: %v: %s", tag, n.Name, sock, err, out)
 	}

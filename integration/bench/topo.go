@@ -201,7 +201,7 @@ func setupLocal(t testing.TB, tools Tools, v Variant, opt SetupOptions) *Pair {
 		n.Pod, n.WG = n.PodNS, n.NS
 		if v != Plain {
 			// Unique per pair: the UAPI socket path
-			// /var/run/wireguard/<iface>.sock is shared by all
+			// (wgdev.SocketPath) is shared by all
 			// namespaces of this machine.
 			n.Iface = p.Prefix + s
 		}
@@ -299,7 +299,7 @@ func attachPod(t testing.TB, n *Node, mtu int) {
 // which removes its UAPI socket) in cleanup.
 func startWireguardGo(t testing.TB, n *Node, bin string) {
 	t.Helper()
-	sock := uapiSocket(n.Iface)
+	sock := wgdev.SocketPath(n.Iface)
 	t.Cleanup(func() {
 		// After the process is gone (cleanups run in reverse order):
 		// a killed daemon leaves its socket behind.
@@ -573,10 +573,4 @@ func runDataplaneRoleIn(t testing.TB, self string, ns *netnstest.NS, cfg Datapla
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("dataplane role in %s: %v\n%s", ns.Name, err, out)
 	}
-}
-
-// uapiSocket is the UAPI socket wireguard-go (and the agent) make for
-// iface, where wg and wgctrl look for it.
-func uapiSocket(iface string) string {
-	return filepath.Join("/var/run/wireguard", iface+".sock")
 }

@@ -10,13 +10,13 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/wgmesh/wgmesh/integration/internal/filesource"
 	"github.com/wgmesh/wgmesh/mesh/agent"
+	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
 
 // nodeConfig configures one node's agent in the "node" role.
@@ -107,7 +107,7 @@ func runNodeRole(raw []byte) error {
 	if err := a.Run(ctx); err != nil {
 		return err
 	}
-	sock := filepath.Join("/var/run/wireguard", cfg.Interface+".sock")
+	sock := wgdev.SocketPath(cfg.Interface)
 	if _, err := os.Stat(sock); !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("uapi socket %s still present after close (stat: %v)", sock, err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/wgmesh/wgmesh/mesh"
 	"github.com/wgmesh/wgmesh/mesh/kube"
 	"github.com/wgmesh/wgmesh/mesh/show"
+	"github.com/wgmesh/wgmesh/mesh/wgdev"
 )
 
 // The kubelet mode's control plane (apiserver, controllers, cluster DNS in
@@ -43,14 +44,13 @@ const (
 )
 
 // controlPlaneIfname is the control plane's WireGuard interface: unique per
-// lab because wireguard-go's UAPI socket (/var/run/wireguard/NAME.sock)
-// lives in the host's mount namespace, shared by every lab.
+// lab because wireguard-go's UAPI socket (wgdev.SocketPath) lives in the host's mount namespace, shared by every lab.
 func controlPlaneIfname(lab string) string {
 	return fmt.Sprintf("wgcp%08x", crc32.ChecksumIEEE([]byte(lab)))
 }
 
 func controlPlaneSocket(lab string) string {
-	return filepath.Join("/var/run/wireguard", controlPlaneIfname(lab)+".sock")
+	return wgdev.SocketPath(controlPlaneIfname(lab))
 }
 
 // joinControlPlane creates the control plane's Peer and WireGuard device

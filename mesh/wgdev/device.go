@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -338,8 +339,17 @@ func (d *Device) Reattached() bool {
 	return d.reattached
 }
 
-// listenUAPI creates /var/run/wireguard/<name>.sock, the path `wg` and wgctrl
-// look in. ipc.UAPIListen removes the socket again when the listener closes,
+// SocketDir is where wireguard-go's ipc package makes UAPI sockets on Linux
+// and where `wg` and wgctrl look for them. ipc keeps the path unexported,
+// so the tools that need the file (to wait for it, remove a stale one or
+// name it in an error) take it from here; TestSocketPath checks it
+// against what ipc really creates.
+const SocketDir = "/var/run/wireguard"
+
+// SocketPath is the UAPI socket of interface name.
+func SocketPath(name string) string { return filepath.Join(SocketDir, name+".sock") }
+
+// listenUAPI creates SocketPath(name), the path `wg` and wgctrl look in. ipc.UAPIListen removes the socket again when the listener closes,
 // and fails Accept if someone deletes it.
 func listenUAPI(name string) (net.Listener, error) {
 	f, err := ipc.UAPIOpen(name)
