@@ -94,6 +94,9 @@ type Device struct {
 	// self is the device's public key, for the initiator of a fresh
 	// pair (quiet.go); Local.ConfigureDevice keeps it current.
 	self wgtypes.Key
+	// removed remembers the peers Local removed, for peers that come
+	// back (rejoin.go).
+	removed removals
 
 	closeOnce sync.Once
 	done      chan struct{} // closed once the device has stopped

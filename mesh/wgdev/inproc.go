@@ -85,10 +85,16 @@ func (l *Local) ConfigureDevice(cfg wgtypes.Config) error {
 		self = cfg.PrivateKey.PublicKey()
 	}
 	// New peers that the other side initiates to are added quietly (see
-	// quiet.go): no initiation from here can cross the other's.
-	err = quietly(d.dev, d.hold, self, cfg, func() error {
+	// quiet.go): no initiation from here can cross the other's. Peers
+	// coming back soon after their removal are not, and are greeted at
+	// once (rejoin.go): the other side still holds a session with us.
+	now := time.Now()
+	back := d.removed.returning(d.dev, cfg, now)
+	err = quietly(d.dev, d.hold, self, cfg, back, func() error {
 		return d.dev.IpcSetOperation(strings.NewReader(renderSet(cfg)))
 	})
+	d.removed.note(cfg, now)
+	d.greetReturning(back)
 	if err != nil {
 		return fmt.Errorf("configure wireguard device %s: %w", d.name, err)
 	}

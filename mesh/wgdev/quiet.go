@@ -113,12 +113,12 @@ func initiates(self, peer wgtypes.Key) bool {
 
 // quietAdds returns the peers of cfg that the write adds to dev (not there
 // yet) with an endpoint and that self does not initiate to, and their
-// endpoints.
-func quietAdds(dev *device.Device, self wgtypes.Key, cfg wgtypes.Config) ([]wgtypes.Key, []netip.AddrPort) {
+// endpoints. Peers in loud (coming back, see rejoin.go) are left out.
+func quietAdds(dev *device.Device, self wgtypes.Key, cfg wgtypes.Config, loud map[wgtypes.Key]bool) ([]wgtypes.Key, []netip.AddrPort) {
 	var keys []wgtypes.Key
 	var eps []netip.AddrPort
 	for _, p := range cfg.Peers {
-		if p.Remove || p.UpdateOnly || p.Endpoint == nil || initiates(self, p.PublicKey) {
+		if p.Remove || p.UpdateOnly || p.Endpoint == nil || initiates(self, p.PublicKey) || loud[p.PublicKey] {
 			continue
 		}
 		ap := p.Endpoint.AddrPort()
@@ -132,12 +132,13 @@ func quietAdds(dev *device.Device, self wgtypes.Key, cfg wgtypes.Config) ([]wgty
 }
 
 // quietly applies cfg with the device's bind holding back initiations to
-// the new peers that the other side initiates to (quietAdds), and starts
+// the new peers that the other side initiates to (quietAdds, except those
+// in loud), and starts
 // WireGuard's initiation hold-off for each of them: an initiation created
 // and held back. A keepalive or a packet in the same write hits the hold
 // too, and starts the same hold-off.
-func quietly(dev *device.Device, hb *holdBind, self wgtypes.Key, cfg wgtypes.Config, apply func() error) error {
-	keys, eps := quietAdds(dev, self, cfg)
+func quietly(dev *device.Device, hb *holdBind, self wgtypes.Key, cfg wgtypes.Config, loud map[wgtypes.Key]bool, apply func() error) error {
+	keys, eps := quietAdds(dev, self, cfg, loud)
 	release := hb.hold(eps)
 	defer release()
 	err := apply()
