@@ -201,8 +201,8 @@ func setupLocal(t testing.TB, tools Tools, v Variant, opt SetupOptions) *Pair {
 		n.Pod, n.WG = n.PodNS, n.NS
 		if v != Plain {
 			// Unique per pair: the UAPI socket path
-			// (wgdev.SocketPath) is shared by all
-			// namespaces of this machine.
+			// (wgdev.SocketPath) is shared by all namespaces
+			// of this machine.
 			n.Iface = p.Prefix + s
 		}
 		p.Nodes[i] = n

@@ -44,7 +44,8 @@ const (
 )
 
 // controlPlaneIfname is the control plane's WireGuard interface: unique per
-// lab because wireguard-go's UAPI socket (wgdev.SocketPath) lives in the host's mount namespace, shared by every lab.
+// lab because wireguard-go's UAPI socket (wgdev.SocketPath) lives in the
+// host's mount namespace, shared by every lab.
 func controlPlaneIfname(lab string) string {
 	return fmt.Sprintf("wgcp%08x", crc32.ChecksumIEEE([]byte(lab)))
 }

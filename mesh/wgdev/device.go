@@ -352,8 +352,9 @@ const SocketDir = "/var/run/wireguard"
 // SocketPath is the UAPI socket of interface name.
 func SocketPath(name string) string { return filepath.Join(SocketDir, name+".sock") }
 
-// listenUAPI creates SocketPath(name), the path `wg` and wgctrl look in. ipc.UAPIListen removes the socket again when the listener closes,
-// and fails Accept if someone deletes it.
+// listenUAPI creates SocketPath(name), the path `wg` and wgctrl look in.
+// ipc.UAPIListen removes the socket again when the listener closes, and
+// fails Accept if someone deletes it.
 func listenUAPI(name string) (net.Listener, error) {
 	f, err := ipc.UAPIOpen(name)
 	if err != nil {

@@ -133,9 +133,8 @@ func quietAdds(dev *device.Device, self wgtypes.Key, cfg wgtypes.Config, loud ma
 
 // quietly applies cfg with the device's bind holding back initiations to
 // the new peers that the other side initiates to (quietAdds, except those
-// in loud), and starts
-// WireGuard's initiation hold-off for each of them: an initiation created
-// and held back. A keepalive or a packet in the same write hits the hold
+// in loud), and starts WireGuard's initiation hold-off for each of them:
+// an initiation created and held back. A keepalive or a packet in the same write hits the hold
 // too, and starts the same hold-off.
 func quietly(dev *device.Device, hb *holdBind, self wgtypes.Key, cfg wgtypes.Config, loud map[wgtypes.Key]bool, apply func() error) error {
 	keys, eps := quietAdds(dev, self, cfg, loud)

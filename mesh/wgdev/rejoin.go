@@ -60,7 +60,8 @@ func (r *removals) note(cfg wgtypes.Config, now time.Time) {
 }
 
 // returning returns the peers cfg adds to dev (not there yet, with an
-// endpoint) that were removed within rejoinWindow before now.
+// endpoint) that were removed within rejoinWindow before now. A nil dev
+// (the unit test's) has no peers.
 func (r *removals) returning(dev *device.Device, cfg wgtypes.Config, now time.Time) map[wgtypes.Key]bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
