@@ -160,3 +160,56 @@ func (p *quietPair) firstPing(i int, bound time.Duration) bool {
 		}
 	}
 }
+
+// TestBothPeersReturning: both Nodes deleted and re-created within the
+// window, so each side removes the other and adds it again. Neither holds a
+// session any more, both count the other as returning and both greet: the
+// one case where the rule lets initiations cross (rejoin.go). The gates
+// deliver the two greetings together, the order that can trip wireguard-go's
+// handshake race (quiet.go); whatever the race does, the pair must carry
+// packets both ways again within WireGuard's 15-s new-handshake repair.
+func TestBothPeersReturning(t *testing.T) {
+	const bound = 20 * time.Second // the race's 15 s and room
+	for trial := range 3 {
+		p := newQuietPair(t)
+		for _, g := range p.gates {
+			g.flush(true)
+		}
+		eps := [2]string{p.endpoint(t, 0), p.endpoint(t, 1)}
+		p.add(t, 0, eps[1], 0)
+		p.add(t, 1, eps[0], 0)
+		for i := range 2 {
+			if !p.pings(i, 3*time.Second) {
+				t.Fatalf("trial %d: the fresh pair carries no ping from %d to %d", trial, i, 1-i)
+			}
+		}
+
+		p.drain()
+		for i := range 2 {
+			rm := wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: p.keys[1-i].PublicKey(), Remove: true}}}
+			if err := p.devs[i].Local().ConfigureDevice(rm); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p.drain()
+		for _, g := range p.gates {
+			g.flush(false)
+		}
+		start := time.Now()
+		p.add(t, 0, eps[1], 0)
+		p.add(t, 1, eps[0], 0)
+		for i := range 2 {
+			if n := p.gates[i].held(); n == 0 {
+				t.Errorf("trial %d: device %d sent nothing as it added its returning peer, want its greeting", trial, i)
+			}
+		}
+		p.gates[0].flush(true)
+		p.gates[1].flush(true)
+		for _, i := range []int{0, 1} {
+			if !p.firstPing(i, bound) {
+				t.Fatalf("trial %d: no ping from %d to %d within %s of both re-adds\nlog 0:\n%s\nlog 1:\n%s", trial, i, 1-i, bound, p.logs[0], p.logs[1])
+			}
+		}
+		t.Logf("trial %d: pings both ways %s after both re-adds", trial, time.Since(start).Round(time.Millisecond))
+	}
+}
