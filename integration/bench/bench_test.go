@@ -23,7 +23,7 @@ var (
 	runsFlag     = flag.Int("bench.runs", 0, "override the runs of every figure (0: the mode's)")
 	scaleFlag    = flag.String("bench.scale-nodes", "", "override the scale cluster sizes, e.g. 1000,5000")
 	variantsFlag = flag.String("bench.variants", "", "override the standard pass's variants, e.g. upstream,wgmesh")
-	extrasFlag   = flag.String("bench.extras", "", `override the extra pairs: comma-separated "nooffload", "nomemlimit", "upstream+rules", "upstream-lab" (needs the lab), "upstream-swap" (needs the lab and the wgmesh variant), "memlimit=SIZE" (GOMEMLIMIT), "env:K=V[+K2=V2]", "args:--flag=V" (lab agents), or "none"`)
+	extrasFlag   = flag.String("bench.extras", "", `override the extra pairs: comma-separated "nooffload", "nomemlimit", "upstream+rules", "upstream-lab" (needs the lab), "upstream-swap" (needs the lab and the wgmesh variant), "memlimit=SIZE" (GOMEMLIMIT), "env:K=V[+K2=V2]", "nooffload-env:K=V[+K2=V2]", "args:--flag=V" (lab agents), or "none"`)
 	durFlag      = flag.Duration("bench.duration", 0, "override the iperf3 run length")
 	labFlag      = flag.String("bench.lab", "auto", `run the wgmesh variant and convergence on integration/lab (real agent, real kube-apiserver): "on", "off", or "auto" (on in full mode)`)
 )
@@ -139,6 +139,11 @@ func TestBench(t *testing.T) {
 				// from its agents' environment: agent settings go in args:.
 				kv := strings.TrimPrefix(x, "env:")
 				s.Extras = append(s.Extras, Extra{Label: "wgmesh-" + kv, Env: strings.Split(kv, "+")})
+			case strings.HasPrefix(x, "nooffload-env:"):
+				// The no-offload node role with extra environment, e.g.
+				// nooffload-env:WGMESH_BENCH_INFLIGHT=-1.
+				kv := strings.TrimPrefix(x, "nooffload-env:")
+				s.Extras = append(s.Extras, Extra{Label: "wgmesh-nooffload-" + kv, NoOffload: true, Env: strings.Split(kv, "+")})
 			case strings.HasPrefix(x, "args:"):
 				a := strings.TrimPrefix(x, "args:")
 				s.Extras = append(s.Extras, Extra{Label: "wgmesh" + a, AgentArgs: strings.Fields(a)})
