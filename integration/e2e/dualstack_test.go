@@ -197,14 +197,13 @@ func testDualWire(t *testing.T, ctx context.Context, l *lab.Lab) {
 	}
 }
 
-// icmp6Type is the ICMPv6 type of an IPv6 frame without extension headers
-// (-1 if there is none).
+// icmp6Type is the ICMPv6 type of an IPv6 frame (past its extension
+// headers), or -1.
 func icmp6Type(f frame) int {
-	const off = 14 + 40
-	if f.EtherType != 0x86dd || len(f.Raw) <= off {
+	if f.EtherType != 0x86dd || f.Proto != 58 || f.L4 == 0 || len(f.Raw) <= f.L4 {
 		return -1
 	}
-	return int(f.Raw[off])
+	return int(f.Raw[f.L4])
 }
 
 // testTunnelMasquerade6 proves the tunnel's IPv6 address (the subnet-router

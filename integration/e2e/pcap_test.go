@@ -12,9 +12,11 @@ import (
 type frame struct {
 	EtherType uint16
 	// For IPv4/IPv6:
-	Proto            uint8 // IP protocol (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6)
+	Proto            uint8 // IP protocol (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6), past IPv6 extension headers
 	Src, Dst         netip.Addr
 	SrcPort, DstPort uint16
+	// L4 is the offset in Raw of the header Proto names (0: none parsed).
+	L4 int
 	// For ARP: the sender and target protocol addresses.
 	ARPSender, ARPTarget netip.Addr
 	Raw                  []byte
@@ -68,6 +70,7 @@ func parseEthernet(b []byte) frame {
 		f.EtherType = binary.BigEndian.Uint16(p[2:4])
 		p = p[4:]
 	}
+	l3 := len(b) - len(p)
 	switch f.EtherType {
 	case 0x0800:
 		if len(p) < 20 {
@@ -77,6 +80,7 @@ func parseEthernet(b []byte) frame {
 		f.Proto = p[9]
 		f.Src, _ = netip.AddrFromSlice(p[12:16])
 		f.Dst, _ = netip.AddrFromSlice(p[16:20])
+		f.L4 = l3 + ihl
 		if len(p) >= ihl+4 && (f.Proto == 6 || f.Proto == 17) {
 			f.SrcPort = binary.BigEndian.Uint16(p[ihl : ihl+2])
 			f.DstPort = binary.BigEndian.Uint16(p[ihl+2 : ihl+4])
@@ -85,12 +89,23 @@ func parseEthernet(b []byte) frame {
 		if len(p) < 40 {
 			return f
 		}
-		f.Proto = p[6]
 		f.Src, _ = netip.AddrFromSlice(p[8:24])
 		f.Dst, _ = netip.AddrFromSlice(p[24:40])
-		if len(p) >= 44 && (f.Proto == 6 || f.Proto == 17) {
-			f.SrcPort = binary.BigEndian.Uint16(p[40:42])
-			f.DstPort = binary.BigEndian.Uint16(p[42:44])
+		// Skip the extension headers that carry options only (hop-by-hop,
+		// routing, destination options): an MLD report always comes behind
+		// a hop-by-hop router alert. A fragment header (44) or a truncated
+		// one is left as the protocol, for the caller to reject.
+		next, off := p[6], 40
+		for (next == 0 || next == 43 || next == 60) && len(p) >= off+8 {
+			next, off = p[off], off+8+8*int(p[off+1])
+		}
+		f.Proto = next
+		if off <= len(p) {
+			f.L4 = l3 + off
+		}
+		if len(p) >= off+4 && (f.Proto == 6 || f.Proto == 17) {
+			f.SrcPort = binary.BigEndian.Uint16(p[off : off+2])
+			f.DstPort = binary.BigEndian.Uint16(p[off+2 : off+4])
 		}
 	case 0x0806:
 		// Ethernet/IPv4 ARP: sender IP at 14, target IP at 24.

@@ -104,7 +104,7 @@ func dualPodAddressFrames(frames []frame, l *lab.Lab) (bad []string, wg4, wg6 in
 		case f.Proto == 58 && (icmp6Type(f) == 135 || icmp6Type(f) == 136):
 			// Neighbour solicitation/advertisement: the target address
 			// follows the 4 reserved bytes after the ICMPv6 header.
-			const off = 14 + 40 + 8
+			off := f.L4 + 8
 			if len(f.Raw) >= off+16 {
 				if tgt := netip.AddrFrom16([16]byte(f.Raw[off : off+16])); isPod(tgt) {
 					bad = append(bad, fmt.Sprintf("frame %d: neighbour discovery for pod address %s", i, tgt))
