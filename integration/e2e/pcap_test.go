@@ -15,7 +15,8 @@ type frame struct {
 	Proto            uint8 // IP protocol (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6), past IPv6 extension headers
 	Src, Dst         netip.Addr
 	SrcPort, DstPort uint16
-	// L4 is the offset in Raw of the header Proto names (0: none parsed).
+	// L4 is, for IPv6, the offset in Raw of the header Proto names (0:
+	// none parsed).
 	L4 int
 	// For ARP: the sender and target protocol addresses.
 	ARPSender, ARPTarget netip.Addr
@@ -70,7 +71,6 @@ func parseEthernet(b []byte) frame {
 		f.EtherType = binary.BigEndian.Uint16(p[2:4])
 		p = p[4:]
 	}
-	l3 := len(b) - len(p)
 	switch f.EtherType {
 	case 0x0800:
 		if len(p) < 20 {
@@ -80,7 +80,6 @@ func parseEthernet(b []byte) frame {
 		f.Proto = p[9]
 		f.Src, _ = netip.AddrFromSlice(p[12:16])
 		f.Dst, _ = netip.AddrFromSlice(p[16:20])
-		f.L4 = l3 + ihl
 		if len(p) >= ihl+4 && (f.Proto == 6 || f.Proto == 17) {
 			f.SrcPort = binary.BigEndian.Uint16(p[ihl : ihl+2])
 			f.DstPort = binary.BigEndian.Uint16(p[ihl+2 : ihl+4])
@@ -101,7 +100,7 @@ func parseEthernet(b []byte) frame {
 		}
 		f.Proto = next
 		if off <= len(p) {
-			f.L4 = l3 + off
+			f.L4 = len(b) - len(p) + off
 		}
 		if len(p) >= off+4 && (f.Proto == 6 || f.Proto == 17) {
 			f.SrcPort = binary.BigEndian.Uint16(p[off : off+2])
