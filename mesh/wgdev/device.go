@@ -47,9 +47,10 @@ type Config struct {
 	// ListenPort is the UDP port; 0 lets the kernel pick one.
 	ListenPort int
 	// NoOffload opens the TUN without IFF_VNET_HDR: no TSO/GSO/GRO between
-	// the kernel and wireguard-go, one packet per read and write. That is
-	// the path kernels without TUN offloads take anyway; the switch exists
-	// to measure and test it (integration/bench) and as an escape hatch.
+	// the kernel and wireguard-go, one packet per read and write (reads
+	// are batched by draining the queue: drainTUN). That is the path
+	// kernels without TUN offloads take anyway; the switch exists to
+	// measure and test it (integration/bench) and as an escape hatch.
 	NoOffload bool
 	// Peers are configured together with the private key, before the
 	// device is up, e.g. the peers a previous run had (restored from the

@@ -26,8 +26,9 @@ const busyRetry = 100 * time.Millisecond
 // It opens the device as tun.CreateTUN does (IFF_TUN|IFF_NO_PI, plus
 // IFF_VNET_HDR unless noOffload) and hands the file to
 // tun.CreateTUNFromFile, which enables TSO/USO itself when IFF_VNET_HDR is
-// set. The kernel takes the new flags on re-attach, so an interface made
-// with other flags (e.g. by `ip tuntap`) is adopted too. Doing the open
+// set; without it, reads are batched by drainTUN. The kernel takes the new
+// flags on re-attach, so an interface made with other flags (e.g. by
+// `ip tuntap`) is adopted too. Doing the open
 // here rather than in tun.CreateTUN closes the descriptor when TUNSETIFF
 // fails, which matters while retrying: a TUN still held by a previous agent
 // that is shutting down (EBUSY) is retried for up to busyTimeout.
@@ -61,7 +62,7 @@ func openPersistentTUN(name string, mtu int, noOffload bool, busyTimeout time.Du
 		f.Close()
 		return nil, existed, err
 	}
-	return dev, existed, nil
+	return newDrainTUN(dev), existed, nil
 }
 
 // attachTUN opens /dev/net/tun, attaches it to the named interface (creating
