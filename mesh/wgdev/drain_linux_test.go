@@ -22,10 +22,8 @@ type dgramTUN struct {
 	readErr    error
 }
 
-func (d *dgramTUN) File() *os.File        { return d.f }
-func (d *dgramTUN) BatchSize() int        { return d.batch }
-func (d *dgramTUN) Close() error          { return d.f.Close() }
-func (d *dgramTUN) Name() (string, error) { return "dgram", nil }
+func (d *dgramTUN) File() *os.File { return d.f }
+func (d *dgramTUN) BatchSize() int { return d.batch }
 
 func (d *dgramTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if d.readErr != nil {
